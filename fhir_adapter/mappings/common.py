@@ -149,6 +149,11 @@ def meta() -> dict[str, Any]:
 # --------------------------------------------------------------------------- FHIR -> form
 
 
+def not_casus(count: int) -> Issue:
+    """The headline issue for a Consent that is valid FHIR but not a CASUS consent form."""
+    return error("processing", "Consent", f"not a CASUS consent: {count} element(s) listed below cannot be represented as a CASUS form")
+
+
 class Reader:
     """Collects issues while reading a Consent; every check names its FHIRPath location."""
 

@@ -94,7 +94,7 @@ def r4_to_form(consent: Any) -> ConsentForm:
     people, exceptions = _read_provisions(r, cont, r.need(consent, "provision", "Consent"))
     cont.report_unused()
     if r.issues:
-        raise InvalidInput(r.issues)
+        raise InvalidInput([common.not_casus(len(r.issues)), *r.issues])
     form = ConsentForm(
         form_id=form_id, status=status, young_person=young,  # type: ignore[arg-type]
         recorded=Recorded(recorded_at, recorder),  # type: ignore[arg-type]
