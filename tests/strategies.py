@@ -76,9 +76,9 @@ def consent_forms(draw: st.DrawFn) -> ConsentForm:
     offset = draw(st.sampled_from([UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-5, minutes=-30))]))
     recorded_at = datetime.combine(recorded_day, draw(st.times()).replace(microsecond=0), offset)
     age = draw(st.integers(8, 17))
-    birth = recorded_day.replace(year=recorded_day.year - age - 1) + timedelta(days=draw(st.integers(1, 364)))
-    if birth > recorded_day.replace(year=recorded_day.year - age):
-        birth = recorded_day.replace(year=recorded_day.year - age)
+    birth = recorded_day - timedelta(days=age * 366 + draw(st.integers(0, 360)))
+    while YoungPerson("", "", birth).age_on(recorded_day) > age:
+        birth += timedelta(days=1)
     young = YoungPerson(draw(valid_nhs_numbers()), draw(names), birth, draw(st.one_of(st.none(), st.just("CASUS-1"))))
     folks = list(draw(people()))
     if age >= 16:

@@ -1,0 +1,557 @@
+"""Validate a Consent against base FHIR, the CASUS profile, and the CASUS form it must map to.
+
+Four stages, each adding ``Issue``s (nothing raises for bad input):
+
+a. base FHIR structure (``fhir_structure.base_issues``: element names, cardinality, types, required
+   bindings) plus the one base R4 invariant fhir.resources skips (ppc-1);
+b. when the resource claims the CASUS profile in ``meta.profile`` or the caller asks for it: the profile's
+   own rules, read from the StructureDefinition JSON in ``profiles/`` — cardinality, fixed and pattern
+   values, required bindings to the CASUS ValueSets (expanded from the CodeSystem/ValueSet JSON beside
+   it), closed slicing, reference targets, the extension StructureDefinitions, and every
+   ``constraint.expression`` evaluated with fhirpathpy.  Nothing about the profile is retyped here, so the
+   published artefacts and the validator cannot disagree;
+c. the code rules FHIRPath cannot express, registered under the constraint key whose ``requirements``
+   document them (casus-6: the NHS number's Modulus 11 check digit);
+d. whether the Consent maps to a CASUS form at all (``r4_to_form`` / ``r5_to_form``), whose issues name
+   every element the form cannot hold.
+
+Any Consent with an error gets a headline issue saying it is not a CASUS consent, with the first reasons.
+Issues that say the same thing at the same place are reported once (the earliest stage wins).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import fhirpathpy
+from fhirpathpy.models import models as fhirpath_models
+
+from . import nhs_number
+from .fhir_structure import MAX_DEPTH, base_issues, load_json
+from .form import PROFILES_DIR
+from .mappings import codes
+from .outcome import InvalidInput, Issue, Severity, error
+
+log = logging.getLogger(__name__)
+
+Version = Literal["r4", "r5"]
+ARTEFACT_TYPES = frozenset({"StructureDefinition", "CodeSystem", "ValueSet"})
+NOT_CASUS = "not a CASUS consent"
+HEADLINE_REASONS = 5
+PPC_1 = "policy.exists() or policyRule.exists()"
+
+
+# --------------------------------------------------------------------------- artefacts (loaded once)
+
+
+@dataclass(frozen=True)
+class Artefacts:
+    """The profile artefacts in ``profiles/``, by canonical URL."""
+
+    structure_definitions: dict[str, dict[str, Any]]
+    code_systems: dict[str, dict[str, Any]]
+    value_sets: dict[str, dict[str, Any]]
+
+
+@lru_cache(maxsize=1)
+def artefacts() -> Artefacts:
+    """Every StructureDefinition, CodeSystem and ValueSet under ``profiles/`` (other JSON, e.g. schemas, is skipped)."""
+    found: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in ARTEFACT_TYPES}
+    for path in sorted(PROFILES_DIR.glob("*.json")):
+        resource = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(resource, dict) and resource.get("resourceType") in ARTEFACT_TYPES:
+            found[resource["resourceType"]][resource["url"]] = resource
+    return Artefacts(found["StructureDefinition"], found["CodeSystem"], found["ValueSet"])
+
+
+@lru_cache(maxsize=32)
+def expansion(value_set_url: str) -> frozenset[tuple[str, str]] | None:
+    """(system, code) pairs of a CASUS ValueSet, or None when it is not one of ours (then it is not checked)."""
+    vs = artefacts().value_sets.get(value_set_url)
+    if vs is None:
+        return None
+    pairs: set[tuple[str, str]] = set()
+    for include in vs.get("compose", {}).get("include", []):
+        system = include["system"]
+        if "concept" in include:
+            pairs |= {(system, c["code"]) for c in include["concept"]}
+        elif system in artefacts().code_systems:
+            pairs |= {(system, c["code"]) for c in artefacts().code_systems[system]["concept"]}
+        else:
+            return None  # a whole external code system: we cannot expand it, so we do not pretend to check it
+    return frozenset(pairs)
+
+
+# --------------------------------------------------------------------------- compiled rules
+
+
+RuleKind = Literal["min", "max", "fixed", "pattern", "binding", "type", "target", "closed", "constraint", "extension"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One checkable statement of a StructureDefinition's differential."""
+
+    id: str  # "<element id>|<kind>", or the constraint key
+    element: str  # element id, e.g. "Consent.extension:decisionBasis"
+    kind: RuleKind
+    steps: tuple[tuple[str, str | None], ...]  # (element name, slice name) below the root
+    severity: Severity
+    value: Any  # the bound, fixed/pattern value, codes, allowed types, compiled FHIRPath or extension URL
+    text: str  # what the rule says, for diagnostics
+    member: Callable[[Any], bool] | None = None  # slice membership of the last step's items
+    slice_url: str | None = None  # the url identifying the slice's items, when it is an extension slice
+
+    def describe(self) -> str:
+        return f"{self.id}: {self.text}"
+
+
+def _steps(element_id: str) -> tuple[tuple[str, str | None], ...]:
+    parts = element_id.split(".")[1:]
+    return tuple((p.split(":", 1)[0], p.split(":", 1)[1] if ":" in p else None) for p in parts)
+
+
+def _prefixed(element: dict[str, Any], prefix: str) -> tuple[str, Any] | None:
+    return next(((k, v) for k, v in element.items() if k.startswith(prefix) and k[len(prefix):][:1].isupper()), None)
+
+
+def matches_pattern(value: Any, pattern: Any) -> bool:
+    """FHIR pattern semantics: every property the pattern has, the value has too (lists: each pattern item somewhere)."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(matches_pattern(value.get(k), p) for k, p in pattern.items())
+    if isinstance(pattern, list):
+        items = value if isinstance(value, list) else []
+        return all(any(matches_pattern(v, p) for v in items) for p in pattern)
+    return value == pattern
+
+
+def _slice_url(slice_el: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str | None:
+    """The url an extension slice's items carry: the extension's profile, or the slice's fixed ``url`` child."""
+    profiles = [p for t in slice_el.get("type", []) for p in t.get("profile", [])]
+    return profiles[0] if profiles else by_id.get(f"{slice_el['id']}.url", {}).get("fixedUri")
+
+
+def _slice_member(slice_el: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> Callable[[Any], bool]:
+    """How an item is recognised as belonging to a slice: by its url (extensions) or by the slice's pattern."""
+    url = _slice_url(slice_el, by_id)
+    if url:
+        return lambda item: isinstance(item, dict) and item.get("url") == url
+    pattern = _prefixed(slice_el, "pattern")
+    if pattern:
+        return lambda item: matches_pattern(item, pattern[1])
+    raise ValueError(f"slice {slice_el['id']} has no discriminator the validator understands")
+
+
+def _slice_label(slice_el: dict[str, Any]) -> str:
+    profiles = [p for t in slice_el.get("type", []) for p in t.get("profile", [])]
+    return f"slice '{slice_el['sliceName']}'" + (f" ({profiles[0]})" if profiles else "")
+
+
+def _element_rules(el: dict[str, Any], by_id: dict[str, dict[str, Any]], elements: list[dict[str, Any]]) -> Iterator[Rule]:
+    eid = el["id"]
+    steps = _steps(eid)
+    member = _slice_member(el, by_id) if "sliceName" in el else None
+    url = _slice_url(el, by_id) if member else None
+    label = _slice_label(el) if member else eid
+    if steps and el.get("min", 0) > 0:
+        yield Rule(f"{eid}|min", eid, "min", steps, "error", el["min"], f"{label} requires at least {el['min']}", member, url)
+    if steps and el.get("max", "*") != "*":
+        yield Rule(f"{eid}|max", eid, "max", steps, "error", int(el["max"]), f"{label} allows at most {el['max']}", member, url)
+    fixed = _prefixed(el, "fixed")
+    if fixed:
+        yield Rule(f"{eid}|fixed", eid, "fixed", steps, "error", fixed[1], f"{eid} is fixed to {json.dumps(fixed[1])}")
+    pattern = _prefixed(el, "pattern")
+    if pattern and member is None:
+        yield Rule(f"{eid}|pattern", eid, "pattern", steps, "error", pattern[1], f"{eid} must match {json.dumps(pattern[1])}")
+    binding = el.get("binding", {})
+    if binding.get("strength") == "required" and expansion(binding.get("valueSet", "")) is not None:
+        yield Rule(f"{eid}|binding", eid, "binding", steps, "error", expansion(binding["valueSet"]),
+                   f"{eid} must come from {binding['valueSet']} (required binding)")
+    types = el.get("type", [])
+    if eid.endswith("[x]") and types:
+        yield Rule(f"{eid}|type", eid, "type", steps, "error", tuple(t["code"] for t in types),
+                   f"{eid} must be {' or '.join(t['code'] for t in types)}")
+    targets = tuple(p.rsplit("/", 1)[-1] for t in types if t["code"] == "Reference" for p in t.get("targetProfile", []))
+    if targets:
+        yield Rule(f"{eid}|target", eid, "target", steps, "error", targets, f"{eid} must reference a {' or '.join(targets)}")
+    for t in types:
+        for profile in t.get("profile", []) if t["code"] == "Extension" else []:
+            yield Rule(f"{eid}|extension", eid, "extension", steps, "error", profile, f"conforms to {profile}", member)
+    if el.get("slicing", {}).get("rules") == "closed":
+        slices = [e for e in elements if e.get("path") == el["path"] and "sliceName" in e and e["id"].startswith(eid + ":")]
+        matchers = tuple(_slice_member(s, by_id) for s in slices)
+        yield Rule(f"{eid}|closed", eid, "closed", steps, "error", matchers,
+                   f"{eid} is closed to slices {', '.join(s['sliceName'] for s in slices)}")
+    for c in el.get("constraint", []):
+        if c.get("expression"):
+            compiled = fhirpathpy.compile(c["expression"], fhirpath_models["r4"])
+            yield Rule(c["key"], eid, "constraint", steps, c.get("severity", "error"), compiled, c["human"])
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A StructureDefinition ready to apply: its rules, and how to recognise each slice's items."""
+
+    rules: tuple[Rule, ...]
+    members: dict[str, Callable[[Any], bool]]  # slice path ("extension:assessor") -> membership test
+
+
+@lru_cache(maxsize=16)
+def compiled(url: str) -> Compiled:
+    """One StructureDefinition's differential, compiled once (FHIRPath included)."""
+    elements = artefacts().structure_definitions[url]["differential"]["element"]
+    by_id = {e["id"]: e for e in elements}
+    members = {_step_key(_steps(e["id"])): _slice_member(e, by_id) for e in elements if "sliceName" in e}
+    return Compiled(tuple(rule for el in elements for rule in _element_rules(el, by_id, elements)), members)
+
+
+def profile_rules(url: str) -> tuple[Rule, ...]:
+    """Every rule of one StructureDefinition's differential."""
+    return compiled(url).rules
+
+
+# --------------------------------------------------------------------------- applying rules
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where rules are applied: a node (the Consent or one of its extensions), its location, and the Consent itself."""
+
+    node: Any
+    location: str
+    resource: dict[str, Any]
+
+
+def _children(parent: Any, location: str, name: str, member: Callable[[Any], bool] | None) -> list[tuple[Any, str]]:
+    if not isinstance(parent, dict):
+        return []
+    if name.endswith("[x]"):
+        prefix = name[:-3]
+        return [(v, f"{location}.{k}") for k, v in parent.items() if k.startswith(prefix) and k[len(prefix):][:1].isupper()]
+    value = parent.get(name)
+    if value is None:
+        return []
+    items = [(v, f"{location}.{name}[{i}]") for i, v in enumerate(value)] if isinstance(value, list) else [(value, f"{location}.{name}")]
+    return [(v, where) for v, where in items if v is not None and (member is None or member(v))]
+
+
+def _select(scope: Scope, steps: tuple[tuple[str, str | None], ...], members: dict[str, Callable[[Any], bool]]) -> list[tuple[Any, str]]:
+    nodes = [(scope.node, scope.location)]
+    for depth, (name, slice_name) in enumerate(steps):
+        member = members.get(_step_key(steps[: depth + 1])) if slice_name else None
+        nodes = [child for node, where in nodes for child in _children(node, where, name, member)]
+    return nodes
+
+
+def _step_key(steps: tuple[tuple[str, str | None], ...]) -> str:
+    return ".".join(f"{n}:{s}" if s else n for n, s in steps)
+
+
+def _cardinality_location(where: str, name: str, rule: Rule) -> str:
+    """FHIRPath of a counted element: ``extension('url')`` for an extension slice, else the element."""
+    if rule.slice_url and name == "extension":
+        return f"{where}.extension('{rule.slice_url}')"
+    return f"{where}.{name[:-3] if name.endswith('[x]') else name}"
+
+
+def _reference_type(reference: Any, resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(resource type, problem) for a literal reference; (None, None) when there is nothing to check."""
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(ref, str):
+        return None, None
+    if ref.startswith("#"):
+        found = next((c for c in resource.get("contained") or [] if isinstance(c, dict) and c.get("id") == ref[1:]), None)
+        return (found.get("resourceType"), None) if found else (None, f"'{ref}' does not resolve to a contained resource")
+    parts = ref.split("/")
+    return (parts[-2], None) if len(parts) >= 2 else (None, f"'{ref}' is not a resolvable reference")
+
+
+def _in_codes(value: Any, allowed: frozenset[tuple[str, str]]) -> bool:
+    if isinstance(value, str):
+        return value in {code for _, code in allowed}
+    if isinstance(value, dict) and "coding" in value:
+        return any(isinstance(c, dict) and (c.get("system"), c.get("code")) in allowed for c in value.get("coding") or [])
+    return isinstance(value, dict) and (value.get("system"), value.get("code")) in allowed
+
+
+def _apply(rule: Rule, scope: Scope, members: dict[str, Callable[[Any], bool]]) -> list[Issue]:
+    steps = rule.steps
+    if rule.kind == "constraint":
+        return [issue for node, where in _select(scope, steps, members) for issue in _constraint_issues(rule, node, where, scope)]
+    if rule.kind in ("min", "max", "closed"):
+        name = steps[-1][0]
+        issues = []
+        for parent, where in _select(scope, steps[:-1], members):
+            if not isinstance(parent, dict):
+                continue
+            items = _children(parent, where, name, rule.member)
+            if rule.kind == "min" and len(items) < rule.value:
+                issues.append(error("required", _cardinality_location(where, name, rule), f"{rule.describe()}, found {len(items)}"))
+            elif rule.kind == "max" and len(items) > rule.value:
+                issues.append(error("structure", _cardinality_location(where, name, rule), f"{rule.describe()}, found {len(items)}"))
+            elif rule.kind == "closed":
+                issues += [error("structure", at, f"{rule.describe()}; this item matches none of them")
+                           for item, at in items if not any(m(item) for m in rule.value)]
+        return issues
+    return [issue for node, where in _select(scope, steps, members) for issue in _value_issues(rule, node, where, scope)]
+
+
+def _choice_type(where: str, choice_name: str) -> str:
+    """The type part of a choice element's JSON name: ("….valueReference", "value[x]") -> "Reference"."""
+    return where.rsplit(".", 1)[-1].removeprefix(choice_name.removesuffix("[x]"))
+
+
+def _value_issues(rule: Rule, node: Any, where: str, scope: Scope) -> list[Issue]:
+    if rule.kind == "fixed" and node != rule.value:
+        return [error("value", where, rule.describe())]
+    if rule.kind == "pattern" and not matches_pattern(node, rule.value):
+        return [error("value", where, rule.describe())]
+    if rule.kind == "binding" and not _in_codes(node, rule.value):
+        return [error("code-invalid", where, rule.describe())]
+    if rule.kind == "type":
+        suffix = _choice_type(where, rule.steps[-1][0])
+        if suffix.lower() not in {t.lower() for t in rule.value}:
+            return [error("structure", where, f"{rule.describe()}, found {suffix}")]
+    if rule.kind == "target":
+        found, problem = _reference_type(node, scope.resource)
+        if problem:
+            return [error("value", where, f"{rule.describe()}: {problem}")]
+        if found is not None and found not in rule.value:
+            return [error("value", where, f"{rule.describe()}, found {found}")]
+    if rule.kind == "extension" and rule.value in artefacts().structure_definitions:
+        return conformance_issues(Scope(node, where, scope.resource), rule.value)
+    return []
+
+
+def _constraint_issues(rule: Rule, node: Any, where: str, scope: Scope) -> list[Issue]:
+    """A constraint fails when its expression is false; empty (nothing to test) passes, as in FHIR."""
+    try:
+        result = rule.value(node, {"resource": scope.resource})
+    except Exception as exc:  # fhirpathpy raises many types on odd input; a validator must report, not crash
+        log.warning("constraint %s could not be evaluated (%s)", rule.id, type(exc).__name__)
+        return [Issue("warning", "processing", where, f"{rule.id} could not be evaluated on this content ({type(exc).__name__})")]
+    return [Issue(rule.severity, "invariant", where, rule.describe())] if result == [False] else []
+
+
+def conformance_issues(scope: Scope, url: str) -> list[Issue]:
+    """Every rule of the StructureDefinition ``url`` applied to ``scope.node`` (data-driven from the JSON)."""
+    profile = compiled(url)
+    return [issue for rule in profile.rules for issue in _apply(rule, scope, profile.members)]
+
+
+# --------------------------------------------------------------------------- code rules (what FHIRPath cannot do)
+
+
+def _nhs_identifiers(resource: dict[str, Any]) -> Iterator[tuple[Any, str]]:
+    patient = resource.get("patient")
+    ident = patient.get("identifier") if isinstance(patient, dict) else None
+    if isinstance(ident, dict) and ident.get("system") == codes.NHS_NUMBER:
+        yield ident.get("value"), "Consent.patient.identifier.value"
+    for n, res in enumerate(resource.get("contained") or []):
+        if isinstance(res, dict) and res.get("resourceType") == "Patient":
+            for m, i in enumerate(res.get("identifier") or []):
+                if isinstance(i, dict) and i.get("system") == codes.NHS_NUMBER:
+                    yield i.get("value"), f"Consent.contained[{n}].identifier[{m}].value"
+
+
+def nhs_number_issues(resource: dict[str, Any]) -> list[Issue]:
+    """casus-6 in code: every NHS number the Consent carries passes the Modulus 11 check digit."""
+    return [error("value", where, "casus-6: the NHS number fails the Modulus 11 check digit")
+            for value, where in _nhs_identifiers(resource) if not nhs_number.is_valid(value)]
+
+
+CODE_RULES: dict[str, Callable[[dict[str, Any]], list[Issue]]] = {"casus-6|modulus-11": nhs_number_issues}
+
+
+def rule_ids(url: str = codes.PROFILE_CONSENT) -> list[str]:
+    """The id of every rule the validator enforces for a profile: its differential's, then its code rules."""
+    ids = [r.id for r in profile_rules(url) if r.kind != "extension"]
+    if url == codes.PROFILE_CONSENT:
+        ids += list(CODE_RULES)
+    return ids
+
+
+# --------------------------------------------------------------------------- mapping stage
+
+
+R4_FORM_PATHS = (
+    ("$.youngPerson.nhsNumber", "Consent.patient.identifier.value"),
+    ("$.youngPerson", "Consent.contained.where(id = 'young-person')"),
+    ("$.recorded.date", "Consent.dateTime"),
+    ("$.recorded", f"Consent.extension('{codes.EXT_RECORDED_BY}')"),
+    ("$.decisionMaker.competence", f"Consent.extension('{codes.EXT_COMPETENCE}')"),
+    ("$.decisionMaker.personId", "Consent.performer"),
+    ("$.decisionMaker", f"Consent.extension('{codes.EXT_DECISION_BASIS}')"),
+    ("$.people", "Consent.provision.provision.where(purpose.empty())"),
+    ("$.exceptions.provisions", "Consent.provision.provision.where(purpose.exists())"),
+    ("$.exceptions", f"Consent.extension('{codes.EXT_EXCEPTIONS_EXPLAINED}')"),
+    ("$.status", "Consent.status"),
+    ("$.formId", "Consent.identifier"),
+)
+R5_FORM_PATHS = tuple(
+    (form_path, fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")
+     .replace("Consent.performer", "Consent.grantor").replace("Consent.provision.provision", "Consent.provision"))
+    for form_path, fhir_path in R4_FORM_PATHS
+)
+
+
+def form_path_to_fhirpath(path: str, version: Version) -> str:
+    """Where a CASUS form rule (a JSON path from form.cross_field_issues) lives in the Consent."""
+    for form_path, fhir_path in R4_FORM_PATHS if version == "r4" else R5_FORM_PATHS:
+        if path == form_path or path.startswith((form_path + ".", form_path + "[")):
+            rest = path[len(form_path):]
+            index, _, _ = rest.lstrip("[").partition("]") if rest.startswith("[") else ("", "", "")
+            return f"{fhir_path}[{index}]" if index.isdigit() else fhir_path
+    return "Consent"
+
+
+def _mapper(version: Version) -> Callable[[Any], Any] | None:
+    try:
+        module = importlib.import_module(f".mappings.{version}", __package__)
+    except ImportError:
+        return None
+    return getattr(module, f"{version}_to_form", None)
+
+
+def mapping_issues(document: dict[str, Any], version: Version) -> list[Issue]:
+    """Why the Consent cannot be read as a CASUS form (empty when it can); form JSON paths become FHIRPath."""
+    to_form = _mapper(version)
+    if to_form is None:
+        return [Issue("information", "not-supported", "Consent", f"the CASUS {version.upper()} mapping is not installed; form mapping not checked")]
+    try:
+        to_form(document)
+    except InvalidInput as exc:
+        return [_as_fhirpath(i, version) for i in exc.issues if not _is_headline(i)]
+    except Exception as exc:  # the mapping must not take the validator down with it
+        log.warning("the %s mapping failed on a resource (%s)", version, type(exc).__name__)
+        return [error("exception", "Consent", f"the CASUS {version.upper()} mapping could not read this resource ({type(exc).__name__})")]
+    return []
+
+
+def _is_headline(issue: Issue) -> bool:
+    return issue.diagnostics.startswith(NOT_CASUS)
+
+
+def _as_fhirpath(issue: Issue, version: Version) -> Issue:
+    if not issue.expression.startswith("$"):
+        return issue
+    return Issue(issue.severity, issue.code, form_path_to_fhirpath(issue.expression, version),
+                 f"as a CASUS form ({issue.expression}): {issue.diagnostics}")
+
+
+# --------------------------------------------------------------------------- the public entry points
+
+
+def _too_deep(value: Any) -> bool:
+    """Bounded, iterative nesting check (recursive walkers further on must never meet a RecursionError)."""
+    stack = [(value, 0)]
+    while stack:
+        node, level = stack.pop()
+        if level > MAX_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children)
+    return False
+
+
+def _claims(document: dict[str, Any], url: str) -> bool:
+    meta = document.get("meta")
+    profiles = meta.get("profile") if isinstance(meta, dict) else None
+    return isinstance(profiles, list) and url in profiles
+
+
+def _ppc_1(document: dict[str, Any]) -> list[Issue]:
+    """R4 ppc-1 (policy or policyRule), a base invariant fhir.resources does not check."""
+    if fhirpathpy.evaluate(document, PPC_1, {"resource": document}, fhirpath_models["r4"]) == [False]:
+        return [error("invariant", "Consent", "ppc-1: either a policy or a policyRule is required")]
+    return []
+
+
+def base_fhir_issues(document: Any, version: Version) -> list[Issue]:
+    """Stage a: base FHIR structure, plus ppc-1 for R4 (the one base Consent invariant fhir.resources skips)."""
+    issues = base_issues(document, version)
+    if version == "r4" and isinstance(document, dict) and document.get("resourceType") == "Consent":
+        issues += _ppc_1(document)
+    return issues
+
+
+def _stage(name: str, run: Callable[[], list[Issue]]) -> list[Issue]:
+    try:
+        return run()
+    except Exception as exc:  # report and stop this stage: bad input must produce issues, never a traceback
+        log.warning("validation stage %s failed (%s)", name, type(exc).__name__)
+        return [Issue("fatal", "exception", "Consent", f"{name} could not be completed on this content ({type(exc).__name__})")]
+
+
+def _dedupe(stages: Iterable[list[Issue]]) -> list[Issue]:
+    """Drop exact repeats, and later-stage issues an earlier stage already made at the same place with the same code."""
+    out: list[Issue] = []
+    seen_exact: set[Issue] = set()
+    earlier: set[tuple[str, str, str]] = set()
+    for issues in stages:
+        this_stage: set[tuple[str, str, str]] = set()
+        for issue in issues:
+            key = (issue.severity, issue.code, issue.expression)
+            if issue in seen_exact or key in earlier:
+                continue
+            seen_exact.add(issue)
+            this_stage.add(key)
+            out.append(issue)
+        earlier |= this_stage
+    return out
+
+
+def _headline(issues: list[Issue], reasons_prefix: list[str]) -> Issue:
+    reasons = reasons_prefix + [f"{i.expression or 'document'}: {i.diagnostics}" for i in issues if i.severity in ("fatal", "error")]
+    shown = "; ".join(reasons[:HEADLINE_REASONS])
+    more = f"; and {len(reasons) - HEADLINE_REASONS} more" if len(reasons) > HEADLINE_REASONS else ""
+    return error("processing", "Consent", f"{NOT_CASUS}: {shown}{more}")
+
+
+def validate_consent(document: Any, version: Version = "r4", profile: str | None = None) -> list[Issue]:
+    """Every issue with ``document`` as a CASUS Consent in FHIR ``version``; an empty list means valid.
+
+    ``profile`` asks for a profile check even when the resource does not claim it (only the CASUS
+    profile is known).  Never raises for bad input.
+    """
+    if version not in ("r4", "r5"):
+        raise ValueError(f"unknown FHIR version {version!r}")
+    if _too_deep(document):
+        return [error("structure", "", f"JSON nested deeper than {MAX_DEPTH} levels")]
+    base = _stage("base FHIR check", lambda: base_fhir_issues(document, version))
+    if not isinstance(document, dict) or document.get("resourceType") != "Consent":
+        return base
+    notes: list[Issue] = []
+    profile_stage: list[Issue] = []
+    code_stage: list[Issue] = []
+    url = profile or (codes.PROFILE_CONSENT if _claims(document, codes.PROFILE_CONSENT) else None)
+    if url is not None and url not in artefacts().structure_definitions:
+        known = ", ".join(sorted(artefacts().structure_definitions))
+        notes.append(error("not-supported", "Consent.meta.profile", f"unknown profile {url}; known: {known}"))
+    elif url is not None and version == "r5":
+        notes.append(Issue("information", "informational", "Consent", "the CASUS profile is an R4 StructureDefinition; "
+                           "this R5 Consent is checked against base R5 and the CASUS R5 mapping"))
+    elif url is not None:
+        profile_stage = _stage("CASUS profile check", lambda: conformance_issues(Scope(document, "Consent", document), url))
+        code_stage = _stage("CASUS code rules", lambda: [i for rule in CODE_RULES.values() for i in rule(document)])
+    mapping = _stage("CASUS form mapping", lambda: mapping_issues(document, version))
+    issues = _dedupe([base, notes, profile_stage, code_stage, mapping])
+    if any(i.severity in ("fatal", "error") for i in issues):
+        unclaimed = [] if url else [f"Consent.meta.profile: does not claim {codes.PROFILE_CONSENT}"]
+        issues.insert(0, _headline(issues, unclaimed))
+    log.info("validated a %s Consent: %d issue(s)", version, len(issues))
+    return issues
+
+
+def validate_text(text: str | bytes, version: Version = "r4", profile: str | None = None) -> list[Issue]:
+    """``validate_consent`` for raw JSON text or bytes (size, UTF-8, syntax and depth are checked first)."""
+    document, issues = load_json(text)
+    if issues:
+        return issues
+    return validate_consent(document, version, profile)
