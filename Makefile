@@ -1,0 +1,19 @@
+# The two commands a newcomer needs (see README): `make demo` and `make test`.
+VENV ?= .venv
+export CASUS_VENV := $(VENV)
+
+.PHONY: demo test lint bench install
+
+install:
+	bash scripts/bootstrap.sh
+
+demo: install
+	$(VENV)/bin/fhir-adapter demo
+
+test:
+	bash scripts/bootstrap.sh --with-postgres
+	$(VENV)/bin/ruff check fhir_adapter tests benchmarks
+	$(VENV)/bin/python -m pytest
+
+bench: install
+	$(VENV)/bin/python benchmarks/bench_mapping.py
