@@ -147,6 +147,17 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema(), format_checker=cls.FORMAT_CHECKER)
 
 
+@lru_cache(maxsize=1)
+def information_type_codes() -> frozenset[str]:
+    """The closed CASUS list of information types, as the published schema states it."""
+    return frozenset(schema()["$defs"]["person"]["properties"]["informationTypes"]["items"]["enum"])
+
+
+@lru_cache(maxsize=1)
+def person_role_codes() -> frozenset[str]:
+    return frozenset(schema()["$defs"]["person"]["properties"]["role"]["enum"])
+
+
 def _json_path(path: Any) -> str:
     out = "$"
     for part in path:

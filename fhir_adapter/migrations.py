@@ -1,0 +1,260 @@
+"""The store's schema and the short, versioned list of migrations that builds it.
+
+Why not Alembic: the schema is small and owned by one package, and the adapter
+must upgrade itself at start-up on both the embedded SQLite file and a shared
+PostgreSQL database with nothing to install or run by hand.  A numbered list of
+Python steps, recorded in ``schema_version``, does that in a page of code.
+
+How it stays safe:
+
+* every pending step runs in **one transaction** together with its
+  ``schema_version`` row, so a crash leaves the schema at the old version,
+  never half-way (both engines have transactional DDL);
+* two processes opening the same PostgreSQL database at once serialise on a
+  transaction-level advisory lock; on SQLite the transaction starts with
+  ``BEGIN IMMEDIATE`` (see ``store.py``), which takes the file's write lock;
+* running it again is a no-op, and a database newer than this code is refused
+  rather than written with an older idea of the schema.
+
+Adding a migration: append ``Migration(N, ...)`` with explicit DDL for the
+change and update the table definitions below to match (they describe the
+*current* schema, which the store queries).  Version 1 creates the tables as
+they were at version 1, so once a later step alters a table, give version 1 a
+frozen copy of the old definition.  ``test_store`` checks the migrated schema
+against these definitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+#: Key of the PostgreSQL advisory lock that serialises migrations: any fixed signed 64-bit number will do; this one spells "CASUSMIG".
+MIGRATION_LOCK_KEY = int.from_bytes(b"CASUSMIG", "big")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in as an aware datetime and always comes out aware, in UTC.
+
+    PostgreSQL keeps the zone (``timestamptz``); SQLite has no zone type, so the
+    value is normalised to UTC before it is written and UTC is re-attached on the
+    way out.  Either way callers never see a naive datetime, and comparisons in
+    SQL are between UTC instants.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC) if dialect.name == "postgresql" else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+#: One row per form: its latest version and the fields searched on, so "latest only" needs no GROUP BY
+#: and an update can lock exactly one row (SELECT ... FOR UPDATE) while it checks the expected version.
+forms = Table(
+    "forms", metadata,
+    Column("form_id", String(64), primary_key=True),
+    Column("latest_version", Integer, nullable=False),
+    Column("nhs_number", String(10), nullable=False, index=True),
+    Column("status", String(32), nullable=False, index=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_forms_updated_at_form_id", "updated_at", "form_id"),
+)
+
+#: Every version ever stored.  ``seq`` is the global change sequence that sync pushes from; the unique
+#: (form_id, version) pair is the last line of defence against two writers making the same version.
+form_versions = Table(
+    "form_versions", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("form_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("nhs_number", String(10), nullable=False, index=True),
+    Column("status", String(32), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("source", String(16), nullable=False),
+    UniqueConstraint("form_id", "version", name="uq_form_versions_form_id_version"),
+)
+
+#: Named counters handed out under a row lock, so numbers become visible in the order they were issued
+#: (a plain sequence/identity can commit out of order on PostgreSQL, and a sync cursor would skip a change).
+counters = Table(
+    "counters", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("actor", String(200), nullable=False, index=True),
+    Column("action", String(100), nullable=False),
+    Column("resource", String(200), nullable=True),
+    Column("outcome", String(50), nullable=False),
+    Column("detail", Text, nullable=False),
+    # The NHS number whose consent was read or decided on: the audit must answer "who looked at this young
+    # person's choices?". The audit table is access-controlled data, not a log; nothing else identifying goes here.
+    Column("subject", String(10), nullable=True, index=True),
+)
+
+disclosures = Table(
+    "disclosures", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("nhs_number", String(10), nullable=False, index=True),
+    Column("form_id", String(64), nullable=True),
+    Column("disclosed_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("document", Text, nullable=False),
+)
+
+sync_cursors = Table(
+    "sync_cursors", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+sync_records = Table(
+    "sync_records", metadata,
+    Column("form_id", String(64), primary_key=True),
+    Column("pushed_version", Integer, nullable=True),
+    Column("remote_id", String(200), nullable=True),
+    Column("remote_version_id", String(200), nullable=True),
+    Column("remote_last_updated", String(64), nullable=True),
+    Column("pulled_version", Integer, nullable=True),
+)
+
+locks = Table(
+    "locks", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+FORM_VERSION_COUNTER = "form_versions"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial_schema(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[forms, form_versions, counters, audit_log, disclosures, sync_cursors, sync_records, locks])
+    conn.execute(insert(counters).values(name=FORM_VERSION_COUNTER, value=0))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer adapter; writing to it with this one could corrupt it."""
+
+
+def latest_version(migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """The schema version this code expects.
+
+    >>> latest_version((Migration(1, "a", print), Migration(2, "b", print)))
+    2
+    """
+    return max((m.version for m in migrations), default=0)
+
+
+def pending(current: int, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[Migration]:
+    """The steps still to run on a database at ``current``, in order.
+
+    >>> [m.version for m in pending(1, (Migration(2, "b", print), Migration(1, "a", print), Migration(3, "c", print)))]
+    [2, 3]
+    """
+    return sorted((m for m in migrations if m.version > current), key=lambda m: m.version)
+
+
+def _take_migration_lock(conn: Connection) -> None:
+    """Serialise concurrent migrators until this transaction ends (SQLite's BEGIN IMMEDIATE already did)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+def current_version(conn: Connection) -> int:
+    """The highest applied migration, 0 for an empty database."""
+    if not conn.dialect.has_table(conn, schema_version.name):
+        return 0
+    return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
+
+
+def migrate(conn: Connection, migrations: tuple[Migration, ...] = MIGRATIONS, *, now: Callable[[], datetime] | None = None) -> list[int]:
+    """Bring the schema up to date inside the caller's (write) transaction; returns the versions applied.
+
+    The caller commits: the schema changes and their ``schema_version`` rows land together or not at all.
+    """
+    clock = now or (lambda: datetime.now(UTC))
+    _take_migration_lock(conn)
+    schema_version.create(conn, checkfirst=True)
+    current = current_version(conn)
+    if current > latest_version(migrations):
+        raise SchemaTooNew(f"database schema is at version {current}; this adapter knows up to {latest_version(migrations)}")
+    applied = []
+    for step in pending(current, migrations):
+        step.apply(conn)
+        conn.execute(insert(schema_version).values(version=step.version, description=step.description, applied_at=clock()))
+        applied.append(step.version)
+    return applied
+
+
+def table_columns() -> dict[str, set[str]]:
+    """Column names per table as this module defines them (what the store's queries rely on)."""
+    return {name: {c.name for c in table.columns} for name, table in metadata.tables.items()}
+
+
+def describe(conn: Connection) -> dict[str, Any]:
+    """Column names per table as the database actually has them (for drift checks and diagnostics)."""
+    inspector = inspect(conn)
+    return {name: {c["name"] for c in inspector.get_columns(name)} for name in inspector.get_table_names()}

@@ -1,0 +1,729 @@
+"""The durable store: every version of every CASUS consent form, the audit trail, disclosures and sync state.
+
+A young person can change their mind, and a decision has to be explainable
+later ("which consent was in force on 3 March?"), so a form is never
+overwritten: each change appends a version.  Writes are optimistic: the caller
+names the version it read, and a stale write raises ``VersionConflict`` and
+changes nothing, so two clinicians editing at once cannot silently undo each
+other.
+
+One code path (SQLAlchemy Core) serves both engines:
+
+* **SQLite**, the embedded default: the file is created on first use.  Write
+  transactions start with ``BEGIN IMMEDIATE`` so writers queue on the file lock
+  instead of failing half-way; WAL mode lets readers carry on meanwhile.
+* **PostgreSQL** (``postgresql+psycopg://...``): a write compares-and-sets the
+  form's head row (``UPDATE ... WHERE latest_version = :expected``), which row-locks
+  it; the unique (form_id, version) constraint backs that up.
+
+Each stored version also gets a number from a counter row that is incremented
+inside the writing transaction.  Holding that row lock until commit means the
+numbers become visible strictly in order, which is what lets the sync job push
+"everything after cursor N" without ever skipping a change that committed late.
+(It serialises form writes globally; consent forms are written at human speed.)
+
+Privacy: the store never logs form content, names, NHS numbers or disclosure
+details; the audit trail keeps ids, actions, codes and outcomes only, and
+``audit`` redacts anything that looks like an identifying field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from sqlalchemy import (
+    URL,
+    ColumnElement,
+    Connection,
+    CursorResult,
+    Engine,
+    Row,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    make_url,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from . import migrations as schema
+from . import nhs_number
+from .disclosure import Disclosure, disclosure_issues
+from .form import ConsentForm, form_to_json, parse_form
+from .outcome import InvalidInput
+
+log = logging.getLogger(__name__)
+
+#: Where the embedded store lives when nothing else is configured (relative to the working directory).
+DEFAULT_URL = "sqlite:///casus-adapter.db"
+#: How long a SQLite writer waits for the file lock before giving up.
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+#: Upper bound on one page of results, so no caller can ask the database for everything at once.
+MAX_PAGE_SIZE = 1000
+
+#: Audit actions the store writes itself, inside the transaction that changes the data (callers add their own
+#: request-level records, e.g. "form.create", on top).
+STORED_FORM_VERSION = "store.form-version"
+STORED_DISCLOSURE = "store.disclosure"
+
+Source = Literal["local", "remote"]
+SOURCES: tuple[str, ...] = ("local", "remote")
+Clock = Callable[[], datetime]
+
+_READ_ONLY = "casus_read_only"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class StoreError(Exception):
+    """Base of everything the store raises on purpose."""
+
+
+class NotFound(StoreError):
+    """No such form (or no such version of it)."""
+
+
+class AlreadyExists(StoreError):
+    """A form with this form id is already stored; change it with update_form instead."""
+
+
+class VersionConflict(StoreError):
+    """The write named a version that is no longer the latest; nothing was changed.
+
+    ``current_version`` is what the caller should re-read before trying again.
+    """
+
+    def __init__(self, current_version: int, *, form_id: str | None = None, expected_version: int | None = None) -> None:
+        self.current_version = current_version
+        self.form_id = form_id
+        self.expected_version = expected_version
+        super().__init__(f"form {form_id}: expected version {expected_version} but the latest is {current_version}")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class FormVersion:
+    """One stored version of a form and who stored it, when, and from where."""
+
+    form_id: str
+    version: int
+    form: ConsentForm
+    recorded_at: datetime  # server time (UTC) the version was stored
+    actor: str
+    source: str  # 'local' (API) or 'remote' (pulled by sync)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit event: who did what to which resource, and how it ended. Never clinical content."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    resource: str | None
+    outcome: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    subject: str | None = None  # NHS number of the young person concerned, when there is one
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at.isoformat(), "actor": self.actor, "action": self.action, "resource": self.resource,
+                "outcome": self.outcome, "subject": self.subject, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    """What the sync job last knew about one form on both sides."""
+
+    form_id: str
+    pushed_version: int | None = None
+    remote_id: str | None = None
+    remote_version_id: str | None = None
+    remote_last_updated: str | None = None
+    pulled_version: int | None = None
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _require_aware(value: datetime | None, name: str) -> None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+
+
+def _require_actor(actor: str) -> None:
+    if not isinstance(actor, str) or not actor.strip():
+        raise ValueError("actor must be a non-empty string")
+
+
+def _require_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}")
+
+
+def _dumps(document: Any) -> str:
+    """Canonical JSON text: the same content always serialises to the same string."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def checked_document(form: ConsentForm) -> tuple[str, ConsentForm]:
+    """The JSON text to store for a form, and the form as it will read back.
+
+    The document is re-parsed before it is stored, so anything in the store
+    is known to parse (reads never fail on data the store itself accepted) and
+    a form that breaks a rule raises InvalidInput with nothing written.
+    """
+    document = form_to_json(form)
+    return _dumps(document), parse_form(document)
+
+
+_SENSITIVE_KEYS = frozenset({
+    "name", "names", "givenname", "familyname", "nhsnumber", "birthdate", "dateofbirth", "dob", "address",
+    "postcode", "phone", "telephone", "email", "reason", "recipient", "note", "notes", "text", "narrative",
+    "comment", "comments", "freetext", "form", "document", "body", "content",
+})
+_NHS_NUMBER_LIKE = re.compile(r"(?<!\d)(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?!\d)")
+REDACTED = "[redacted]"
+NHS_NUMBER_MASK = "[nhs-number]"
+
+
+def _mask_nhs_numbers(value: str) -> str:
+    """Replace anything that is a valid NHS number (spaced or not) with a mask.
+
+    >>> _mask_nhs_numbers("Patient/9434765919 and 943 476 5919, not 1234567890")
+    'Patient/[nhs-number] and [nhs-number], not 1234567890'
+    """
+    return _NHS_NUMBER_LIKE.sub(lambda m: NHS_NUMBER_MASK if nhs_number.is_valid("".join(m.groups())) else m.group(0), value)
+
+
+def redact(value: Any) -> Any:
+    """An audit-safe copy of a value: identifying fields and NHS numbers removed, only JSON types kept.
+
+    The audit trail must never hold clinical content, yet callers build its
+    detail from live requests; redacting here means a careless caller leaks a
+    placeholder rather than a name.
+
+    >>> redact({"verdict": "permit", "name": "Alex", "nhs_number": "9434765919", "purposes": ["THREAT"], "ids": ["x 9434765919"]})
+    {'verdict': 'permit', 'name': '[redacted]', 'nhs_number': '[redacted]', 'purposes': ['THREAT'], 'ids': ['x [nhs-number]']}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED if re.sub(r"[^a-z]", "", str(k).lower()) in _SENSITIVE_KEYS else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _mask_nhs_numbers(str(value))
+
+
+def _disclosure_json(d: Disclosure) -> dict[str, Any]:
+    return {
+        "nhsNumber": d.nhs_number,
+        "formId": d.form_id,
+        "exception": d.exception,
+        "informationTypes": list(d.information_types),
+        "recipient": dict(d.recipient),
+        "reason": d.reason,
+        "disclosedAt": d.disclosed_at.isoformat(),
+        "youngPersonTold": d.young_person_told,
+        "toldAt": d.told_at.isoformat() if d.told_at else None,
+        "notToldReason": d.not_told_reason,
+    }
+
+
+def _disclosure_from_row(row: Row[Any]) -> Disclosure:
+    doc = json.loads(row.document)
+    return Disclosure(
+        id=row.id,
+        nhs_number=doc["nhsNumber"],
+        form_id=doc["formId"],
+        exception=doc["exception"],
+        information_types=tuple(doc["informationTypes"]),
+        recipient=doc["recipient"],
+        reason=doc["reason"],
+        disclosed_at=datetime.fromisoformat(doc["disclosedAt"]),
+        young_person_told=doc["youngPersonTold"],
+        told_at=datetime.fromisoformat(doc["toldAt"]) if doc["toldAt"] else None,
+        not_told_reason=doc["notToldReason"],
+        recorded_at=row.recorded_at,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _parse_document(document: str) -> ConsentForm:
+    """Stored versions never change, so the same text always parses to the same form: parse it once.
+
+    Keyed by the text itself (not the form id), so two stores in one process can never mix their forms up.
+    """
+    return parse_form(json.loads(document))
+
+
+def _version_from_row(row: Row[Any]) -> FormVersion:
+    return FormVersion(
+        form_id=row.form_id,
+        version=row.version,
+        form=_parse_document(row.document),
+        recorded_at=row.recorded_at,
+        actor=row.actor,
+        source=row.source,
+    )
+
+
+def _audit_from_row(row: Row[Any]) -> AuditRecord:
+    return AuditRecord(row.id, row.at, row.actor, row.action, row.resource, row.outcome, json.loads(row.detail), row.subject)
+
+
+def _page_bounds(limit: int, offset: int) -> None:
+    if not 0 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be between 0 and {MAX_PAGE_SIZE}")
+    if offset < 0:
+        raise ValueError("offset must not be negative")
+
+
+def _search_filters(nhs: str | None, status: str | None, since: datetime | None, before: datetime | None) -> list[ColumnElement[bool]]:
+    """WHERE terms over the head rows; ``since`` is inclusive and ``before`` exclusive, so ranges tile."""
+    t = schema.forms
+    terms: list[ColumnElement[bool]] = []
+    if nhs is not None:
+        terms.append(t.c.nhs_number == nhs)
+    if status is not None:
+        terms.append(t.c.status == status)
+    if since is not None:
+        terms.append(t.c.updated_at >= since)
+    if before is not None:
+        terms.append(t.c.updated_at < before)
+    return terms
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def normalise_url(url: str | URL) -> URL:
+    """A database URL with the psycopg 3 driver filled in for bare PostgreSQL URLs.
+
+    >>> normalise_url("postgresql://u@127.0.0.1:5432/casus").drivername
+    'postgresql+psycopg'
+    >>> normalise_url("sqlite:///casus.db").drivername
+    'sqlite'
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the file to WAL mode (readers no longer wait for writers), retrying while another connection holds it.
+
+    The switch needs an exclusive lock and SQLite does not always apply the busy timeout to it, so several
+    processes opening a brand-new file at once would otherwise see "database is locked".  Bounded by the
+    same deadline as any other busy wait.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module so that BEGIN IMMEDIATE (below) is what starts one.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # Writers take the file's write lock up front: they wait their turn (busy timeout) instead of
+    # failing at commit after reading a snapshot that another writer has since changed.
+    connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:")
+    if not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    # An in-memory database exists only on its one connection (useful for single-threaded tests only).
+    pool: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {}
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, **pool)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for a supported URL, configured for the store's transaction discipline."""
+    parsed = normalise_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True)
+    raise StoreError(f"unsupported database '{parsed.drivername}': use sqlite:///path/file.db or postgresql+psycopg://...")
+
+
+def _dialect_insert(conn: Connection, table: Table) -> Any:
+    """INSERT with ON CONFLICT support; SQLite and PostgreSQL share the same upsert API in SQLAlchemy."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _upsert(conn: Connection, table: Table, values: dict[str, Any], *, key: str, only_if: ColumnElement[bool] | None = None) -> None:
+    stmt = _dialect_insert(conn, table).values(**values)
+    changes = {name: stmt.excluded[name] for name in values if name != key}
+    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changes, where=only_if))
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """Forms, versions, audit, disclosures and sync state in one database.
+
+    Thread-safe: share one Store per process (it holds a connection pool).
+    """
+
+    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
+        self._engine = engine
+        self._clock = clock or _utc_now
+
+    @classmethod
+    def open(cls, url: str = DEFAULT_URL, *, clock: Clock | None = None) -> Store:
+        """Connect, and bring the schema up to date (safe to run from several processes at once).
+
+        ``clock`` supplies "now" for recorded_at, audit times and lease expiry (tests pass a fake one).
+        """
+        engine = make_engine(url)
+        store = cls(engine, clock=clock)
+        try:
+            with store._write() as conn:
+                applied = schema.migrate(conn, now=store._now)
+        except BaseException:
+            engine.dispose()
+            raise
+        log.info("store opened on %s; migrations applied: %s", engine.dialect.name, applied or "none")
+        return store
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def ping(self) -> bool:
+        """True when the database answers; for the readiness endpoint."""
+        try:
+            with self._read() as conn:
+                conn.execute(select(1))
+            return True
+        except SQLAlchemyError:
+            log.warning("store ping failed")
+            return False
+
+    @property
+    def backend(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self._engine.dialect.name
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        _require_aware(now, "the clock's time")
+        return now.astimezone(UTC)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    # ----------------------------------------------------------------------- forms
+
+    def create_form(self, form: ConsentForm, *, actor: str, source: str = "local") -> FormVersion:
+        """Store a new form as version 1. Raises AlreadyExists, or InvalidInput with nothing stored."""
+        _require_actor(actor)
+        _require_source(source)
+        document, parsed = checked_document(form)
+        now = self._now()
+        with self._write() as conn:
+            try:
+                conn.execute(insert(schema.forms).values(
+                    form_id=parsed.form_id, latest_version=1, nhs_number=parsed.young_person.nhs_number,
+                    status=parsed.status, updated_at=now))
+            except IntegrityError as exc:
+                raise AlreadyExists(f"form {parsed.form_id} already exists") from exc
+            return self._append_version(conn, parsed, document, version=1, now=now, actor=actor, source=source)
+
+    def update_form(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local") -> FormVersion:
+        """Store a new version of a form, provided ``expected_version`` is still the latest.
+
+        Raises NotFound, VersionConflict (nothing changed; re-read and retry), or InvalidInput.
+        """
+        _require_actor(actor)
+        _require_source(source)
+        document, parsed = checked_document(form)
+        now = self._now()
+        heads = schema.forms
+        with self._write() as conn:
+            # Compare-and-set on the head row: it row-locks on PostgreSQL, and a writer that was waiting
+            # re-checks the condition against the committed row, so only one of two racers can match.
+            changed = conn.execute(
+                update(heads)
+                .where(heads.c.form_id == parsed.form_id, heads.c.latest_version == expected_version)
+                .values(latest_version=expected_version + 1, nhs_number=parsed.young_person.nhs_number,
+                        status=parsed.status, updated_at=now))
+            if changed.rowcount != 1:
+                current = conn.execute(select(heads.c.latest_version).where(heads.c.form_id == parsed.form_id)).scalar_one_or_none()
+                if current is None:
+                    raise NotFound(f"form {parsed.form_id} not found")
+                log.debug("version conflict on form %s: expected %s, latest %s", parsed.form_id, expected_version, current)
+                raise VersionConflict(current, form_id=parsed.form_id, expected_version=expected_version)
+            try:
+                return self._append_version(conn, parsed, document, version=expected_version + 1, now=now, actor=actor, source=source)
+            except IntegrityError as exc:  # the unique (form_id, version) backstop: someone else made this version
+                raise VersionConflict(expected_version + 1, form_id=parsed.form_id, expected_version=expected_version) from exc
+
+    def _append_version(self, conn: Connection, form: ConsentForm, document: str, *, version: int, now: datetime,
+                        actor: str, source: str) -> FormVersion:
+        seq = self._next_number(conn, schema.FORM_VERSION_COUNTER)
+        conn.execute(insert(schema.form_versions).values(
+            seq=seq, form_id=form.form_id, version=version, nhs_number=form.young_person.nhs_number, status=form.status,
+            document=document, recorded_at=now, actor=actor, source=source))
+        # Audited in the same transaction as the write, so no stored version (local or pulled by sync) goes unrecorded.
+        self._insert_audit(conn, now, actor=actor, action=STORED_FORM_VERSION,
+                           resource=f"form/{form.form_id}", outcome="created" if version == 1 else "updated",
+                           subject=form.young_person.nhs_number,
+                           detail={"version": version, "status": form.status, "source": source})
+        return FormVersion(form.form_id, version, form, now, actor, source)
+
+    @staticmethod
+    def _next_number(conn: Connection, counter: str) -> int:
+        """The next number of a counter; its row stays locked until this transaction ends (see module doc)."""
+        t = schema.counters
+        return conn.execute(update(t).where(t.c.name == counter).values(value=t.c.value + 1).returning(t.c.value)).scalar_one()
+
+    def get(self, form_id: str, version: int | None = None) -> FormVersion:
+        """The latest version of a form, or the given version. Raises NotFound."""
+        fv, heads = schema.form_versions, schema.forms
+        query = select(fv).where(fv.c.form_id == form_id)
+        if version is None:
+            query = query.join(heads, and_(heads.c.form_id == fv.c.form_id, heads.c.latest_version == fv.c.version))
+        else:
+            query = query.where(fv.c.version == version)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"form {form_id}" + (f" version {version}" if version is not None else "") + " not found")
+        return _version_from_row(row)
+
+    def history(self, form_id: str) -> list[FormVersion]:
+        """Every version of a form, oldest first. Raises NotFound (a stored form always has version 1)."""
+        fv = schema.form_versions
+        with self._read() as conn:
+            rows = conn.execute(select(fv).where(fv.c.form_id == form_id).order_by(fv.c.version)).all()
+        if not rows:
+            raise NotFound(f"form {form_id} not found")
+        return [_version_from_row(r) for r in rows]
+
+    def search(self, *, nhs_number: str | None = None, status: str | None = None, updated_since: datetime | None = None,
+               updated_before: datetime | None = None, limit: int = 50, offset: int = 0) -> tuple[list[FormVersion], int]:
+        """One page of latest versions matching every given filter, and how many match in all.
+
+        Ordered by the time the latest version was stored, then form id, so paging is stable.
+        ``updated_since`` is inclusive, ``updated_before`` exclusive. ``limit=0`` just counts.
+        """
+        _page_bounds(limit, offset)
+        _require_aware(updated_since, "updated_since")
+        _require_aware(updated_before, "updated_before")
+        fv, heads = schema.form_versions, schema.forms
+        terms = _search_filters(nhs_number, status, updated_since, updated_before)
+        joined = heads.join(fv, and_(fv.c.form_id == heads.c.form_id, fv.c.version == heads.c.latest_version))
+        # The total rides along on each row (a window count), so page and total come from one snapshot.
+        page = (select(fv, func.count().over().label("total")).select_from(joined).where(*terms)
+                .order_by(heads.c.updated_at, heads.c.form_id).limit(limit).offset(offset))
+        with self._read() as conn:
+            rows = conn.execute(page).all()
+            total = rows[0].total if rows else conn.execute(select(func.count()).select_from(heads).where(*terms)).scalar_one()
+        return [_version_from_row(r) for r in rows], total
+
+    def versions_for_patient(self, nhs_number: str) -> list[FormVersion]:
+        """Every stored version (of every form) recorded for this NHS number, oldest first.
+
+        The decision engine needs them all: the version in force at a past time may not be the latest.
+        """
+        fv = schema.form_versions
+        query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
+        with self._read() as conn:
+            return [_version_from_row(r) for r in conn.execute(query).all()]
+
+    def versions_changed_since(self, cursor: int, limit: int) -> list[tuple[int, FormVersion]]:
+        """Up to ``limit`` versions stored after sequence number ``cursor``, ascending, with their numbers.
+
+        Numbers are issued in commit order, so a sync job that saves the last number it handled never skips one.
+        """
+        _page_bounds(limit, 0)
+        fv = schema.form_versions
+        query = select(fv).where(fv.c.seq > cursor).order_by(fv.c.seq).limit(limit)
+        with self._read() as conn:
+            return [(r.seq, _version_from_row(r)) for r in conn.execute(query).all()]
+
+    # ----------------------------------------------------------------------- audit
+
+    def audit(self, *, actor: str, action: str, resource: str | None, outcome: str, detail: dict[str, Any] | None = None,
+              subject: str | None = None) -> None:
+        """Append an audit record. ``detail`` is for codes and ids; identifying fields are redacted on the way in."""
+        _require_actor(actor)
+        with self._write() as conn:
+            self._insert_audit(conn, self._now(), actor=actor, action=action, resource=resource, outcome=outcome, detail=detail,
+                               subject=subject if subject and nhs_number.is_valid(subject) else None)
+
+    @staticmethod
+    def _insert_audit(conn: Connection, at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
+                      detail: Mapping[str, Any] | None, subject: str | None = None) -> None:
+        conn.execute(insert(schema.audit_log).values(subject=subject,
+            at=at, actor=actor, action=action, resource=_mask_nhs_numbers(resource) if resource is not None else None,
+            outcome=outcome, detail=_dumps(redact(detail or {}))))
+
+    def audit_log(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        """The most recent audit records, newest first, optionally for one actor."""
+        _page_bounds(limit, 0)
+        t = schema.audit_log
+        query = select(t).order_by(t.c.id.desc()).limit(limit)
+        if actor is not None:
+            query = query.where(t.c.actor == actor)
+        if subject is not None:
+            query = query.where(t.c.subject == subject)
+        with self._read() as conn:
+            return [_audit_from_row(r) for r in conn.execute(query).all()]
+
+    # ----------------------------------------------------------------------- disclosures
+
+    def record_disclosure(self, d: Disclosure, *, actor: str) -> Disclosure:
+        """Keep a disclosure made under a policy exception; returns it with its new id and recorded_at.
+
+        Raises InvalidInput (nothing stored) when the record is incomplete. The audit trail gets the id,
+        the exception code and the form id, not the content.
+        """
+        _require_actor(actor)
+        issues = disclosure_issues(d)
+        if issues:
+            raise InvalidInput(issues)
+        now = self._now()
+        stored = replace(d, id=str(uuid.uuid4()), recorded_at=now, information_types=tuple(d.information_types),
+                         recipient=dict(d.recipient))
+        with self._write() as conn:
+            conn.execute(insert(schema.disclosures).values(
+                id=stored.id, nhs_number=stored.nhs_number, form_id=stored.form_id, disclosed_at=stored.disclosed_at,
+                recorded_at=now, actor=actor, document=_dumps(_disclosure_json(stored))))
+            self._insert_audit(conn, now, actor=actor, action=STORED_DISCLOSURE, subject=stored.nhs_number,
+                               resource=f"disclosure/{stored.id}", outcome="recorded",
+                               detail={"exception": stored.exception, "formId": stored.form_id,
+                                       "informationTypeCount": len(stored.information_types)})
+        return stored
+
+    def disclosures(self, nhs_number: str) -> list[Disclosure]:
+        """Every disclosure recorded for one NHS number, in the order they were made."""
+        t = schema.disclosures
+        query = select(t).where(t.c.nhs_number == nhs_number).order_by(t.c.disclosed_at, t.c.recorded_at, t.c.id)
+        with self._read() as conn:
+            return [_disclosure_from_row(r) for r in conn.execute(query).all()]
+
+    # ----------------------------------------------------------------------- sync state
+
+    def get_cursor(self, name: str) -> str | None:
+        """A sync job's saved position (opaque to the store), or None before its first run."""
+        t = schema.sync_cursors
+        with self._read() as conn:
+            return conn.execute(select(t.c.value).where(t.c.name == name)).scalar_one_or_none()
+
+    def set_cursor(self, name: str, value: str) -> None:
+        """Save a sync job's position; a crash after this resumes from here."""
+        with self._write() as conn:
+            _upsert(conn, schema.sync_cursors, {"name": name, "value": value, "updated_at": self._now()}, key="name")
+
+    def sync_record(self, form_id: str) -> SyncRecord | None:
+        """What the sync job last recorded for a form, or None if it never has."""
+        t = schema.sync_records
+        with self._read() as conn:
+            row = conn.execute(select(t).where(t.c.form_id == form_id)).first()
+        return SyncRecord(**row._asdict()) if row is not None else None
+
+    def save_sync_record(self, rec: SyncRecord) -> None:
+        """Insert or replace the sync record for ``rec.form_id``."""
+        values = {"form_id": rec.form_id, "pushed_version": rec.pushed_version, "remote_id": rec.remote_id,
+                  "remote_version_id": rec.remote_version_id, "remote_last_updated": rec.remote_last_updated,
+                  "pulled_version": rec.pulled_version}
+        with self._write() as conn:
+            _upsert(conn, schema.sync_records, values, key="form_id")
+
+    # ----------------------------------------------------------------------- leases
+
+    def acquire_lock(self, name: str, owner: str, ttl_seconds: int) -> bool:
+        """Take (or renew) the lease ``name`` for ``ttl_seconds``; False if another owner holds an unexpired one.
+
+        A lease rather than a session lock, so a crashed holder blocks others for at most the TTL.
+        Owners should be unique per run (e.g. host + pid + uuid); the same owner calling again renews.
+        """
+        _require_actor(owner)
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        now = self._now()
+        t = schema.locks
+        with self._write() as conn:
+            _upsert(conn, t, {"name": name, "owner": owner, "expires_at": now + timedelta(seconds=ttl_seconds)}, key="name",
+                    only_if=or_(t.c.expires_at <= now, t.c.owner == owner))
+            holder = conn.execute(select(t.c.owner).where(t.c.name == name)).scalar_one()
+        return holder == owner
+
+    def release_lock(self, name: str, owner: str) -> None:
+        """Give the lease back early; does nothing if ``owner`` no longer holds it (it expired and was taken)."""
+        t = schema.locks
+        with self._write() as conn:
+            result: CursorResult[Any] = conn.execute(delete(t).where(t.c.name == name, t.c.owner == owner))
+        log.debug("lease %s released: %s", name, bool(result.rowcount))
