@@ -16,7 +16,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from fhir.resources.R4B.consent import Consent
 
@@ -42,7 +42,7 @@ TYPES = codes.INFORMATION_TYPES.values()
 
 def realistic_form(n: int) -> ConsentForm:
     """A form shaped like a typical CASUS first meeting: six people, mixed choices, a few time limits."""
-    recorded = datetime(2026, 11, 20, 10, 15, tzinfo=timezone.utc) + timedelta(minutes=n)
+    recorded = datetime(2026, 11, 20, 10, 15, tzinfo=UTC) + timedelta(minutes=n)
     people = []
     for i in range(6):
         role = ROLES[(n + i) % len(ROLES)]
