@@ -1,0 +1,95 @@
+"""Settings from the environment (12-factor): nothing secret lives in the repository.
+
+Bearer tokens are configured as SHA-256 digests where possible, so a leaked
+configuration file does not leak working tokens; plain tokens from the
+environment are hashed as soon as they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .access import SCOPES, TokenGrant
+
+DEFAULT_DATABASE_URL = "sqlite:///instance/casus.sqlite3"
+
+
+class ConfigurationError(ValueError):
+    """The configuration cannot be used; the message names the setting, never its secret value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    grants: tuple[TokenGrant, ...] = ()
+    max_body_bytes: int = 1_000_000
+    public_base_url: str | None = None  # for absolute links in Bundles when behind a proxy
+    page_size: int = 20
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            database_url=env.get("CASUS_DATABASE_URL", DEFAULT_DATABASE_URL),
+            grants=grants_from_env(env),
+            max_body_bytes=int(env.get("CASUS_MAX_BODY_BYTES", "1000000")),
+            public_base_url=env.get("CASUS_PUBLIC_BASE_URL") or None,
+        )
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def parse_grants(entries: Any) -> tuple[TokenGrant, ...]:
+    """Grants from a JSON list of {"name", "scopes", and "token" or "token_sha256"}."""
+    if not isinstance(entries, list):
+        raise ConfigurationError("token configuration must be a JSON list")
+    grants = []
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigurationError(f"token entry {n} needs a name")
+        digest = entry.get("token_sha256") or (hash_token(entry["token"]) if isinstance(entry.get("token"), str) else None)
+        if not digest or len(digest) != 64:
+            raise ConfigurationError(f"token entry {entry['name']!r} needs a token or a 64-hex-digit token_sha256")
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
+            raise ConfigurationError(f"token entry {entry['name']!r}: scopes must be a non-empty list drawn from {sorted(SCOPES)}")
+        grants.append(TokenGrant(entry["name"], digest.lower(), frozenset(scopes), _expiry(entry)))
+    return tuple(grants)
+
+
+def _expiry(entry: dict[str, Any]) -> datetime | None:
+    if entry.get("expires_at") is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(entry["expires_at"]))
+    except ValueError:
+        raise ConfigurationError(f"token entry {entry['name']!r}: expires_at is not an ISO date-time") from None
+    if parsed.tzinfo is None:
+        raise ConfigurationError(f"token entry {entry['name']!r}: expires_at needs a time zone")
+    return parsed
+
+
+def grants_from_env(env: Mapping[str, str]) -> tuple[TokenGrant, ...]:
+    """CASUS_TOKENS_FILE (a JSON file) or CASUS_TOKENS (the same JSON inline)."""
+    if env.get("CASUS_TOKENS_FILE"):
+        path = Path(env["CASUS_TOKENS_FILE"])
+        try:
+            return parse_grants(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigurationError(f"CASUS_TOKENS_FILE cannot be read as JSON: {type(exc).__name__}") from None
+    if env.get("CASUS_TOKENS"):
+        try:
+            return parse_grants(json.loads(env["CASUS_TOKENS"]))
+        except json.JSONDecodeError:
+            raise ConfigurationError("CASUS_TOKENS is not valid JSON") from None
+    return ()

@@ -1,0 +1,1 @@
+"""The Flask facade: blueprints that parse a request, call the service, render the answer."""

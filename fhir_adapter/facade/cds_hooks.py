@@ -1,0 +1,95 @@
+"""CDS Hooks: the same consent question for EHRs that speak CDS Hooks 2.0.
+
+There is no standard hook for "may I share this?", so the service declares
+a custom hook, ``casus-consent-consult``, whose context carries what the
+decision endpoint's query parameters do.  The answer is one card whose
+indicator is ``info`` (permit), ``warning`` (permit under a policy exception,
+with obligations) or ``critical`` (deny), with the reason as detail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+
+from .. import decision
+from ..consent_service import ConsentService
+from .decisions_api import decision_request
+from .protocol import json_body, json_response, principal, problem, require
+
+bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
+SERVICE_ID = "casus-consent"
+HOOK = "casus-consent-consult"
+
+
+class _Args(dict[str, Any]):
+    """Context fields shaped like query arguments, so the decision request is parsed in one place."""
+
+    def getlist(self, key: str) -> list[str]:
+        value = self.get(key)
+        if value is None:
+            return []
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def service() -> ConsentService:
+    return current_app.extensions["casus"]
+
+
+@bp.get("")
+@require(None)
+def discovery() -> Any:
+    return json_response({"services": [{
+        "hook": HOOK,
+        "id": SERVICE_ID,
+        "title": "CASUS consent consult",
+        "description": "May CASUS information of these types about this patient go to this recipient for this purpose?",
+        "usageRequirements": "context: patient (NHS number), recipientIdentifier (system|value) or recipientRole, informationTypes, purpose",
+    }]})
+
+
+@bp.post(f"/{SERVICE_ID}")
+@require("decision.read")
+def consult() -> Any:
+    body = json_body()
+    if not isinstance(body, dict) or body.get("hook") != HOOK:
+        raise problem(400, "value", "hook", f"this service answers the {HOOK} hook")
+    context = body.get("context")
+    if not isinstance(context, dict):
+        raise problem(400, "required", "context", "context is required")
+    args = _Args({
+        "patient": context.get("patient"),
+        "recipient-identifier": context.get("recipientIdentifier"),
+        "recipient-role": context.get("recipientRole"),
+        "recipient-person": context.get("recipientPerson"),
+        "information-type": context.get("informationTypes"),
+        "purpose": context.get("purpose"),
+        "at": context.get("at"),
+    })
+    args = _Args({k: v for k, v in args.items() if v is not None})
+    req = decision_request(args)
+    try:
+        verdict = service().decide(req, actor=principal().name)
+    except ValueError as exc:
+        raise problem(400, "value", "context", str(exc)) from None
+    return json_response({"cards": [card(verdict)]})
+
+
+def card(verdict: decision.Verdict) -> dict[str, Any]:
+    if verdict.decision == "deny":
+        indicator, summary = "critical", "Do not share: no CASUS consent covers this"
+    elif verdict.basis == "policy-exception":
+        indicator, summary = "warning", "Share under a CASUS policy exception: obligations apply"
+    else:
+        indicator, summary = "info", "The consent on file permits sharing this"
+    detail = verdict.reason
+    if verdict.obligations:
+        detail += "\n\nObligations:\n" + "\n".join(f"- {o.text}" for o in verdict.obligations)
+    return {
+        "summary": summary[:140],
+        "indicator": indicator,
+        "detail": detail,
+        "source": {"label": "CASUS consent adapter"},
+        "extension": {"casus-verdict": decision.to_json(verdict)},
+    }

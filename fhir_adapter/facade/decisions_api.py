@@ -1,0 +1,132 @@
+"""The decision endpoint the EHR calls, the per-patient summary, and exception disclosures.
+
+``GET /api/decision`` answers plain JSON by default and a FHIR Parameters
+resource when the caller asks for ``application/fhir+json`` (Accept header or
+``_format=fhir``).  Query parameters are documented in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, current_app, request
+
+from .. import decision
+from ..consent_service import ConsentService
+from ..disclosure import disclosure_to_json, parse_disclosure
+from ..mappings.disclosure import disclosure_to_audit_event
+from .forms_api import checked_nhs_number
+from .protocol import FHIR_JSON, json_body, json_response, principal, problem, require
+
+bp = Blueprint("decisions", __name__, url_prefix="/api")
+
+
+def service() -> ConsentService:
+    return current_app.extensions["casus"]
+
+
+def wants_fhir() -> bool:
+    if request.args.get("_format") in ("fhir", "json+fhir", FHIR_JSON):
+        return True
+    return request.accept_mimetypes.best_match(["application/json", FHIR_JSON]) == FHIR_JSON and FHIR_JSON in (
+        request.headers.get("Accept") or ""
+    )
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise problem(400, "value", name, "must be an ISO 8601 date-time with a time zone") from None
+    if moment.tzinfo is None:
+        raise problem(400, "value", name, "must carry a time zone")
+    return moment
+
+
+def decision_request(args: Any) -> decision.DecisionRequest:
+    patient = args.get("patient")
+    if not patient:
+        raise problem(400, "required", "patient", "the patient's NHS number is required")
+    if "|" in patient:
+        system, _, patient = patient.partition("|")
+        if system not in ("", "https://fhir.nhs.uk/Id/nhs-number"):
+            raise problem(400, "value", "patient", "patients are identified by NHS number (https://fhir.nhs.uk/Id/nhs-number)")
+    checked_nhs_number(patient, "patient")
+    identifier = args.get("recipient-identifier")
+    system = value = None
+    if identifier:
+        system, sep, value = identifier.partition("|")
+        if not sep or not system or not value:
+            raise problem(400, "value", "recipient-identifier", "give the recipient identifier as system|value")
+    role, person = args.get("recipient-role"), args.get("recipient-person")
+    if not (identifier or role or person):
+        raise problem(400, "required", "recipient-identifier", "name the recipient by recipient-identifier, recipient-role or recipient-person")
+    types = tuple(t for raw in args.getlist("information-type") for t in raw.split(",") if t)
+    if not types:
+        raise problem(400, "required", "information-type", "ask about at least one information type")
+    purpose = args.get("purpose")
+    if not purpose:
+        raise problem(400, "required", "purpose", "the purpose of use (v3 ActReason code, e.g. TREAT) is required")
+    return decision.DecisionRequest(
+        nhs_number=patient,
+        recipient=decision.Recipient(system, value, role, person),
+        information_types=types,
+        purpose=purpose,
+        at=parse_time(args.get("at"), "at"),
+    )
+
+
+@bp.get("/decision")
+@require("decision.read")
+def decide() -> Any:
+    req = decision_request(request.args)
+    try:
+        verdict = service().decide(req, actor=principal().name)
+    except ValueError as exc:
+        raise problem(400, "value", "", str(exc)) from None
+    if wants_fhir():
+        return json_response(decision.to_parameters(verdict), fhir=True)
+    return json_response(decision.to_json(verdict))
+
+
+@bp.get("/patients/<nhs_number>/summary")
+@require("decision.read")
+def patient_summary(nhs_number: str) -> Any:
+    checked_nhs_number(nhs_number, "nhs_number")
+    at = parse_time(request.args.get("at"), "at")
+    entries = service().summary(nhs_number, at=at, actor=principal().name)
+    return json_response({"recipients": decision.summary_to_json(entries)})
+
+
+@bp.post("/patients/<nhs_number>/disclosures")
+@require("form.write")
+def record_disclosure(nhs_number: str) -> Any:
+    disclosure = parse_disclosure(json_body(), nhs_number)
+    saved = service().record_disclosure(disclosure, actor=principal().name)
+    return json_response(disclosure_to_json(saved), 201)
+
+
+@bp.get("/patients/<nhs_number>/disclosures")
+@require("consent.read")
+def list_disclosures(nhs_number: str) -> Any:
+    checked_nhs_number(nhs_number, "nhs_number")
+    found = service().disclosures(nhs_number, actor=principal().name)
+    if wants_fhir():
+        entries = [{"resource": disclosure_to_audit_event(d)} for d in found]
+        return json_response({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}, fhir=True)
+    return json_response({"disclosures": [disclosure_to_json(d) for d in found]})
+
+
+@bp.get("/audit")
+@require("admin")
+def audit_log() -> Any:
+    actor = request.args.get("actor")
+    try:
+        limit = min(int(request.args.get("limit", "100")), 1000)
+    except ValueError:
+        raise problem(400, "value", "limit", "limit must be a whole number") from None
+    records = service().store.audit_log(actor=actor, limit=limit)
+    return json_response({"audit": [r.to_json() if hasattr(r, "to_json") else vars(r) for r in records]})

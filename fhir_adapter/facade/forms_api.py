@@ -1,0 +1,91 @@
+"""The CASUS-shaped JSON API for the form: create, read, list per patient, update, withdraw, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, request, url_for
+
+from ..consent_service import ConsentService
+from ..form import form_to_json, parse_form
+from ..nhs_number import is_valid as nhs_number_is_valid
+from ..store import FormVersion
+from .protocol import expected_version, json_body, json_response, principal, problem, require, version_headers
+
+bp = Blueprint("forms", __name__, url_prefix="/api")
+
+
+def service() -> ConsentService:
+    return current_app.extensions["casus"]
+
+
+def render(found: FormVersion) -> dict[str, Any]:
+    return {
+        "formId": found.form_id,
+        "version": found.version,
+        "recordedAt": found.recorded_at.isoformat(),
+        "source": found.source,
+        "form": form_to_json(found.form),
+    }
+
+
+def checked_nhs_number(value: str, where: str) -> str:
+    if not nhs_number_is_valid(value):
+        raise problem(400, "value", where, "not a valid NHS number (10 digits with a Modulus 11 check digit)")
+    return value
+
+
+@bp.post("/forms")
+@require("form.write")
+def create_form() -> Any:
+    form = parse_form(json_body())
+    saved = service().create(form, actor=principal().name)
+    headers = {**version_headers(saved.version, saved.recorded_at), "Location": url_for(".read_form", form_id=saved.form_id)}
+    return json_response(render(saved), 201, headers=headers)
+
+
+@bp.get("/forms/<form_id>")
+@require("consent.read")
+def read_form(form_id: str) -> Any:
+    found = service().read(form_id, actor=principal().name)
+    return json_response(render(found), headers=version_headers(found.version, found.recorded_at))
+
+
+@bp.get("/forms/<form_id>/versions/<int:version>")
+@require("consent.read")
+def read_form_version(form_id: str, version: int) -> Any:
+    found = service().read(form_id, version, actor=principal().name)
+    return json_response(render(found), headers=version_headers(found.version, found.recorded_at))
+
+
+@bp.get("/forms/<form_id>/history")
+@require("consent.read")
+def form_history(form_id: str) -> Any:
+    versions = service().history(form_id, actor=principal().name)
+    return json_response({"formId": form_id, "versions": [render(v) for v in versions]})
+
+
+@bp.put("/forms/<form_id>")
+@require("form.write")
+def update_form(form_id: str) -> Any:
+    version = expected_version(required=True)
+    form = parse_form(json_body())
+    saved = service().update(form, form_id=form_id, expected_version=version, actor=principal().name)  # type: ignore[arg-type]
+    return json_response(render(saved), headers=version_headers(saved.version, saved.recorded_at))
+
+
+@bp.post("/forms/<form_id>/withdraw")
+@require("form.write")
+def withdraw_form(form_id: str) -> Any:
+    version = expected_version(required=True)
+    saved = service().withdraw(form_id, expected_version=version, actor=principal().name)  # type: ignore[arg-type]
+    return json_response(render(saved), headers=version_headers(saved.version, saved.recorded_at))
+
+
+@bp.get("/patients/<nhs_number>/forms")
+@require("consent.read")
+def patient_forms(nhs_number: str) -> Any:
+    checked_nhs_number(nhs_number, "nhs_number")
+    status = request.args.get("status")
+    found, total = service().search(actor=principal().name, nhs_number=nhs_number, status=status, limit=100, offset=0)
+    return json_response({"total": total, "forms": [render(f) for f in found]})
