@@ -1,0 +1,5 @@
+"""`python -m fhir_adapter` runs the CLI (the same as the `fhir-adapter` console script)."""
+
+from .cli import main
+
+main()
