@@ -33,8 +33,10 @@ import json
 import logging
 import re
 import sqlite3
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -69,6 +71,7 @@ from sqlalchemy.pool import StaticPool
 
 from . import migrations as schema
 from . import nhs_number
+from .audit_writer import AuditWriter
 from .disclosure import Disclosure, disclosure_issues
 from .form import ConsentForm, form_to_json, parse_form
 from .outcome import InvalidInput
@@ -79,6 +82,9 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///casus-adapter.db"
 #: How long a SQLite writer waits for the file lock before giving up.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+_CURRENT_VERSION_SEQ = select(schema.counters.c.value).where(schema.counters.c.name == schema.FORM_VERSION_COUNTER)
+#: How many patients' version lists the decision hot path keeps (revalidated on every use, so never stale).
+PATIENT_CACHE_SIZE = 10_000
 #: Upper bound on one page of results, so no caller can ask the database for everything at once.
 MAX_PAGE_SIZE = 1000
 
@@ -296,6 +302,12 @@ def _version_from_row(row: Row[Any]) -> FormVersion:
     )
 
 
+def _audit_row(at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
+               detail: Mapping[str, Any] | None, subject: str | None) -> dict[str, Any]:
+    return {"at": at, "actor": actor, "action": action, "resource": _mask_nhs_numbers(resource) if resource is not None else None,
+            "outcome": outcome, "detail": _dumps(redact(detail or {})), "subject": subject}
+
+
 def _audit_from_row(row: Row[Any]) -> AuditRecord:
     return AuditRecord(row.id, row.at, row.actor, row.action, row.resource, row.outcome, json.loads(row.detail), row.subject)
 
@@ -365,6 +377,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         _enable_wal(cursor)
+        # In WAL mode NORMAL syncs at checkpoints, not at every commit: the file cannot be corrupted, and a
+        # commit survives a crash of the process; only an OS crash or power cut can lose the last commits.
+        # PostgreSQL is the option where every commit must survive power loss.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
@@ -423,6 +439,9 @@ class Store:
     def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self._engine = engine
         self._clock = clock or _utc_now
+        self._audit_writer = AuditWriter(self._write_audit_batch)
+        self._patient_cache: OrderedDict[str, tuple[int, list[FormVersion]]] = OrderedDict()
+        self._patient_cache_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str = DEFAULT_URL, *, clock: Clock | None = None) -> Store:
@@ -442,7 +461,8 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Flush the audit trail and close every pooled connection."""
+        self._audit_writer.close()
         self._engine.dispose()
 
     def __enter__(self) -> Store:
@@ -596,11 +616,27 @@ class Store:
         """Every stored version (of every form) recorded for this NHS number, oldest first.
 
         The decision engine needs them all: the version in force at a past time may not be the latest.
+        This is the decision endpoint's hot path, so the answer is cached per patient and revalidated on
+        every call against the global version counter (one primary-key read): any write by any process —
+        another facade instance or a sync run on the same database — changes the counter and so the cache.
         """
         fv = schema.form_versions
-        query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
-        with self._read() as conn:
-            return [_version_from_row(r) for r in conn.execute(query).all()]
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_READ_ONLY: True})  # a plain BEGIN on SQLite: never queue behind writers
+            seq = conn.execute(_CURRENT_VERSION_SEQ).scalar_one()
+            with self._patient_cache_lock:
+                cached = self._patient_cache.get(nhs_number)
+                if cached is not None and cached[0] == seq:
+                    self._patient_cache.move_to_end(nhs_number)
+                    return list(cached[1])
+            query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
+            versions = [_version_from_row(r) for r in conn.execute(query).all()]
+        with self._patient_cache_lock:
+            self._patient_cache[nhs_number] = (seq, versions)
+            self._patient_cache.move_to_end(nhs_number)
+            while len(self._patient_cache) > PATIENT_CACHE_SIZE:
+                self._patient_cache.popitem(last=False)
+        return list(versions)
 
     def versions_changed_since(self, cursor: int, limit: int) -> list[tuple[int, FormVersion]]:
         """Up to ``limit`` versions stored after sequence number ``cursor``, ascending, with their numbers.
@@ -617,18 +653,24 @@ class Store:
 
     def audit(self, *, actor: str, action: str, resource: str | None, outcome: str, detail: dict[str, Any] | None = None,
               subject: str | None = None) -> None:
-        """Append an audit record. ``detail`` is for codes and ids; identifying fields are redacted on the way in."""
+        """Append an audit record; returns once it is committed (group commit with concurrent callers).
+
+        ``detail`` is for codes and ids; identifying fields are redacted on the way in.  ``subject`` is the
+        NHS number concerned, kept in its own column so "who looked at this young person?" can be answered.
+        """
         _require_actor(actor)
+        self._audit_writer.write(_audit_row(self._now(), actor=actor, action=action, resource=resource, outcome=outcome,
+                                            detail=detail, subject=subject if subject and nhs_number.is_valid(subject) else None))
+
+    def _write_audit_batch(self, rows: Any) -> None:
         with self._write() as conn:
-            self._insert_audit(conn, self._now(), actor=actor, action=action, resource=resource, outcome=outcome, detail=detail,
-                               subject=subject if subject and nhs_number.is_valid(subject) else None)
+            conn.execute(insert(schema.audit_log), list(rows))
 
     @staticmethod
     def _insert_audit(conn: Connection, at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
                       detail: Mapping[str, Any] | None, subject: str | None = None) -> None:
-        conn.execute(insert(schema.audit_log).values(subject=subject,
-            at=at, actor=actor, action=action, resource=_mask_nhs_numbers(resource) if resource is not None else None,
-            outcome=outcome, detail=_dumps(redact(detail or {}))))
+        conn.execute(insert(schema.audit_log).values(**_audit_row(at, actor=actor, action=action, resource=resource, outcome=outcome,
+                                                                  detail=detail, subject=subject)))
 
     def audit_log(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The most recent audit records, newest first, optionally for one actor."""

@@ -564,3 +564,13 @@ def test_sqlite_file_and_its_folder_are_created_on_first_use(tmp_path: Path) -> 
 def test_an_unsupported_database_url_is_refused() -> None:
     with pytest.raises(StoreError, match="unsupported"):
         Store.open("mysql://u@127.0.0.1/casus")
+
+
+def test_patient_versions_seen_by_one_store_include_writes_made_through_another(tmp_path) -> None:
+    """The decision hot path caches per patient; a write by another process (here another Store) must show at once."""
+    url = f"sqlite:///{tmp_path}/shared.db"
+    with Store.open(url) as reader, Store.open(url) as writer:
+        writer.create_form(make_form(), actor="a")
+        assert [v.version for v in reader.versions_for_patient(SAMPLE["youngPerson"]["nhsNumber"])] == [1]
+        writer.update_form(make_form(status="withdrawn"), expected_version=1, actor="b")
+        assert [v.form.status for v in reader.versions_for_patient(SAMPLE["youngPerson"]["nhsNumber"])] == ["active", "withdrawn"]
