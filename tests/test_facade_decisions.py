@@ -182,3 +182,10 @@ def test_the_audit_log_is_for_admins(loaded):
     assert loaded.get("/api/audit", headers=bearer("ehr")).status_code == 403
     records = loaded.get("/api/audit", headers=bearer("admin")).json["audit"]
     assert records[0]["action"] == "store.form-version"
+
+
+def test_the_audit_log_answers_who_looked_at_a_young_persons_choices(loaded):
+    ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"})
+    records = loaded.get(f"/api/audit?subject={NHS}", headers=bearer("admin")).json["audit"]
+    assert {(r["actor"], r["action"]) for r in records} >= {("ehr", "decision"), ("clinician", "store.form-version")}
+    assert loaded.get("/api/audit?subject=123", headers=bearer("admin")).status_code == 400

@@ -124,9 +124,12 @@ def list_disclosures(nhs_number: str) -> Any:
 @require("admin")
 def audit_log() -> Any:
     actor = request.args.get("actor")
+    subject = request.args.get("subject")
+    if subject is not None:
+        checked_nhs_number(subject, "subject")
     try:
         limit = min(int(request.args.get("limit", "100")), 1000)
     except ValueError:
         raise problem(400, "value", "limit", "limit must be a whole number") from None
-    records = service().store.audit_log(actor=actor, limit=limit)
-    return json_response({"audit": [r.to_json() if hasattr(r, "to_json") else vars(r) for r in records]})
+    records = service().store.audit_log(actor=actor, subject=subject, limit=limit)
+    return json_response({"audit": [r.to_json() for r in records]})
