@@ -27,11 +27,8 @@ def service() -> ConsentService:
 
 
 def wants_fhir() -> bool:
-    if request.args.get("_format") in ("fhir", "json+fhir", FHIR_JSON):
-        return True
-    return request.accept_mimetypes.best_match(["application/json", FHIR_JSON]) == FHIR_JSON and FHIR_JSON in (
-        request.headers.get("Accept") or ""
-    )
+    """FHIR when asked by ``_format`` or an Accept header naming application/fhir+json; plain JSON otherwise."""
+    return request.args.get("_format") in ("fhir", "json+fhir", FHIR_JSON) or FHIR_JSON in (request.headers.get("Accept") or "")
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
