@@ -189,3 +189,19 @@ def test_the_audit_log_answers_who_looked_at_a_young_persons_choices(loaded):
     records = loaded.get(f"/api/audit?subject={NHS}", headers=bearer("admin")).json["audit"]
     assert {(r["actor"], r["action"]) for r in records} >= {("ehr", "decision"), ("clinician", "store.form-version")}
     assert loaded.get("/api/audit?subject=123", headers=bearer("admin")).status_code == 400
+
+
+def test_a_negative_audit_limit_gets_400(loaded):
+    assert loaded.get("/api/audit?limit=-1", headers=bearer("admin")).status_code == 400
+
+
+def test_cds_hooks_context_values_of_the_wrong_type_get_400_naming_them(loaded):
+    body = {"hook": "casus-consent-consult", "context": {"patient": 9434765919, "recipientRole": "gp",
+                                                          "informationTypes": ["medication"], "purpose": "TREAT"}}
+    response = loaded.post("/cds-services/casus-consent", json=body, headers=bearer("ehr"))
+    assert response.status_code == 400
+    assert response.json["issue"][0]["expression"] == ["context.patient"]
+
+
+def test_listing_forms_with_an_unknown_status_gets_400(loaded):
+    assert loaded.get(f"/api/patients/{NHS}/forms?status=bogus", headers=bearer("ehr")).status_code == 400

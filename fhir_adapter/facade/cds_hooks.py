@@ -21,6 +21,11 @@ from .protocol import json_body, json_response, principal, problem, require
 bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
 SERVICE_ID = "casus-consent"
 HOOK = "casus-consent-consult"
+#: decision query parameter -> CDS Hooks context field carrying it
+CONTEXT_FIELDS = {
+    "patient": "patient", "recipient-identifier": "recipientIdentifier", "recipient-role": "recipientRole",
+    "recipient-person": "recipientPerson", "information-type": "informationTypes", "purpose": "purpose", "at": "at",
+}
 
 
 class _Args(dict[str, Any]):
@@ -58,16 +63,17 @@ def consult() -> Any:
     context = body.get("context")
     if not isinstance(context, dict):
         raise problem(400, "required", "context", "context is required")
-    args = _Args({
-        "patient": context.get("patient"),
-        "recipient-identifier": context.get("recipientIdentifier"),
-        "recipient-role": context.get("recipientRole"),
-        "recipient-person": context.get("recipientPerson"),
-        "information-type": context.get("informationTypes"),
-        "purpose": context.get("purpose"),
-        "at": context.get("at"),
-    })
-    args = _Args({k: v for k, v in args.items() if v is not None})
+    args = _Args()
+    for arg, field in CONTEXT_FIELDS.items():
+        value = context.get(field)
+        if value is None:
+            continue
+        if arg == "information-type":
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise problem(400, "value", f"context.{field}", "must be a list of strings")
+        elif not isinstance(value, str):
+            raise problem(400, "value", f"context.{field}", "must be a string")
+        args[arg] = value
     req = decision_request(args)
     try:
         verdict = service().decide(req, actor=principal().name)

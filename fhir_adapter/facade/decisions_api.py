@@ -124,9 +124,9 @@ def audit_log() -> Any:
     subject = request.args.get("subject")
     if subject is not None:
         checked_nhs_number(subject, "subject")
-    try:
-        limit = min(int(request.args.get("limit", "100")), 1000)
-    except ValueError:
-        raise problem(400, "value", "limit", "limit must be a whole number") from None
+    raw_limit = request.args.get("limit", "100")
+    if not raw_limit.isdigit():
+        raise problem(400, "value", "limit", "limit must be a whole number")
+    limit = min(int(raw_limit), 1000)
     records = service().store.audit_log(actor=actor, subject=subject, limit=limit)
     return json_response({"audit": [r.to_json() for r in records]})

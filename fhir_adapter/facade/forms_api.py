@@ -13,6 +13,7 @@ from ..store import FormVersion
 from .protocol import expected_version, json_body, json_response, principal, problem, require, version_headers
 
 bp = Blueprint("forms", __name__, url_prefix="/api")
+FORM_STATUSES = ("draft", "active", "withdrawn", "entered-in-error")
 
 
 def service() -> ConsentService:
@@ -87,5 +88,7 @@ def withdraw_form(form_id: str) -> Any:
 def patient_forms(nhs_number: str) -> Any:
     checked_nhs_number(nhs_number, "nhs_number")
     status = request.args.get("status")
+    if status is not None and status not in FORM_STATUSES:
+        raise problem(400, "code-invalid", "status", f"status must be one of {', '.join(FORM_STATUSES)}")
     found, total = service().search(actor=principal().name, nhs_number=nhs_number, status=status, limit=100, offset=0)
     return json_response({"total": total, "forms": [render(f) for f in found]})
