@@ -24,9 +24,11 @@ from ..form import (
     Period,
     Person,
     Professional,
+    Recorded,
     YoungPerson,
+    check,
 )
-from ..outcome import Issue, error
+from ..outcome import InvalidInput, Issue, error
 from . import codes
 
 YOUNG_PERSON_ID = "young-person"
@@ -409,6 +411,34 @@ def read_disclose_action(r: Reader, actions: Any, where: str) -> None:
         r.fail(f"{where}.action", "CASUS provisions govern exactly one action: disclose", "invariant")
         return
     r.exact_coding(actions[0], codes.ACTION_CODING, f"{where}.action[0]")
+
+
+def read_exception_provision(r: Reader, prov: dict[str, Any], where: str, found: list[str]) -> None:
+    """A policy exception provision (recognised by its purpose of use): check it and add its kind to ``found``."""
+    read_disclose_action(r, prov.get("action"), where)
+    kind = read_exception(r, prov["purpose"], where)
+    if kind in found:
+        r.fail(where, f"the {kind} exception appears twice", "duplicate")
+    elif kind:
+        found.append(kind)
+
+
+def finish_form(r: Reader, cont: Contained, *, form_id: str, status: str | None, young: YoungPerson | None,
+                recorded_at: datetime | None, recorder: Professional | None, basis: str | None, competence: Competence | None,
+                grantor_id: str | None, explained: Exceptions | None, people: list[Person], exceptions: list[str]) -> ConsentForm:
+    """The form read from either FHIR version, or InvalidInput listing every element that stood in the way."""
+    cont.report_unused()
+    if r.issues:
+        raise InvalidInput([not_casus(len(r.issues)), *r.issues])
+    form = ConsentForm(
+        form_id=form_id, status=status, young_person=young,  # type: ignore[arg-type]
+        recorded=Recorded(recorded_at, recorder),  # type: ignore[arg-type]
+        decision_maker=decision_maker(basis, competence, grantor_id),  # type: ignore[arg-type]
+        people=tuple(people),
+        exceptions=Exceptions(explained.explained, explained.explained_on, tuple(exceptions)),  # type: ignore[union-attr]
+    )
+    check(form)
+    return form
 
 
 def read_exception(r: Reader, purposes: Any, where: str) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..fhir_structure import base_issues
-from ..form import ConsentForm, Exceptions, Person, Recorded, check
+from ..form import ConsentForm, Person
 from ..outcome import InvalidInput
 from . import codes, common
 
@@ -92,18 +92,9 @@ def r4_to_form(consent: Any) -> ConsentForm:
     _check_trust(r, consent.get("organization"), "Consent.organization")
     _check_policy(r, consent.get("policy"))
     people, exceptions = _read_provisions(r, cont, r.need(consent, "provision", "Consent"))
-    cont.report_unused()
-    if r.issues:
-        raise InvalidInput([common.not_casus(len(r.issues)), *r.issues])
-    form = ConsentForm(
-        form_id=form_id, status=status, young_person=young,  # type: ignore[arg-type]
-        recorded=Recorded(recorded_at, recorder),  # type: ignore[arg-type]
-        decision_maker=common.decision_maker(basis, competence, grantor_id),  # type: ignore[arg-type]
-        people=tuple(people),
-        exceptions=Exceptions(explained.explained, explained.explained_on, tuple(exceptions)),  # type: ignore[union-attr]
-    )
-    check(form)
-    return form
+    return common.finish_form(r, cont, form_id=form_id, status=status, young=young, recorded_at=recorded_at, recorder=recorder,
+                              basis=basis, competence=competence, grantor_id=grantor_id, explained=explained,
+                              people=people, exceptions=exceptions)
 
 
 def _form_id(r: common.Reader, identifiers: Any) -> str:
@@ -152,12 +143,7 @@ def _read_provisions(r: common.Reader, cont: common.Contained, root: Any, where:
             r.allow_only(prov, EXCEPTION_PROVISION, here)
             if prov.get("type") != "permit":
                 r.fail(f"{here}.type", "a policy exception provision permits", "value")
-            common.read_disclose_action(r, prov.get("action"), here)
-            kind = common.read_exception(r, prov["purpose"], here)
-            if kind in exceptions:
-                r.fail(here, f"the {kind} exception appears twice", "duplicate")
-            elif kind:
-                exceptions.append(kind)
+            common.read_exception_provision(r, prov, here, exceptions)
             continue
         person = _read_person_provision(r, cont, prov, here)
         if person is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..fhir_structure import base_issues
-from ..form import ConsentForm, Exceptions, Person, Recorded, check
+from ..form import ConsentForm, Person
 from ..outcome import InvalidInput
 from . import codes, common
 
@@ -106,18 +106,9 @@ def r5_to_form(consent: Any) -> ConsentForm:
     if consent.get("decision") != "deny":
         r.fail("Consent.decision", "the decision must be deny: nothing leaves CASUS by default", "value")
     people, exceptions = _read_provisions(r, cont, consent.get("provision") or [])
-    cont.report_unused()
-    if r.issues:
-        raise InvalidInput([common.not_casus(len(r.issues)), *r.issues])
-    form = ConsentForm(
-        form_id=ours[0]["value"], status=status, young_person=young,  # type: ignore[arg-type]
-        recorded=Recorded(recorded_at, recorder),  # type: ignore[arg-type]
-        decision_maker=common.decision_maker(basis, competence, grantor_id),  # type: ignore[arg-type]
-        people=tuple(people),
-        exceptions=Exceptions(explained.explained, explained.explained_on, tuple(exceptions)),  # type: ignore[union-attr]
-    )
-    check(form)
-    return form
+    return common.finish_form(r, cont, form_id=ours[0]["value"] if ours else "", status=status, young=young, recorded_at=recorded_at,
+                              recorder=recorder, basis=basis, competence=competence, grantor_id=grantor_id, explained=explained,
+                              people=people, exceptions=exceptions)
 
 
 def _split_recorded_at(r: common.Reader, extensions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
@@ -139,12 +130,7 @@ def _read_provisions(r: common.Reader, cont: common.Contained, provisions: list[
         here = f"Consent.provision[{n}]"
         if "purpose" in prov:
             r.allow_only(prov, {"action", "purpose"}, here)
-            common.read_disclose_action(r, prov.get("action"), here)
-            kind = common.read_exception(r, prov["purpose"], here)
-            if kind in exceptions:
-                r.fail(here, f"the {kind} exception appears twice", "duplicate")
-            elif kind:
-                exceptions.append(kind)
+            common.read_exception_provision(r, prov, here, exceptions)
             continue
         r.allow_only(prov, {"period", "actor", "action", "code", "provision"}, here)
         period = common.read_period(r, prov.get("period"), f"{here}.period")
