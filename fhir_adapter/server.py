@@ -34,6 +34,7 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+_SECURITY_HEADER_ITEMS = tuple(SECURITY_HEADERS.items())
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
@@ -77,14 +78,15 @@ def _start_timer() -> None:
 
 
 def _finish(response: Any) -> Any:
-    for key, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(key, value)
+    # No view sets these headers, so they are appended rather than looked up one by one (hot path).
+    response.headers.extend(_SECURITY_HEADER_ITEMS)
     response.headers["X-Request-ID"] = g.get("request_id", "")
-    rule = request.url_rule.rule if request.url_rule else "<unmatched>"
-    who = g.principal.name if "principal" in g else "-"
-    elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    # Route template only: paths and queries can hold NHS numbers.
-    log.info("%s %s -> %s %.1fms by=%s id=%s", request.method, rule, response.status_code, elapsed, who, g.get("request_id"))
+    if log.isEnabledFor(logging.INFO):
+        rule = request.url_rule.rule if request.url_rule else "<unmatched>"
+        who = g.principal.name if "principal" in g else "-"
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        # Route template only: paths and queries can hold NHS numbers.
+        log.info("%s %s -> %s %.1fms by=%s id=%s", request.method, rule, response.status_code, elapsed, who, g.get("request_id"))
     return response
 
 

@@ -82,7 +82,61 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///casus-adapter.db"
 #: How long a SQLite writer waits for the file lock before giving up.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+_INSERT_AUDIT = insert(schema.audit_log)
 _CURRENT_VERSION_SEQ = select(schema.counters.c.value).where(schema.counters.c.name == schema.FORM_VERSION_COUNTER)
+
+
+class CounterMarker:
+    """Any engine: the form-version counter, read in one primary-key lookup (changes with every stored version)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def marker(self) -> Any:
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_READ_ONLY: True})
+            return conn.execute(_CURRENT_VERSION_SEQ).scalar_one()
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteCounterMarker:
+    """SQLite file: the same counter, read on a per-thread raw connection kept open for the purpose.
+
+    Through the pool a read costs a checkout, events and a transaction (~0.15 ms); on a dedicated raw
+    connection in autocommit it is a few microseconds, and still sees every commit by any process.
+    (``PRAGMA data_version`` would be cheaper still, but it changes on every commit, audit rows included,
+    so it would invalidate the cache on every decision.)
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def marker(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None)
+            self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
+        return conn.execute("SELECT value FROM counters WHERE name = ?", (schema.FORM_VERSION_COUNTER,)).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+
+
+def change_marker(engine: Engine) -> CounterMarker | SqliteCounterMarker:
+    database = engine.url.database or ""
+    if engine.dialect.name == "sqlite" and database not in ("", ":memory:"):
+        return SqliteCounterMarker(str(Path(database).expanduser()))
+    return CounterMarker(engine)
 #: How many patients' version lists the decision hot path keeps (revalidated on every use, so never stale).
 PATIENT_CACHE_SIZE = 10_000
 #: Upper bound on one page of results, so no caller can ask the database for everything at once.
@@ -440,8 +494,9 @@ class Store:
         self._engine = engine
         self._clock = clock or _utc_now
         self._audit_writer = AuditWriter(self._write_audit_batch)
-        self._patient_cache: OrderedDict[str, tuple[int, list[FormVersion]]] = OrderedDict()
-        self._patient_cache_lock = threading.Lock()
+        self._changes = change_marker(engine)
+        self._audit_conn: Connection | None = None
+        self._local = threading.local()
 
     @classmethod
     def open(cls, url: str = DEFAULT_URL, *, clock: Clock | None = None) -> Store:
@@ -463,6 +518,9 @@ class Store:
     def close(self) -> None:
         """Flush the audit trail and close every pooled connection."""
         self._audit_writer.close()
+        self._changes.close()
+        if self._audit_conn is not None:
+            self._audit_conn.close()
         self._engine.dispose()
 
     def __enter__(self) -> Store:
@@ -470,6 +528,13 @@ class Store:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+    def _patient_cache(self) -> OrderedDict[str, tuple[Any, list[FormVersion]]]:
+        """This thread's cache (no lock on the hot path; threads of a WSGI server live long)."""
+        cache = getattr(self._local, "patients", None)
+        if cache is None:
+            cache = self._local.patients = OrderedDict()
+        return cache
 
     def ping(self) -> bool:
         """True when the database answers; for the readiness endpoint."""
@@ -621,21 +686,19 @@ class Store:
         another facade instance or a sync run on the same database — changes the counter and so the cache.
         """
         fv = schema.form_versions
-        with self._engine.connect() as conn:
-            conn.execution_options(**{_READ_ONLY: True})  # a plain BEGIN on SQLite: never queue behind writers
-            seq = conn.execute(_CURRENT_VERSION_SEQ).scalar_one()
-            with self._patient_cache_lock:
-                cached = self._patient_cache.get(nhs_number)
-                if cached is not None and cached[0] == seq:
-                    self._patient_cache.move_to_end(nhs_number)
-                    return list(cached[1])
-            query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
+        cache = self._patient_cache()
+        marker = self._changes.marker()
+        cached = cache.get(nhs_number)
+        if cached is not None and cached[0] == marker:
+            cache.move_to_end(nhs_number)
+            return list(cached[1])
+        query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
+        with self._read() as conn:
             versions = [_version_from_row(r) for r in conn.execute(query).all()]
-        with self._patient_cache_lock:
-            self._patient_cache[nhs_number] = (seq, versions)
-            self._patient_cache.move_to_end(nhs_number)
-            while len(self._patient_cache) > PATIENT_CACHE_SIZE:
-                self._patient_cache.popitem(last=False)
+        cache[nhs_number] = (marker, versions)
+        cache.move_to_end(nhs_number)
+        while len(cache) > PATIENT_CACHE_SIZE:
+            cache.popitem(last=False)
         return list(versions)
 
     def versions_changed_since(self, cursor: int, limit: int) -> list[tuple[int, FormVersion]]:
@@ -663,8 +726,18 @@ class Store:
                                             detail=detail, subject=subject if subject and nhs_number.is_valid(subject) else None))
 
     def _write_audit_batch(self, rows: Any) -> None:
-        with self._write() as conn:
-            conn.execute(insert(schema.audit_log), list(rows))
+        """Called by the audit writer under its commit lock, so one dedicated connection serves every batch."""
+        rows = list(rows)
+        if self._audit_conn is None:
+            self._audit_conn = self._engine.connect()
+        try:
+            with self._audit_conn.begin():
+                # A lone row goes as a single execute: executemany's set-up costs more than it saves for one.
+                self._audit_conn.execute(_INSERT_AUDIT, rows[0] if len(rows) == 1 else rows)
+        except SQLAlchemyError:
+            self._audit_conn.close()
+            self._audit_conn = None
+            raise
 
     @staticmethod
     def _insert_audit(conn: Connection, at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
