@@ -240,3 +240,8 @@ def _smoke(base: str, tokens: dict[str, str]) -> dict[str, Any]:
             "patient": nhs, "recipient-role": "mother", "information-type": "attendance", "purpose": "TREAT"}).json()
     return {"activeConsents": found.get("total"), "sampleDecision": answer,
             "health": requests.get(f"{base}/health/ready", timeout=10).json()}
+
+
+from .sync_cli import sync_command  # noqa: E402  (registered last: the sync command lives in its own module)
+
+main.add_command(sync_command, "sync")
