@@ -138,7 +138,7 @@ def change_marker(engine: Engine) -> CounterMarker | SqliteCounterMarker:
         return SqliteCounterMarker(str(Path(database).expanduser()))
     return CounterMarker(engine)
 #: How many patients' version lists the decision hot path keeps (revalidated on every use, so never stale).
-PATIENT_CACHE_SIZE = 10_000
+PATIENT_CACHE_SIZE = 2_000
 #: Upper bound on one page of results, so no caller can ask the database for everything at once.
 MAX_PAGE_SIZE = 1000
 
@@ -336,7 +336,7 @@ def _disclosure_from_row(row: Row[Any]) -> Disclosure:
     )
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _parse_document(document: str) -> ConsentForm:
     """Stored versions never change, so the same text always parses to the same form: parse it once.
 
@@ -700,6 +700,15 @@ class Store:
         while len(cache) > PATIENT_CACHE_SIZE:
             cache.popitem(last=False)
         return list(versions)
+
+    def form_ids_changed_since(self, cursor: int, limit: int) -> list[tuple[int, str]]:
+        """Like versions_changed_since, but only (sequence number, form id): the sync job's push walks these
+        without needing the documents, so it neither parses nor holds them (memory flat in the number of forms)."""
+        _page_bounds(limit, 0)
+        fv = schema.form_versions
+        query = select(fv.c.seq, fv.c.form_id).where(fv.c.seq > cursor).order_by(fv.c.seq).limit(limit)
+        with self._read() as conn:
+            return [(r.seq, r.form_id) for r in conn.execute(query).all()]
 
     def versions_changed_since(self, cursor: int, limit: int) -> list[tuple[int, FormVersion]]:
         """Up to ``limit`` versions stored after sequence number ``cursor``, ascending, with their numbers.

@@ -432,13 +432,13 @@ class SyncJob:
         cursor = int(self.store.get_cursor(PUSH_CURSOR) or 0)
         hold: int | None = None  # the durable cursor must stay below the first form still needing attention
         while True:
-            page = self.store.versions_changed_since(cursor, self.batch_size)
+            page = self.store.form_ids_changed_since(cursor, self.batch_size)
             if not page:
                 return
             self._renew_lease(dry_run, summary)
             first_seq: dict[str, int] = {}
-            for seq, version in page:
-                first_seq.setdefault(version.form_id, seq)
+            for seq, form_id in page:
+                first_seq.setdefault(form_id, seq)
             unsettled = self._push_batch(list(first_seq), summary, dry_run)
             for form_id in unsettled:
                 hold = min(hold, first_seq[form_id] - 1) if hold is not None else first_seq[form_id] - 1

@@ -574,3 +574,12 @@ def test_patient_versions_seen_by_one_store_include_writes_made_through_another(
         assert [v.version for v in reader.versions_for_patient(SAMPLE["youngPerson"]["nhsNumber"])] == [1]
         writer.update_form(make_form(status="withdrawn"), expected_version=1, actor="b")
         assert [v.form.status for v in reader.versions_for_patient(SAMPLE["youngPerson"]["nhsNumber"])] == ["active", "withdrawn"]
+
+
+def test_form_ids_changed_since_lists_sequence_numbers_and_ids_in_commit_order(store: Store) -> None:
+    store.create_form(make_form(), actor="a")
+    store.update_form(make_form(status="withdrawn"), expected_version=1, actor="a")
+    changed = store.form_ids_changed_since(0, 10)
+    assert [form_id for _, form_id in changed] == [SAMPLE["formId"], SAMPLE["formId"]]
+    assert [seq for seq, _ in changed] == [seq for seq, _ in store.versions_changed_since(0, 10)]
+    assert store.form_ids_changed_since(changed[-1][0], 10) == []
