@@ -2,7 +2,7 @@
 VENV ?= .venv
 export CASUS_VENV := $(VENV)
 
-.PHONY: demo test lint bench install
+.PHONY: demo test hardening bench install
 
 install:
 	bash scripts/bootstrap.sh
@@ -17,3 +17,7 @@ test:
 
 bench: install
 	$(VENV)/bin/python benchmarks/bench_mapping.py
+
+hardening:
+	bash scripts/bootstrap.sh --with-postgres
+	CASUS_HARDENING_BUDGET=large $(VENV)/bin/python -m pytest tests/hardening -m hardening

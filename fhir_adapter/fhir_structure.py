@@ -77,7 +77,7 @@ def base_issues(document: Any, version: FhirVersion) -> list[Issue]:
         for err in exc.errors()[:100]:
             loc = tuple(p for p in err["loc"] if p != "__root__")
             issues.append(error(_issue_code(err["type"]), fhirpath(loc), _message(err)))
-    except (ValueError, TypeError, RecursionError) as exc:
+    except (ValueError, TypeError, LookupError, RecursionError) as exc:  # e.g. KeyError: an unknown contained resourceType
         issues.append(error("structure", "Consent", f"not a valid FHIR Consent: {str(exc)[:200]}"))
     issues += _binding_issues(document, version)
     return issues

@@ -137,6 +137,8 @@ def change_marker(engine: Engine) -> CounterMarker | SqliteCounterMarker:
     if engine.dialect.name == "sqlite" and database not in ("", ":memory:"):
         return SqliteCounterMarker(str(Path(database).expanduser()))
     return CounterMarker(engine)
+#: The largest version number a database integer column holds; anything larger cannot exist.
+MAX_VERSION = 2**63 - 1
 #: How many patients' version lists the decision hot path keeps (revalidated on every use, so never stale).
 PATIENT_CACHE_SIZE = 2_000
 #: Upper bound on one page of results, so no caller can ask the database for everything at once.
@@ -453,7 +455,9 @@ def _sqlite_engine(url: URL) -> Engine:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     # An in-memory database exists only on its one connection (useful for single-threaded tests only).
     pool: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {}
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, **pool)
+    # hide_parameters: even with SQL logging switched on, bound values (NHS numbers, documents) never reach a log.
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+                           hide_parameters=True, **pool)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
@@ -466,7 +470,7 @@ def make_engine(url: str | URL) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed)
     if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
     raise StoreError(f"unsupported database '{parsed.drivername}': use sqlite:///path/file.db or postgresql+psycopg://...")
 
 
@@ -593,6 +597,8 @@ class Store:
         _require_actor(actor)
         _require_source(source)
         document, parsed = checked_document(form)
+        if not 0 < expected_version <= MAX_VERSION:  # a version no database column can hold is simply stale
+            raise VersionConflict(self.get(parsed.form_id).version, form_id=parsed.form_id, expected_version=expected_version)
         now = self._now()
         heads = schema.forms
         with self._write() as conn:
@@ -635,6 +641,8 @@ class Store:
 
     def get(self, form_id: str, version: int | None = None) -> FormVersion:
         """The latest version of a form, or the given version. Raises NotFound."""
+        if version is not None and not 0 < version <= MAX_VERSION:
+            raise NotFound(f"form {form_id} has no version {version}")
         fv, heads = schema.form_versions, schema.forms
         query = select(fv).where(fv.c.form_id == form_id)
         if version is None:
