@@ -29,11 +29,14 @@ class Budget:
     write_rounds: int  # rounds of "all writers read, then all write the same version"
     decider_threads: int
     process_writes: int  # read-modify-write attempts per SQLite writer process
+    load_seconds: int  # sustained decision load with a concurrent sync run
 
 
 BUDGETS = {
-    "small": Budget("small", fuzz_examples=4, corrupt_examples=25, writer_threads=4, write_rounds=6, decider_threads=2, process_writes=8),
-    "large": Budget("large", fuzz_examples=40, corrupt_examples=300, writer_threads=8, write_rounds=30, decider_threads=4, process_writes=40),
+    "small": Budget("small", fuzz_examples=4, corrupt_examples=25, writer_threads=4, write_rounds=6, decider_threads=2, process_writes=8,
+                    load_seconds=8),
+    "large": Budget("large", fuzz_examples=40, corrupt_examples=300, writer_threads=8, write_rounds=30, decider_threads=4, process_writes=40,
+                    load_seconds=60),
 }
 
 
