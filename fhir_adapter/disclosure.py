@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 
 from . import nhs_number
-from .form import EXCEPTION_PROVISIONS, PROFILES_DIR, _json_path, information_type_codes
+from .form import EXCEPTION_PROVISIONS, PROFILES_DIR, json_path, information_type_codes
 from .outcome import InvalidInput, Issue, error
 
 SCHEMA_PATH = PROFILES_DIR / "casus-disclosure.schema.json"
@@ -93,7 +93,7 @@ def _validator() -> jsonschema.protocols.Validator:
 
 def parse_disclosure(document: Any, nhs: str) -> Disclosure:
     """Check a disclosure document (schema, then the record's own rules); raises InvalidInput naming each bad field."""
-    issues = [error("required" if err.validator == "required" else "value", _json_path(err.absolute_path), err.message[:300])
+    issues = [error("required" if err.validator == "required" else "value", json_path(err.absolute_path), err.message[:300])
               for err in _validator().iter_errors(document)]
     if issues:
         raise InvalidInput(issues)

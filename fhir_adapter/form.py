@@ -158,7 +158,7 @@ def person_role_codes() -> frozenset[str]:
     return frozenset(schema()["$defs"]["person"]["properties"]["role"]["enum"])
 
 
-def _json_path(path: Any) -> str:
+def json_path(path: Any) -> str:
     out = "$"
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
@@ -169,7 +169,7 @@ def schema_issues(document: Any) -> list[Issue]:
     """Every JSON Schema violation, each naming the JSON path of the offending field."""
     issues = []
     for err in sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
-        where = _json_path(err.absolute_path)
+        where = json_path(err.absolute_path)
         message = err.message if len(err.message) <= 300 else err.message[:297] + "..."
         code = "required" if err.validator == "required" else "value" if err.validator in ("enum", "pattern", "const") else "structure"
         issues.append(error(code, where, message))
