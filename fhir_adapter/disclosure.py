@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 
 from . import nhs_number
-from .form import EXCEPTION_PROVISIONS, PROFILES_DIR, json_path, information_type_codes
+from .form import EXCEPTION_PROVISIONS, PROFILES_DIR, information_type_codes, json_path
 from .outcome import InvalidInput, Issue, error
 
 SCHEMA_PATH = PROFILES_DIR / "casus-disclosure.schema.json"
