@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CASUS_SHARED_DIR", REPO.parent / "shared"))
 CORPUS = SHARED / "corpus" / "consent-examples"
 
-pytest_plugins = ["tests.support.postgres", "tests.support.fhir_server", "tests.support.facade"]
+pytest_plugins = ["tests.support.postgres", "tests.support.fhir_server", "tests.support.facade", "tests.support.log_scan"]
 
 
 @pytest.fixture(scope="session")
