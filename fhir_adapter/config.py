@@ -40,9 +40,15 @@ class Settings:
         return cls(
             database_url=env.get("CASUS_DATABASE_URL", DEFAULT_DATABASE_URL),
             grants=grants_from_env(env),
-            max_body_bytes=int(env.get("CASUS_MAX_BODY_BYTES", "1000000")),
+            max_body_bytes=_positive_int(env.get("CASUS_MAX_BODY_BYTES", "1000000"), "CASUS_MAX_BODY_BYTES"),
             public_base_url=env.get("CASUS_PUBLIC_BASE_URL") or None,
         )
+
+
+def _positive_int(value: str, name: str) -> int:
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise ConfigurationError(f"{name} must be a positive whole number")
+    return int(value)
 
 
 def hash_token(token: str) -> str:

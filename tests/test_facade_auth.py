@@ -103,3 +103,8 @@ def test_bad_token_configuration_is_refused_without_echoing_secrets(entries):
     with pytest.raises(ConfigurationError) as err:
         parse_grants(entries)
     assert "t'" not in str(err.value).replace("'x'", "")
+
+
+def test_a_non_numeric_body_limit_is_a_configuration_error_not_a_crash():
+    with pytest.raises(ConfigurationError, match="CASUS_MAX_BODY_BYTES"):
+        Settings.from_env({"CASUS_MAX_BODY_BYTES": "lots"})
