@@ -25,6 +25,7 @@ from fhir_adapter.mappings import codes
 from fhir_adapter.mappings.r4 import form_to_r4, r4_to_form
 from fhir_adapter.store import Store
 from fhir_adapter.sync import PULL_CURSOR, PUSH_CURSOR, SyncJob, SyncLocked
+from tests.support.facade import example_form
 from tests.support.fhir_server import SekmetServer
 
 pytestmark = pytest.mark.integration
@@ -32,24 +33,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 KILL_WAIT_S = 60.0
 
-SAMPLE: dict[str, Any] = {
-    "formId": "0b6c3f4e-2d1a-4c8b-9e7f-1a2b3c4d5e6f",
-    "status": "active",
-    "youngPerson": {"nhsNumber": "9434765919", "name": "Alex Example", "birthDate": "2011-03-04", "localId": "CASUS-00123"},
-    "recorded": {"date": "2026-11-20T10:15:00+00:00", "by": {"name": "Jo Clinician", "identifiers": [{"system": "nmc", "value": "12A3456B"}]}},
-    "decisionMaker": {
-        "basis": "competent-under-16",
-        "competence": {"assessedBy": {"name": "Dr Sam Assessor", "identifiers": [{"system": "gmc", "value": "7654321"}]}, "assessedOn": "2026-11-20"},
-    },
-    "people": [
-        {"id": "mum", "name": "Pat Example", "role": "mother", "sharing": "share", "informationTypes": ["attendance", "treatment-plan"],
-         "period": {"start": "2026-11-20", "end": "2027-05-20"}},
-        {"id": "gp", "name": "Dr A Patel", "role": "gp", "organisation": {"name": "Riverside Surgery", "odsCode": "D81001"},
-         "identifiers": [{"system": "gmc", "value": "1234567"}], "sharing": "share", "informationTypes": ["medication"]},
-        {"id": "dad", "name": "Chris Example", "role": "father", "sharing": "do-not-share"},
-    ],
-    "exceptions": {"explained": True, "explainedOn": "2026-11-20", "provisions": ["risk-of-significant-harm", "court-order"]},
-}
+SAMPLE: dict[str, Any] = example_form()  # the shipped example form, profiles/examples/form-competent-under-16.json
 
 
 # --------------------------------------------------------------------------- helpers
