@@ -175,6 +175,14 @@ locks = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
+#: Audit journal segments (see audit_journal.py) whose rows are already in audit_log: the mark goes in with
+#: the rows, so a segment left on disk by a process that died before deleting it is never replayed twice.
+audit_journal_segments = Table(
+    "audit_journal_segments", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("drained_at", UTCDateTime, nullable=False),
+)
+
 FORM_VERSION_COUNTER = "form_versions"
 
 
@@ -190,8 +198,13 @@ def _v1_initial_schema(conn: Connection) -> None:
     conn.execute(insert(counters).values(name=FORM_VERSION_COUNTER, value=0))
 
 
+def _v2_audit_journal(conn: Connection) -> None:
+    audit_journal_segments.create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
+    Migration(2, "drained audit journal segments", _v2_audit_journal),
 )
 
 

@@ -7,6 +7,7 @@ so every number is checked before it reaches a form, a Consent or a query.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _TEN_DIGITS = re.compile(r"^[0-9]{10}$")
 
@@ -32,6 +33,11 @@ def is_valid(nhs_number: str) -> bool:
     >>> is_valid("9434765919"), is_valid("9434765918"), is_valid("943 476 5919")
     (True, False, False)
     """
-    if not isinstance(nhs_number, str) or not _TEN_DIGITS.match(nhs_number):
-        return False
-    return check_digit(nhs_number[:9]) == int(nhs_number[9])
+    # Length first, so the cache below only ever holds ten-character keys, whatever callers send.
+    return isinstance(nhs_number, str) and len(nhs_number) == 10 and _valid_string(nhs_number)
+
+
+@lru_cache(maxsize=8192)
+def _valid_string(nhs_number: str) -> bool:
+    # The decision hot path checks the same few thousand numbers over and over, three times per request.
+    return bool(_TEN_DIGITS.match(nhs_number)) and check_digit(nhs_number[:9]) == int(nhs_number[9])

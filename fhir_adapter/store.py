@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -66,12 +66,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from . import migrations as schema
 from . import nhs_number
-from .audit_writer import AuditWriter
+from .audit_journal import AuditJournal
+from .audit_writer import AuditWriteFailed, AuditWriter
+from .change_marker import READ_ONLY_OPTION, SQLITE_BUSY_TIMEOUT_SECONDS, change_marker, sqlite_file
 from .disclosure import Disclosure, disclosure_issues
 from .form import ConsentForm, form_to_json, parse_form
 from .outcome import InvalidInput
@@ -80,63 +83,9 @@ log = logging.getLogger(__name__)
 
 #: Where the embedded store lives when nothing else is configured (relative to the working directory).
 DEFAULT_URL = "sqlite:///casus-adapter.db"
-#: How long a SQLite writer waits for the file lock before giving up.
-SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 _INSERT_AUDIT = insert(schema.audit_log)
-_CURRENT_VERSION_SEQ = select(schema.counters.c.value).where(schema.counters.c.name == schema.FORM_VERSION_COUNTER)
 
 
-class CounterMarker:
-    """Any engine: the form-version counter, read in one primary-key lookup (changes with every stored version)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def marker(self) -> Any:
-        with self._engine.connect() as conn:
-            conn.execution_options(**{_READ_ONLY: True})
-            return conn.execute(_CURRENT_VERSION_SEQ).scalar_one()
-
-    def close(self) -> None:
-        pass
-
-
-class SqliteCounterMarker:
-    """SQLite file: the same counter, read on a per-thread raw connection kept open for the purpose.
-
-    Through the pool a read costs a checkout, events and a transaction (~0.15 ms); on a dedicated raw
-    connection in autocommit it is a few microseconds, and still sees every commit by any process.
-    (``PRAGMA data_version`` would be cheaper still, but it changes on every commit, audit rows included,
-    so it would invalidate the cache on every decision.)
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-
-    def marker(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None)
-            self._local.conn = conn
-            with self._lock:
-                self._opened.append(conn)
-        return conn.execute("SELECT value FROM counters WHERE name = ?", (schema.FORM_VERSION_COUNTER,)).fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._opened:
-                conn.close()
-            self._opened.clear()
-
-
-def change_marker(engine: Engine) -> CounterMarker | SqliteCounterMarker:
-    database = engine.url.database or ""
-    if engine.dialect.name == "sqlite" and database not in ("", ":memory:"):
-        return SqliteCounterMarker(str(Path(database).expanduser()))
-    return CounterMarker(engine)
 #: The largest version number a database integer column holds; anything larger cannot exist.
 MAX_VERSION = 2**63 - 1
 #: How many patients' version lists the decision hot path keeps (revalidated on every use, so never stale).
@@ -152,8 +101,6 @@ STORED_DISCLOSURE = "store.disclosure"
 Source = Literal["local", "remote"]
 SOURCES: tuple[str, ...] = ("local", "remote")
 Clock = Callable[[], datetime]
-
-_READ_ONLY = "casus_read_only"
 
 
 # --------------------------------------------------------------------------- errors
@@ -197,6 +144,33 @@ class FormVersion:
     recorded_at: datetime  # server time (UTC) the version was stored
     actor: str
     source: str  # 'local' (API) or 'remote' (pulled by sync)
+
+
+@dataclass(frozen=True)
+class PatientVersions:
+    """A patient's stored versions, oldest first, and the store-wide change marker read before them.
+
+    Equal markers mean nothing was stored in between, so anything computed from ``versions`` can be
+    reused for as long as the marker is unchanged (the decision endpoint's verdict memo relies on it).
+    """
+
+    marker: Any
+    versions: tuple[FormVersion, ...]
+
+
+@dataclass(frozen=True)
+class AuditDetail:
+    """An audit record's detail, already redacted and serialised.
+
+    Built only by ``of``, so it cannot skip the redaction; a caller that records the same detail over and
+    over (the decision endpoint: the same question, the same verdict) builds it once.
+    """
+
+    json: str
+
+    @classmethod
+    def of(cls, detail: Mapping[str, Any]) -> AuditDetail:
+        return cls(_dumps(redact(detail)))
 
 
 @dataclass(frozen=True)
@@ -283,7 +257,24 @@ def _mask_nhs_numbers(value: str) -> str:
     >>> _mask_nhs_numbers("Patient/9434765919 and 943 476 5919, not 1234567890")
     'Patient/[nhs-number] and [nhs-number], not 1234567890'
     """
+    if len(value) < 10:
+        return value  # too short to hold ten digits (most audit values: codes)
     return _NHS_NUMBER_LIKE.sub(lambda m: NHS_NUMBER_MASK if nhs_number.is_valid("".join(m.groups())) else m.group(0), value)
+
+
+def _is_sensitive_key(key: str) -> bool:
+    # Audit details reuse a handful of short keys, so those are normalised once; long ones every time
+    # (so that what callers send cannot fill the cache with large strings).
+    return _is_sensitive_short_key(key) if len(key) <= 64 else _normalised_key(key) in _SENSITIVE_KEYS
+
+
+def _normalised_key(key: str) -> str:
+    return re.sub(r"[^a-z]", "", key.lower())
+
+
+@lru_cache(maxsize=1024)
+def _is_sensitive_short_key(key: str) -> bool:
+    return _normalised_key(key) in _SENSITIVE_KEYS
 
 
 def redact(value: Any) -> Any:
@@ -296,12 +287,15 @@ def redact(value: Any) -> Any:
     >>> redact({"verdict": "permit", "name": "Alex", "nhs_number": "9434765919", "purposes": ["THREAT"], "ids": ["x 9434765919"]})
     {'verdict': 'permit', 'name': '[redacted]', 'nhs_number': '[redacted]', 'purposes': ['THREAT'], 'ids': ['x [nhs-number]']}
     """
-    if isinstance(value, Mapping):
-        return {str(k): REDACTED if re.sub(r"[^a-z]", "", str(k).lower()) in _SENSITIVE_KEYS else redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact(v) for v in value]
+    # Most frequent types first (this runs on every decision); the answers do not depend on the order.
+    if isinstance(value, str):
+        return _mask_nhs_numbers(value)
     if value is None or isinstance(value, bool | int | float):
         return value
+    if isinstance(value, dict | Mapping):
+        return {str(k): REDACTED if _is_sensitive_key(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
     return _mask_nhs_numbers(str(value))
 
 
@@ -359,9 +353,22 @@ def _version_from_row(row: Row[Any]) -> FormVersion:
 
 
 def _audit_row(at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
-               detail: Mapping[str, Any] | None, subject: str | None) -> dict[str, Any]:
+               detail: Mapping[str, Any] | AuditDetail | None, subject: str | None) -> dict[str, Any]:
+    text = detail.json if isinstance(detail, AuditDetail) else AuditDetail.of(detail or {}).json
     return {"at": at, "actor": actor, "action": action, "resource": _mask_nhs_numbers(resource) if resource is not None else None,
-            "outcome": outcome, "detail": _dumps(redact(detail or {})), "subject": subject}
+            "outcome": outcome, "detail": text, "subject": subject}
+
+
+@lru_cache(maxsize=8)
+def _driver_insert(table: Table, dialect: Dialect) -> tuple[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]]:
+    """An INSERT of every non-key column as the driver takes it (positional), with each column type's own
+    bind conversion, so that rows go in exactly as SQLAlchemy would have written them."""
+    names = [c.name for c in table.columns if not c.primary_key]
+    compiled = insert(table).compile(dialect=dialect, column_keys=names)
+    if not compiled.positional:
+        raise ValueError(f"{dialect.name} takes named parameters; use the SQLAlchemy path")
+    order = [compiled.binds[key].key for key in compiled.positiontup or ()]
+    return compiled.string, tuple((name, table.c[name].type.bind_processor(dialect)) for name in order)
 
 
 def _audit_from_row(row: Row[Any]) -> AuditRecord:
@@ -445,7 +452,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(connection: Connection) -> None:
     # Writers take the file's write lock up front: they wait their turn (busy timeout) instead of
     # failing at commit after reading a snapshot that another writer has since changed.
-    connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+    connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -500,6 +507,12 @@ class Store:
         self._audit_writer = AuditWriter(self._write_audit_batch)
         self._changes = change_marker(engine)
         self._audit_conn: Connection | None = None
+        path = sqlite_file(engine)
+        # The embedded SQLite file journals audit rows (see audit_journal.py); the journal is opened by
+        # Store.open once the schema it drains into exists.  PostgreSQL and in-memory databases commit directly.
+        self._journal_directory = None if path is None else Path(f"{path}-audit-journal")
+        self._journal: AuditJournal | None = None
+        self._journal_lock = threading.Lock()
         self._local = threading.local()
 
     @classmethod
@@ -517,10 +530,18 @@ class Store:
             engine.dispose()
             raise
         log.info("store opened on %s; migrations applied: %s", engine.dialect.name, applied or "none")
+        if store._journal_directory is not None:
+            store._audit_journal()  # replays what a stopped process left in the journal
         return store
 
     def close(self) -> None:
         """Flush the audit trail and close every pooled connection."""
+        if self._journal is not None:
+            try:
+                self._journal.close()
+            except Exception as exc:  # the rows stay in the journal files; the next Store.open replays them
+                log.error("audit journal could not be drained on close (%s); it will be replayed on the next open",
+                          type(exc).__name__)
         self._audit_writer.close()
         self._changes.close()
         if self._audit_conn is not None:
@@ -533,7 +554,7 @@ class Store:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _patient_cache(self) -> OrderedDict[str, tuple[Any, list[FormVersion]]]:
+    def _patient_cache(self) -> OrderedDict[str, PatientVersions]:
         """This thread's cache (no lock on the hot path; threads of a WSGI server live long)."""
         cache = getattr(self._local, "patients", None)
         if cache is None:
@@ -568,7 +589,7 @@ class Store:
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self._engine.connect() as conn:
-            conn.execution_options(**{_READ_ONLY: True})
+            conn.execution_options(**{READ_ONLY_OPTION: True})
             with conn.begin():
                 yield conn
 
@@ -686,7 +707,11 @@ class Store:
         return [_version_from_row(r) for r in rows], total
 
     def versions_for_patient(self, nhs_number: str) -> list[FormVersion]:
-        """Every stored version (of every form) recorded for this NHS number, oldest first.
+        """Every stored version (of every form) recorded for this NHS number, oldest first."""
+        return list(self.patient_versions(nhs_number).versions)
+
+    def patient_versions(self, nhs_number: str) -> PatientVersions:
+        """The patient's versions with the change marker they were read under (see PatientVersions).
 
         The decision engine needs them all: the version in force at a past time may not be the latest.
         This is the decision endpoint's hot path, so the answer is cached per patient and revalidated on
@@ -697,17 +722,17 @@ class Store:
         cache = self._patient_cache()
         marker = self._changes.marker()
         cached = cache.get(nhs_number)
-        if cached is not None and cached[0] == marker:
+        if cached is not None and cached.marker == marker:
             cache.move_to_end(nhs_number)
-            return list(cached[1])
+            return cached
         query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
         with self._read() as conn:
-            versions = [_version_from_row(r) for r in conn.execute(query).all()]
-        cache[nhs_number] = (marker, versions)
+            found = PatientVersions(marker, tuple(_version_from_row(r) for r in conn.execute(query).all()))
+        cache[nhs_number] = found
         cache.move_to_end(nhs_number)
         while len(cache) > PATIENT_CACHE_SIZE:
             cache.popitem(last=False)
-        return list(versions)
+        return found
 
     def form_ids_changed_since(self, cursor: int, limit: int) -> list[tuple[int, str]]:
         """Like versions_changed_since, but only (sequence number, form id): the sync job's push walks these
@@ -731,16 +756,57 @@ class Store:
 
     # ----------------------------------------------------------------------- audit
 
-    def audit(self, *, actor: str, action: str, resource: str | None, outcome: str, detail: dict[str, Any] | None = None,
-              subject: str | None = None) -> None:
-        """Append an audit record; returns once it is committed (group commit with concurrent callers).
+    def audit(self, *, actor: str, action: str, resource: str | None, outcome: str,
+              detail: Mapping[str, Any] | AuditDetail | None = None, subject: str | None = None) -> None:
+        """Append an audit record; returns once it is durable, or raises AuditWriteFailed.
 
-        ``detail`` is for codes and ids; identifying fields are redacted on the way in.  ``subject`` is the
+        Durable means journaled on a SQLite file (see audit_journal.py; visible to queries after the next
+        drain, at once to this process's own ``audit_log``), committed elsewhere (group commit with
+        concurrent callers).  ``detail`` is for codes and ids; identifying fields are redacted on the way in.  ``subject`` is the
         NHS number concerned, kept in its own column so "who looked at this young person?" can be answered.
         """
         _require_actor(actor)
-        self._audit_writer.write(_audit_row(self._now(), actor=actor, action=action, resource=resource, outcome=outcome,
-                                            detail=detail, subject=subject if subject and nhs_number.is_valid(subject) else None))
+        row = _audit_row(self._now(), actor=actor, action=action, resource=resource, outcome=outcome,
+                         detail=detail, subject=subject if subject and nhs_number.is_valid(subject) else None)
+        if self._journal_directory is None:
+            self._audit_writer.write(row)
+            return
+        try:
+            self._audit_journal().append(row)
+        except OSError as exc:  # JournalWriteFailed, or the journal could not be opened (disk full, permissions)
+            log.error("audit journal append failed: %s", type(exc).__name__)
+            raise AuditWriteFailed("the audit trail could not be written") from exc
+
+    def _audit_journal(self) -> AuditJournal:
+        if self._journal is None:
+            assert self._journal_directory is not None
+            with self._journal_lock:
+                if self._journal is None:
+                    self._journal = AuditJournal(self._journal_directory, self._drain_journal, self._journal_segment_drained)
+        return self._journal
+
+    def _drain_journal(self, segment: str, rows: Sequence[dict[str, Any]], forget: Sequence[str]) -> None:
+        """Journal rows into audit_log together with the mark that their segment is in (see audit_journal.py)."""
+        marks = schema.audit_journal_segments
+        with self._write() as conn:
+            if rows:
+                # Straight to the driver's executemany: this runs for every decision, just not on its request.
+                sql, columns = _driver_insert(schema.audit_log, conn.dialect)
+                conn.exec_driver_sql(sql, [tuple(row[name] if convert is None else convert(row[name]) for name, convert in columns)
+                                           for row in rows])
+            conn.execute(insert(marks).values(name=segment, drained_at=self._now()))
+            if forget:
+                conn.execute(delete(marks).where(marks.c.name.in_(list(forget))))
+
+    def _journal_segment_drained(self, segment: str) -> bool:
+        marks = schema.audit_journal_segments
+        with self._read() as conn:
+            return conn.execute(select(marks.c.name).where(marks.c.name == segment)).first() is not None
+
+    def flush_audit(self) -> None:
+        """Make every audit record this process has written visible to queries (journal drained)."""
+        if self._journal_directory is not None:
+            self._audit_journal().flush()
 
     def _write_audit_batch(self, rows: Any) -> None:
         """Called by the audit writer under its commit lock, so one dedicated connection serves every batch."""
@@ -765,8 +831,10 @@ class Store:
     def audit_log(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The most recent audit records, newest first, optionally for one actor."""
         _page_bounds(limit, 0)
+        self.flush_audit()
         t = schema.audit_log
-        query = select(t).order_by(t.c.id.desc()).limit(limit)
+        # By time: journaled rows reach the table in batches, after rows written inside data transactions.
+        query = select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
         if actor is not None:
             query = query.where(t.c.actor == actor)
         if subject is not None:
