@@ -9,7 +9,7 @@ never names or free text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +18,7 @@ from . import decision
 from .disclosure import Disclosure
 from .form import ConsentForm, parse_form
 from .mappings import r4, r5
-from .store import FormVersion, NotFound, Store
+from .store import AuditDetail, FormVersion, NotFound, Store
 
 Clock = Callable[[], datetime]
 
@@ -31,10 +31,15 @@ class FormIdMismatch(ValueError):
     """The body names a different form than the URL."""
 
 
+#: Verdicts kept for reuse (see ConsentService.decide); cleared whole when full, as every write outdates them anyway.
+VERDICT_MEMO_SIZE = 4096
+
+
 class ConsentService:
     def __init__(self, store: Store, clock: Clock = utc_now) -> None:
         self.store = store
         self.clock = clock
+        self._verdicts: dict[tuple[Any, Hashable], tuple[decision.Verdict, AuditDetail]] = {}
 
     # ------------------------------------------------------------------ writes
 
@@ -121,17 +126,32 @@ class ConsentService:
     # ------------------------------------------------------------------ decisions
 
     def decide(self, request: decision.DecisionRequest, *, actor: str) -> decision.Verdict:
-        verdict = decision.decide(request, self.store.versions_for_patient(request.nhs_number), now=self.clock())
+        verdict, detail = self._verdict(request)
         self.store.audit(actor=actor, action="decision", resource=_verdict_ref(verdict), outcome=verdict.decision,
-                         subject=request.nhs_number, detail={
-                             "recipient": _recipient_detail(request.recipient),
-                             "informationTypes": list(request.information_types),
-                             "purpose": request.purpose,
-                             "at": request.at.isoformat() if request.at else None,
-                             "basis": verdict.basis,
-                             "provision": verdict.provision,
-                         })
+                         subject=request.nhs_number, detail=detail)
         return verdict
+
+    def _verdict(self, request: decision.DecisionRequest) -> tuple[decision.Verdict, AuditDetail]:
+        """The engine's answer and its audit detail, reused while the store's change marker and
+        decision.reuse_key are unchanged.
+
+        An EHR asks the same few questions about a patient many times a day; the answer can only change
+        when a version is stored (the marker moves) or the UK day turns (the key moves).  The audit record
+        is still written for every request; only its (redacted, serialised) detail is reused.
+        """
+        snapshot = self.store.patient_versions(request.nhs_number)
+        now = self.clock()
+        key = decision.reuse_key(request, snapshot.versions, now=now)
+        if key is None:
+            return _with_detail(request, decision.decide(request, snapshot.versions, now=now))
+        memo_key = (snapshot.marker, key)
+        found = self._verdicts.get(memo_key)
+        if found is None:
+            found = _with_detail(request, decision.decide(request, snapshot.versions, now=now))
+            if len(self._verdicts) >= VERDICT_MEMO_SIZE:
+                self._verdicts.clear()
+            self._verdicts[memo_key] = found
+        return found
 
     def summary(self, nhs_number: str, *, at: datetime | None, actor: str) -> list[Any]:
         result = decision.summary(nhs_number, self.store.versions_for_patient(nhs_number), at=at or self.clock())
@@ -152,6 +172,18 @@ def _verdict_ref(verdict: decision.Verdict) -> str | None:
     if verdict.form_id is None:
         return None
     return f"Consent/{verdict.form_id}/_history/{verdict.version}"
+
+
+def _with_detail(request: decision.DecisionRequest, verdict: decision.Verdict) -> tuple[decision.Verdict, AuditDetail]:
+    """The verdict with what its audit record says about the question (codes and ids, never names)."""
+    return verdict, AuditDetail.of({
+        "recipient": _recipient_detail(request.recipient),
+        "informationTypes": list(request.information_types),
+        "purpose": request.purpose,
+        "at": request.at.isoformat() if request.at else None,
+        "basis": verdict.basis,
+        "provision": verdict.provision,
+    })
 
 
 def _recipient_detail(recipient: decision.Recipient) -> dict[str, Any]:
