@@ -40,6 +40,7 @@ _SECURITY_HEADER_ITEMS = tuple(SECURITY_HEADERS.items())
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
     """Build the facade. ``settings`` defaults to the environment; ``store`` lets tests share one."""
     from .facade import cds_hooks, decisions_api, fhir_rest, forms_api, health, openapi
+    from .facade.decision_fast_path import DecisionFastPath
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     if store is None:
         _ensure_sqlite_directory(settings.database_url)
         store = Store.open(settings.database_url)
-    app.extensions["casus"] = ConsentService(store)
+    service = app.extensions["casus"] = ConsentService(store)
     app.register_blueprint(health.bp)
     app.register_blueprint(forms_api.bp)
     app.register_blueprint(decisions_api.bp)
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     _register_errors(app)
     app.before_request(_start_timer)
     app.after_request(_finish)
+    # The EHR's hot route skips Flask's dispatch when the answer is a verdict (see decision_fast_path).
+    app.wsgi_app = DecisionFastPath(app.wsgi_app, service, settings.grants, _SECURITY_HEADER_ITEMS)  # type: ignore[method-assign]
     return app
 
 

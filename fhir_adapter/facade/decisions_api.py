@@ -26,9 +26,13 @@ def service() -> ConsentService:
     return current_app.extensions["casus"]
 
 
-def wants_fhir() -> bool:
+def wants_fhir(format_parameter: str | None, accept: str | None) -> bool:
     """FHIR when asked by ``_format`` or an Accept header naming application/fhir+json; plain JSON otherwise."""
-    return request.args.get("_format") in ("fhir", "json+fhir", FHIR_JSON) or FHIR_JSON in (request.headers.get("Accept") or "")
+    return format_parameter in ("fhir", "json+fhir", FHIR_JSON) or FHIR_JSON in (accept or "")
+
+
+def request_wants_fhir() -> bool:
+    return wants_fhir(request.args.get("_format"), request.headers.get("Accept"))
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
@@ -84,7 +88,7 @@ def decide() -> Any:
         verdict = service().decide(req, actor=principal().name)
     except ValueError as exc:
         raise problem(400, "value", "", str(exc)) from None
-    if wants_fhir():
+    if request_wants_fhir():
         return json_response(decision.to_parameters(verdict), fhir=True)
     return json_response(decision.to_json(verdict))
 
@@ -111,7 +115,7 @@ def record_disclosure(nhs_number: str) -> Any:
 def list_disclosures(nhs_number: str) -> Any:
     checked_nhs_number(nhs_number, "nhs_number")
     found = service().disclosures(nhs_number, actor=principal().name)
-    if wants_fhir():
+    if request_wants_fhir():
         entries = [{"resource": disclosure_to_audit_event(d)} for d in found]
         return json_response({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}, fhir=True)
     return json_response({"disclosures": [disclosure_to_json(d) for d in found]})

@@ -37,8 +37,13 @@ def problem(status: int, code: str, expression: str, diagnostics: str) -> HttpPr
     return HttpProblem(status, [error(code, expression, diagnostics)])
 
 
+def serialise(document: Any) -> str:
+    """Compact JSON, non-ASCII kept as is: the one serialisation every response body uses."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
 def json_response(document: Any, status: int = 200, *, fhir: bool = False, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    body = serialise(document)
     response = Response(body, status=status, mimetype=FHIR_JSON if fhir else "application/json")
     response.headers["Content-Type"] = (FHIR_JSON if fhir else "application/json") + "; charset=utf-8"
     for key, value in (headers or {}).items():
