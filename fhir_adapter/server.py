@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.before_request(_start_timer)
     app.after_request(_finish)
     # The EHR's hot route skips Flask's dispatch when the answer is a verdict (see decision_fast_path).
-    app.wsgi_app = DecisionFastPath(app.wsgi_app, service, settings.grants, _SECURITY_HEADER_ITEMS)  # type: ignore[method-assign]
+    app.wsgi_app = DecisionFastPath(app.wsgi_app, service, lambda: app.config["CASUS_GRANTS"],  # type: ignore[method-assign]
+                                    _SECURITY_HEADER_ITEMS)
     return app
 
 

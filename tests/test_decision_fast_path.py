@@ -188,3 +188,10 @@ def test_a_reused_verdict_is_not_reused_on_another_day(app, loaded, monkeypatch)
     monkeypatch.setattr(service, "clock", lambda: real_clock() + timedelta(days=1))
     second = Client(app.wsgi_app).get("/api/decision", query_string=GOOD, headers=bearer("ehr")).json
     assert first["reason"] != second["reason"]  # each names the day it is about
+
+
+def test_the_fast_path_reads_the_tokens_where_flask_does(app, loaded) -> None:
+    app.config["CASUS_GRANTS"] = ()  # e.g. every token revoked
+    fast, flask = both(app, GOOD, bearer("ehr"))
+    assert fast.status_code == 401
+    same(fast, flask)

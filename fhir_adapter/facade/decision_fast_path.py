@@ -52,11 +52,11 @@ MEMO_QUERY_LENGTH = 1024
 class DecisionFastPath:
     """WSGI middleware: verdicts for ``GET /api/decision`` directly, every other request to ``fallback``."""
 
-    def __init__(self, fallback: WSGIApp, service: ConsentService, grants: tuple[TokenGrant, ...],
+    def __init__(self, fallback: WSGIApp, service: ConsentService, grants: Callable[[], tuple[TokenGrant, ...]],
                  security_headers: tuple[tuple[str, str], ...]) -> None:
         self.fallback = fallback
         self._service = service
-        self._grants = grants
+        self._grants = grants  # read per request from where Flask's views read them, so both always agree
         self._security_headers = security_headers
         # Request ids need to be unique, not secret: a random prefix per process and a counter, 32 hex digits
         # like the uuid4 ids Flask's path gives.
@@ -102,7 +102,7 @@ class DecisionFastPath:
         return who.name, "200 OK", _rendered(verdict, fhir), FHIR_JSON + "; charset=utf-8" if fhir else "application/json; charset=utf-8"
 
     def _principal(self, authorization: str | None) -> Principal | None:
-        found = authenticate(authorization, self._grants, datetime.now(UTC))
+        found = authenticate(authorization, self._grants(), datetime.now(UTC))
         if isinstance(found, Principal) and authorise(found, SCOPE) is None:
             return found
         return None
