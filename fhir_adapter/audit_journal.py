@@ -231,7 +231,10 @@ class AuditJournal:
         """Replay the segments of processes that are gone; returns how many rows went into the database."""
         replayed = 0
         for path in self._orphans():
-            fd = os.open(path, os.O_RDONLY)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # its owner drained and deleted it since the directory was listed
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

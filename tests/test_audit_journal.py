@@ -191,3 +191,10 @@ def test_a_closed_journal_refuses_appends(tmp_path: Path) -> None:
     journal.close()
     with pytest.raises(JournalWriteFailed):
         journal.append({"at": datetime(2026, 1, 1, tzinfo=UTC), "actor": "ehr"})
+
+
+def test_a_segment_deleted_by_its_owner_while_another_store_opens_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(AuditJournal, "_orphans", lambda self: iter([tmp_path / "j" / "gone.jsonl"]))
+    journal = AuditJournal(tmp_path / "j", lambda name, rows, forget: None, lambda name: False)
+    assert journal.recovered == 0
+    journal.close()
