@@ -68,8 +68,10 @@ def test_decisions_under_sustained_load_with_a_concurrent_sync_have_no_errors(fh
     port = free_port()
     env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/load.db", "CASUS_FHIR_BASE_URL": fhir_server.base_url,
            "CASUS_TOKENS": json.dumps([{"name": "load", "token": TOKEN, "scopes": ["admin"]}])}
-    server = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file: waitress warns while its task queue is deep, and a pipe nobody reads would fill and stop it.
+    with open(tmp_path / "server.log", "w") as server_log:
+        server = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=server_log, text=True)
     base = f"http://127.0.0.1:{port}"
     latencies: list[float] = []
     errors = {"count": 0}
