@@ -86,11 +86,12 @@ def _finish(response: Any) -> Any:
     response.headers.extend(_SECURITY_HEADER_ITEMS)
     response.headers["X-Request-ID"] = g.get("request_id", "")
     if log.isEnabledFor(logging.INFO):
+        from .facade.protocol import log_request
+
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"
         who = g.principal.name if "principal" in g else "-"
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        # Route template only: paths and queries can hold NHS numbers.
-        log.info("%s %s -> %s %.1fms by=%s id=%s", request.method, rule, response.status_code, elapsed, who, g.get("request_id"))
+        log_request(request.method, rule, response.status_code, elapsed, who, g.get("request_id", ""))
     return response
 
 

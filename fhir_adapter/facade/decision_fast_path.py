@@ -38,7 +38,7 @@ from ..access import Principal, TokenGrant, authenticate, authorise
 from ..consent_service import ConsentService
 from ..outcome import error, operation_outcome
 from .decisions_api import decision_request, wants_fhir
-from .protocol import FHIR_JSON, serialise
+from .protocol import FHIR_JSON, log_request, serialise
 
 log = logging.getLogger("fhir_adapter.http")
 
@@ -74,9 +74,7 @@ class DecisionFastPath:
         request_id = (environ.get("HTTP_X_REQUEST_ID") or "")[:64] or self._next_request_id()
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
                                 *self._security_headers, ("X-Request-ID", request_id)])
-        if log.isEnabledFor(logging.INFO):
-            elapsed = (time.perf_counter() - started) * 1000
-            log.info("%s %s -> %s %.1fms by=%s id=%s", "GET", PATH, status[:3], elapsed, who, request_id)
+        log_request("GET", PATH, status[:3], (time.perf_counter() - started) * 1000, who, request_id)
         return [body]
 
     def _answer(self, environ: dict[str, Any]) -> tuple[str, str, bytes, str] | None:

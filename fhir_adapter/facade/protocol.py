@@ -7,6 +7,7 @@ field; nothing here ever returns a traceback.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -20,6 +21,7 @@ from ..fhir_structure import load_json
 from ..outcome import Issue, error, operation_outcome
 
 FHIR_JSON = "application/fhir+json"
+access_log = logging.getLogger("fhir_adapter.http")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -35,6 +37,13 @@ class HttpProblem(Exception):
 
 def problem(status: int, code: str, expression: str, diagnostics: str) -> HttpProblem:
     return HttpProblem(status, [error(code, expression, diagnostics)])
+
+
+def log_request(method: str, rule: str, status: int | str, elapsed_ms: float, who: str, request_id: str) -> None:
+    """The one access-log line, whichever path answered: the route *template* only (paths and queries can
+    hold NHS numbers), status, time, token name and request id."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info("%s %s -> %s %.1fms by=%s id=%s", method, rule, status, elapsed_ms, who, request_id)
 
 
 def serialise(document: Any) -> str:
