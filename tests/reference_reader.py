@@ -201,9 +201,11 @@ def _bound(value: Any, moment: datetime, *, start: bool) -> bool:
 
 
 def period_contains(period: Any, moment: datetime) -> bool:
-    """A period with neither bound, or no period at all, contains every moment."""
-    if not isinstance(period, Mapping):
+    """A period with neither bound, or no period at all, contains every moment; a malformed one none."""
+    if period is None:
         return True
+    if not isinstance(period, Mapping):
+        return False
     return _bound(period.get("start"), moment, start=True) and _bound(period.get("end"), moment, start=False)
 
 
@@ -293,13 +295,26 @@ def r4_policy_base(consent: Json) -> str | None:
     return None
 
 
+def _not_a_consent(consent: Any) -> Result | None:
+    """Anything but a JSON object with resourceType Consent puts nothing in force."""
+    if isinstance(consent, Mapping) and consent.get("resourceType", "Consent") == "Consent":
+        return None
+    return Result(frozenset({"not-in-force"}), (Reading("not-a-consent", "not-in-force"),))
+
+
 def evaluate_r4(consent: Json, q: Question) -> Result:
     """Every reading of an R4 Consent for one question."""
+    if (refused := _not_a_consent(consent)) is not None:
+        return refused
     if consent.get("status") != "active":
         return Result(frozenset({"not-in-force"}), (Reading("status", "not-in-force", (f"status={consent.get('status')}",)),))
-    root = consent.get("provision") if isinstance(consent.get("provision"), Mapping) else {}
-    root_type = root.get("type") if root.get("type") in ("permit", "deny") else None
     notes: list[str] = []
+    root = consent.get("provision")
+    if not isinstance(root, Mapping):
+        if root is not None:
+            notes.append("Consent.provision is not a single object (R4 allows 0..1); read as absent")
+        root = {}
+    root_type = root.get("type") if root.get("type") in ("permit", "deny") else None
     readings: list[Reading] = []
     modes = ["honour-root-type", "ignore-root-type"] if root_type else ["root-untyped"]
     for mode in modes:
@@ -320,6 +335,8 @@ def evaluate_r4(consent: Json, q: Question) -> Result:
 
 def evaluate_r5(consent: Json, q: Question) -> Result:
     """Every reading of an R5 Consent for one question."""
+    if (refused := _not_a_consent(consent)) is not None:
+        return refused
     if consent.get("status") != "active":
         return Result(frozenset({"not-in-force"}), (Reading("status", "not-in-force", (f"status={consent.get('status')}",)),))
     if not period_contains(consent.get("period"), q.moment):
