@@ -211,3 +211,9 @@ def _read_legacy_person_provision(r: common.Reader, cont: common.Contained, prov
     if fields is None or sharing is None:
         return None
     return common.person_from(fields, sharing, tuple(types), period)
+
+
+def written_mapping_version(consent: Any) -> int:
+    """Which mapping wrote an R4 Consent: 1 when its root provision carries a type (version 2 never writes one)."""
+    root = consent.get("provision") if isinstance(consent, dict) else None
+    return 1 if isinstance(root, dict) and "type" in root else 2
