@@ -23,6 +23,11 @@ Why it is shaped this way (DESIGN.md section 7):
   of a fully processed page (``ge`` semantics, remembering which versions were seen at exactly that instant,
   so equal timestamps are neither lost nor reported twice).  A run killed at any point re-runs to the same end.
 * **One run at a time**, by a lease in the store that is renewed between batches and released at the end.
+* **Older shapes are rewritten once.** Each sync record keeps the mapping version of the Consent on the server
+  (``mappings.MAPPING_VERSION`` when we wrote it; what its shape shows when we pulled it; unknown = 1).  After
+  the cursor pass, every form whose server copy an older mapping wrote is pushed as a normal If-Match update if
+  that copy still says what the form says, and its record then says current; a copy changed on the server is
+  left to pull.
 
 Known limit: paging follows the server's ``Bundle.link[next]``.  Most servers page by offset, so if a Consent
 earlier in the result set is changed *while* a run is walking it, the set shifts and one Consent can be missed
