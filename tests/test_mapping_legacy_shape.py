@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 
 from fhir_adapter.form import parse_form
 from fhir_adapter.mappings import codes
+from fhir_adapter.mappings.cross_version import r4_to_r5, r5_to_r4
 from fhir_adapter.mappings.r4 import form_to_r4, r4_to_form
 from fhir_adapter.mappings.r5 import form_to_r5, r5_to_form
 from fhir_adapter.outcome import InvalidInput
@@ -199,3 +200,31 @@ def test_r5_people_come_back_in_contained_order_whatever_the_provision_order():
     consent = _r5()
     consent["provision"][0], consent["provision"][1] = consent["provision"][1], consent["provision"][0]
     assert [p.id for p in r5_to_form(consent).people] == [p.id for p in _form(BASE).people]
+
+
+# --------------------------------------------------------------------------- what the writers guarantee any reader
+
+
+def _provisions(consent: dict[str, Any]) -> list[dict[str, Any]]:
+    root = consent["provision"]
+    return root["provision"] if isinstance(root, dict) else root
+
+
+@SETTINGS
+@given(consent_forms())
+def test_written_provisions_never_nest_and_always_state_action_and_purpose(form):
+    for consent in (form_to_r4(form), form_to_r5(form)):
+        for prov in _provisions(consent):
+            assert "provision" not in prov
+            assert prov["action"] and prov["purpose"]
+            if "actor" in prov and prov.get("type", "permit") == "permit":
+                assert prov["code"]
+    assert "type" not in form_to_r4(form)["provision"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_version_1_r4_consent_converts_to_the_version_2_r5_consent(name):
+    legacy = _load(FIXTURES / f"r4-{name}.json")
+    expected = {k: v for k, v in form_to_r5(_form(name)).items() if k != "resourceType"}
+    assert r4_to_r5(legacy) == {"resourceType": "Consent", "id": legacy["id"], **expected}
+    assert r5_to_r4(_load(FIXTURES / f"r5-{name}.json"))["provision"] == form_to_r4(_form(name))["provision"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +212,16 @@ def test_profile_artefacts_are_loaded_once():
     assert validation.compiled(codes.PROFILE_CONSENT) is validation.compiled(codes.PROFILE_CONSENT)
 
 
+
+
+def test_a_version_1_r4_consent_validates_with_a_note_that_the_version_2_profile_was_not_applied():
+    legacy = json.loads((Path(__file__).parent / "fixtures" / "legacy-shape" / "r4-competent-under-16.json").read_text(encoding="utf-8"))
+    issues = validate_consent(legacy, "r4")
+    assert _errors(issues) == []
+    assert [i.expression for i in issues if i.severity == "information"] == ["Consent.provision"]
+
+
+def test_a_root_type_on_a_version_2_consent_breaks_the_profile():
+    consent = _example()
+    consent["provision"]["type"] = "deny"
+    assert any(i.diagnostics.startswith("Consent.provision.type|max") for i in _at(validate_consent(consent), "Consent.provision.type"))
