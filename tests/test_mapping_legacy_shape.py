@@ -228,3 +228,15 @@ def test_a_version_1_r4_consent_converts_to_the_version_2_r5_consent(name):
     expected = {k: v for k, v in form_to_r5(_form(name)).items() if k != "resourceType"}
     assert r4_to_r5(legacy) == {"resourceType": "Consent", "id": legacy["id"], **expected}
     assert r5_to_r4(_load(FIXTURES / f"r5-{name}.json"))["provision"] == form_to_r4(_form(name))["provision"]
+
+
+def test_r4_person_provision_without_actor_is_rejected_at_its_actor():
+    consent = _r4()
+    del consent["provision"]["provision"][0]["actor"]
+    assert any("recipient" in why for why in _at(_issues(r4_to_form, consent), "Consent.provision.provision[0].actor"))
+
+
+def test_r5_exception_naming_a_recipient_is_read_as_a_person_and_rejected_at_its_purpose():
+    consent = _r5()
+    consent["provision"][2]["actor"] = consent["provision"][0]["actor"]
+    assert _at(_issues(r5_to_form, consent), "Consent.provision[2].purpose")

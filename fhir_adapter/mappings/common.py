@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from ..fhir_structure import base_issues
+from ..fhir_structure import FhirVersion, base_issues
 from ..form import (
     Competence,
     ConsentForm,
@@ -224,10 +224,10 @@ class Opened:
     status: str | None
 
 
-def open_consent(consent: Any, version: str, top_level: set[str]) -> Opened:
+def open_consent(consent: Any, version: FhirVersion, top_level: set[str]) -> Opened:
     """The opening both readers share: base FHIR first (raising at once, as nothing else can be trusted),
     then the top-level elements, contained resources, form identifier and status."""
-    issues = base_issues(consent, version)  # type: ignore[arg-type]
+    issues = base_issues(consent, version)
     if issues:
         raise InvalidInput(issues)
     r = Reader()
@@ -505,6 +505,11 @@ def read_information_types(r: Reader, concepts: Any, where: str) -> tuple[str, .
         else:
             types.append(kind)
     return tuple(types)
+
+
+def is_exception_provision(prov: dict[str, Any]) -> bool:
+    """Version 2 exceptions have no actor (anyone) and an exception purpose; anything else is read as a person's."""
+    return "actor" not in prov and codes.EXCEPTIONS.first_match([c for c in prov.get("purpose") or [] if isinstance(c, dict)]) is not None
 
 
 def reject_nesting(r: Reader, prov: dict[str, Any], where: str) -> None:

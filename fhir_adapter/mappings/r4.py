@@ -143,7 +143,7 @@ def _read_provisions(r: common.Reader, cont: common.Contained, root: Any, where:
     for n, prov in enumerate(root.get("provision") or []):
         here = f"{where}.provision[{n}]"
         common.reject_nesting(r, prov, here)
-        if "actor" not in prov:
+        if common.is_exception_provision(prov):
             r.allow_only(prov, EXCEPTION_PROVISION, here)
             if prov.get("type") != "permit":
                 r.fail(f"{here}.type", "a policy exception provision permits", "value")

@@ -167,7 +167,7 @@ def _read_provisions(r: common.Reader, cont: common.Contained, provisions: list[
     for n, prov in enumerate(provisions):
         here = f"Consent.provision[{n}]"
         common.reject_nesting(r, prov, here)
-        if "actor" not in prov:
+        if common.is_exception_provision(prov):
             r.allow_only(prov, {"action", "purpose", "provision"}, here)
             common.read_exception_provision(r, prov, here, exceptions)
             continue
