@@ -40,10 +40,11 @@ Precedence, applied in this order and restated in every answer's ``reason``:
    on the UK calendar days of its period.  For each information type asked: if
    any applicable matched person is ``do-not-share``, or any does not list the
    type, it is denied (at the same level deny beats permit); otherwise it is
-   permitted by the nested type provision.  Several types are permitted only if
+   permitted by the person's permit, citing the type's code on it.  Several types are permitted only if
    every one is.
 7. **Default deny.**  Nothing matched, or every matched choice is outside its
-   period: the root provision (``Consent.provision``, type deny) decides.
+   period: the base rule decides (``Consent.policyRule``, opt-in: nothing is
+   disclosed unless a provision permits it).
 
 Ages move (on the UK calendar date of t): a consent given by a person with
 parental responsibility is flagged ``review-due-turned-16`` once the young
@@ -55,10 +56,12 @@ Consent references -- never names, NHS numbers, dates of birth, person ids
 (which a clinician may have made up from a name) or free text.
 
 Provision paths are those of the R4 Consent produced by
-``fhir_adapter.mappings.r4.form_to_r4``: person i is
-``Consent.provision.provision[i]``, their information type j is
-``Consent.provision.provision[i].provision[j]``, and exception k is
-``Consent.provision.provision[len(people) + k]``.
+``fhir_adapter.mappings.r4.form_to_r4`` (mapping version 2, where every
+provision holds everything its answer depends on): person i is
+``Consent.provision.provision[i]``, the code of their information type j is
+``Consent.provision.provision[i].code[j]``, exception k is
+``Consent.provision.provision[len(people) + k]``, and the default is
+``Consent.policyRule``.
 """
 
 from __future__ import annotations
@@ -78,8 +81,11 @@ Decision = Literal["permit", "deny"]
 BasisCode = Literal["choice", "policy-exception", "default"]
 
 ROOT_PROVISION = "Consent.provision"
-#: Purposes of use (v3 ActReason) that a young person's choice covers: care by the people who support them.
-CARE_PURPOSES: frozenset[str] = frozenset({"TREAT", "ETREAT", "COC", "CAREMGT"})
+#: Where the default (deny unless permitted) is stated: R4 policyRule OPTIN.
+DEFAULT_RULE = "Consent.policyRule"
+#: Purposes of use (v3 ActReason) that a young person's choice covers: care by the people who support them.  The same
+#: table supplies every person provision's purpose, so what a FHIR reader sees and what the engine answers agree.
+CARE_PURPOSES: frozenset[str] = frozenset(codes.CARE_PURPOSES.values())
 #: Purpose of use -> the form's exception kind, from the same table the mappings use (THREAT, HLEGAL).
 EXCEPTION_PURPOSES: dict[str, str] = {row.code: row.value for row in codes.EXCEPTIONS}
 _EXCEPTION_LABELS = {"risk-of-significant-harm": "risk of significant harm", "court-order": "court order"}
@@ -216,8 +222,8 @@ def person_provision_path(person_index: int) -> str:
 
 
 def information_type_provision_path(person_index: int, type_index: int) -> str:
-    """FHIRPath of the nested permit for person i's j-th listed information type."""
-    return f"{person_provision_path(person_index)}.provision[{type_index}]"
+    """FHIRPath of person i's j-th listed information type: a code on their own permit."""
+    return f"{person_provision_path(person_index)}.code[{type_index}]"
 
 
 def exception_provision_path(form: ConsentForm, kind: str) -> str | None:
@@ -403,7 +409,7 @@ def _deciding_provision(outcomes: Sequence[_TypeOutcome], decision: Decision) ->
         return next(o.provision for o in outcomes if o.decision == "deny")
     if len(outcomes) == 1:
         return outcomes[0].provision
-    parents = {o.provision.rsplit(".provision[", 1)[0] for o in outcomes}
+    parents = {o.provision.rsplit(".code[", 1)[0] for o in outcomes}
     return parents.pop() if len(parents) == 1 else outcomes[0].provision
 
 
@@ -503,16 +509,18 @@ def _choice_verdict(v: VersionLike, criteria: _Criteria, types: tuple[str, ...],
     in_force = f"active consent {_ref(v)} is the newest version in force on {day.isoformat()}"
     matched = _matches(form, criteria)
     if not matched:
-        return _verdict("deny", types, v, ROOT_PROVISION, "default", (
+        return _verdict("deny", types, v, DEFAULT_RULE, "default", (
             f"deny (default): {in_force}, but no person on it matches the recipient, "
-            f"so its base provision {ROOT_PROVISION} (deny) applies." + _review_note(flags)
+            f"so its base rule {DEFAULT_RULE} (opt-in: nothing is disclosed unless a provision permits) applies."
+            + _review_note(flags)
         ), obligations, flags)
     applicable = [(i, p) for i, p in matched if p.period is None or p.period.covers(day)]
     if not applicable:
         lapsed = "; ".join(f"{person_provision_path(i)} (role {p.role}) applies {_period_text(p.period)}" for i, p in matched)
-        return _verdict("deny", types, v, ROOT_PROVISION, "default", (
+        return _verdict("deny", types, v, DEFAULT_RULE, "default", (
             f"deny (default): {in_force}; the matching choice is not in force on {day.isoformat()} ({lapsed}), "
-            f"so the base provision {ROOT_PROVISION} (deny) applies." + _review_note(flags)
+            f"so the base rule {DEFAULT_RULE} (opt-in: nothing is disclosed unless a provision permits) applies."
+            + _review_note(flags)
         ), obligations, flags)
     outcomes = [_type_outcome(t, applicable, _chooser(form)) for t in types]
     decision: Decision = "permit" if all(o.decision == "permit" for o in outcomes) else "deny"

@@ -166,6 +166,20 @@ sync_records = Table(
     Column("remote_version_id", String(200), nullable=True),
     Column("remote_last_updated", String(64), nullable=True),
     Column("pulled_version", Integer, nullable=True),
+    # The mapping version of the Consent the server holds as we last knew it (NULL: written before versions were
+    # recorded, read as 1); sync re-pushes every form whose Consent was written by an older mapping.
+    Column("mapping_version", Integer, nullable=True),
+)
+
+#: sync_records as migration 1 created it (frozen: migration 3 adds mapping_version).
+_sync_records_v1 = Table(
+    "sync_records", MetaData(),
+    Column("form_id", String(64), primary_key=True),
+    Column("pushed_version", Integer, nullable=True),
+    Column("remote_id", String(200), nullable=True),
+    Column("remote_version_id", String(200), nullable=True),
+    Column("remote_last_updated", String(64), nullable=True),
+    Column("pulled_version", Integer, nullable=True),
 )
 
 locks = Table(
@@ -194,7 +208,8 @@ class Migration:
 
 
 def _v1_initial_schema(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[forms, form_versions, counters, audit_log, disclosures, sync_cursors, sync_records, locks])
+    metadata.create_all(conn, tables=[forms, form_versions, counters, audit_log, disclosures, sync_cursors, locks])
+    _sync_records_v1.create(conn)
     conn.execute(insert(counters).values(name=FORM_VERSION_COUNTER, value=0))
 
 
@@ -202,9 +217,14 @@ def _v2_audit_journal(conn: Connection) -> None:
     audit_journal_segments.create(conn)
 
 
+def _v3_sync_mapping_version(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE sync_records ADD COLUMN mapping_version INTEGER"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
     Migration(2, "drained audit journal segments", _v2_audit_journal),
+    Migration(3, "mapping version of each Consent sync pushed", _v3_sync_mapping_version),
 )
 
 

@@ -201,6 +201,7 @@ class SyncRecord:
     remote_version_id: str | None = None
     remote_last_updated: str | None = None
     pulled_version: int | None = None
+    mapping_version: int | None = None  # of the Consent the server holds; None (rows from before it was kept) means 1
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -898,9 +899,21 @@ class Store:
         """Insert or replace the sync record for ``rec.form_id``."""
         values = {"form_id": rec.form_id, "pushed_version": rec.pushed_version, "remote_id": rec.remote_id,
                   "remote_version_id": rec.remote_version_id, "remote_last_updated": rec.remote_last_updated,
-                  "pulled_version": rec.pulled_version}
+                  "pulled_version": rec.pulled_version, "mapping_version": rec.mapping_version}
         with self._write() as conn:
             _upsert(conn, schema.sync_records, values, key="form_id")
+
+    def form_ids_synced_with_mapping_before(self, mapping_version: int, after: str, limit: int) -> list[str]:
+        """Form ids (ascending, after ``after``) whose Consent on the server was written by a mapping older than
+        ``mapping_version`` (a NULL version counts as 1), so the sync job can rewrite them in the current shape."""
+        _page_bounds(limit, 0)
+        t = schema.sync_records
+        older = or_(t.c.mapping_version.is_(None), t.c.mapping_version < mapping_version) if mapping_version > 1 \
+            else t.c.mapping_version < mapping_version
+        query = (select(t.c.form_id).where(t.c.remote_id.is_not(None), t.c.form_id > after, older)
+                 .order_by(t.c.form_id).limit(limit))
+        with self._read() as conn:
+            return [r.form_id for r in conn.execute(query).all()]
 
     # ----------------------------------------------------------------------- leases
 

@@ -23,6 +23,11 @@ Why it is shaped this way (DESIGN.md section 7):
   of a fully processed page (``ge`` semantics, remembering which versions were seen at exactly that instant,
   so equal timestamps are neither lost nor reported twice).  A run killed at any point re-runs to the same end.
 * **One run at a time**, by a lease in the store that is renewed between batches and released at the end.
+* **Older shapes are rewritten once.** Each sync record keeps the mapping version of the Consent on the server
+  (``mappings.MAPPING_VERSION`` when we wrote it; what its shape shows when we pulled it; unknown = 1).  After
+  the cursor pass, every form whose server copy an older mapping wrote is pushed as a normal If-Match update if
+  that copy still says what the form says, and its record then says current; a copy changed on the server is
+  left to pull.
 
 Known limit: paging follows the server's ``Bundle.link[next]``.  Most servers page by offset, so if a Consent
 earlier in the result set is changed *while* a run is walking it, the set shifts and one Consent can be missed
@@ -59,8 +64,8 @@ from .fhir_client import (
     weak_etag,
 )
 from .form import ConsentForm, form_to_json
-from .mappings import codes
-from .mappings.r4 import form_to_r4, r4_to_form
+from .mappings import MAPPING_VERSION, codes
+from .mappings.r4 import form_to_r4, r4_to_form, written_mapping_version
 from .outcome import InvalidInput, Issue, is_blocking, operation_outcome
 from .store import AlreadyExists, FormVersion, Store, SyncRecord, VersionConflict
 from .store import NotFound as FormNotFound
@@ -76,7 +81,7 @@ ACTOR = "sync"
 MAX_IDENTIFIER_QUERY_CHARS = 1800
 
 Progress = Callable[[str, int], None]
-PushAction = Literal["in-step", "create", "update", "conflict"]
+PushAction = Literal["in-step", "create", "update", "conflict", "skip"]
 
 
 # --------------------------------------------------------------------------- errors and the summary
@@ -244,6 +249,15 @@ def has_unpushed_change(latest: FormVersion, record: SyncRecord | None) -> bool:
     return latest.source == "local" and latest.version > pushed
 
 
+def written_by_older_mapping(record: SyncRecord | None) -> bool:
+    """The server's Consent for a synced form was written in an older shape than the mappings write now."""
+    return record is not None and record.remote_id is not None and (record.mapping_version or 1) < MAPPING_VERSION
+
+
+def needs_push(latest: FormVersion, record: SyncRecord | None) -> bool:
+    return has_unpushed_change(latest, record) or written_by_older_mapping(record)
+
+
 def is_echo(remote: RemoteState, record: SyncRecord | None) -> bool:
     """The server still holds the version we last synced (for example our own push, seen again by pull)."""
     return record is not None and record.remote_id == remote.resource_id and record.remote_version_id == remote.version_id
@@ -261,14 +275,24 @@ class PushPlan:
 
 
 def plan_push(latest: FormVersion, record: SyncRecord | None, remotes: Sequence[RemoteState]) -> PushPlan:
-    """Classify a form with an unpushed local change against the Consents the server holds for its identifier."""
+    """Classify a form needing a push (a local change, or a Consent an older mapping wrote) against the server's Consents for it."""
     if len(remotes) > 1:
         return PushPlan(latest, record, "conflict", reason=f"{len(remotes)} Consents on the server carry this form identifier")
     remote = remotes[0] if remotes else None
+    same = remote is not None and same_content(remote.resource, latest.form)
+    if not has_unpushed_change(latest, record):
+        # Only the shape is out of date.  Rewrite it when the server still says what we hold; if the server's
+        # copy changed or went, that is the server's change (pull brings it in), not one of ours to push.
+        if remote is None or not same:
+            return PushPlan(latest, record, "skip", remote)
+        current = written_mapping_version(remote.resource) >= MAPPING_VERSION
+        return PushPlan(latest, record, "in-step" if current else "update", remote)
     if remote is None:
         return PushPlan(latest, record, "create")
-    if same_content(remote.resource, latest.form):
-        return PushPlan(latest, record, "in-step", remote)
+    if same:
+        # Same meaning: in step, unless an older mapping wrote it; then rewriting it in today's shape is safe.
+        current = written_mapping_version(remote.resource) >= MAPPING_VERSION
+        return PushPlan(latest, record, "in-step" if current else "update", remote)
     if is_echo(remote, record):
         return PushPlan(latest, record, "update", remote)
     if record is None or record.remote_version_id is None:
@@ -392,7 +416,7 @@ class SyncJob:
         outcome = "aborted"
         try:
             if push:
-                self._push(summary, dry_run)
+                self._push_older_mappings(summary, dry_run, already_planned=self._push(summary, dry_run))
             if pull:
                 self._pull(summary, dry_run)
             outcome = "conflicts" if summary.exit_code() else "in-step"
@@ -428,18 +452,20 @@ class SyncJob:
 
     # ---------------------------------------------------------------- push
 
-    def _push(self, summary: SyncSummary, dry_run: bool) -> None:
+    def _push(self, summary: SyncSummary, dry_run: bool) -> set[str]:
+        """Push forms changed since the cursor; returns the form ids it planned a write or check for."""
         cursor = int(self.store.get_cursor(PUSH_CURSOR) or 0)
         hold: int | None = None  # the durable cursor must stay below the first form still needing attention
+        planned: set[str] = set()
         while True:
             page = self.store.form_ids_changed_since(cursor, self.batch_size)
             if not page:
-                return
+                return planned
             self._renew_lease(dry_run, summary)
             first_seq: dict[str, int] = {}
             for seq, form_id in page:
                 first_seq.setdefault(form_id, seq)
-            unsettled = self._push_batch(list(first_seq), summary, dry_run)
+            unsettled = self._push_batch(list(first_seq), summary, dry_run, planned)
             for form_id in unsettled:
                 hold = min(hold, first_seq[form_id] - 1) if hold is not None else first_seq[form_id] - 1
             cursor = page[-1][0]
@@ -447,13 +473,35 @@ class SyncJob:
                 self.store.set_cursor(PUSH_CURSOR, str(cursor if hold is None else min(cursor, hold)))
             self._report("push", len(first_seq))
 
-    def _push_batch(self, form_ids: list[str], summary: SyncSummary, dry_run: bool) -> set[str]:
-        """Push one batch; returns the form ids left unsettled (conflicts, rejections) so the cursor waits for them."""
+    def _push_older_mappings(self, summary: SyncSummary, dry_run: bool, already_planned: set[str]) -> None:
+        """Rewrite every Consent an older mapping wrote, as a normal (If-Match) update; its record then says current.
+
+        Walks the sync records by form id, skipping forms the cursor pass of this run already planned, so each
+        form is tried once per run; one left unsettled (conflict, rejection) keeps its old version and is tried
+        again next run.
+        """
+        after = ""
+        while True:
+            page = self.store.form_ids_synced_with_mapping_before(MAPPING_VERSION, after, self.batch_size)
+            if not page:
+                return
+            self._renew_lease(dry_run, summary)
+            form_ids = [f for f in page if f not in already_planned]
+            self._push_batch(form_ids, summary, dry_run, already_planned)
+            after = page[-1]
+            self._report("push", len(form_ids))
+
+    def _push_batch(self, form_ids: list[str], summary: SyncSummary, dry_run: bool, planned: set[str]) -> set[str]:
+        """Push one batch; returns the form ids left unsettled (conflicts, rejections) so the cursor waits for them.
+
+        Every form it plans for is added to ``planned``.
+        """
         candidates: list[tuple[FormVersion, SyncRecord | None]] = []
         for form_id in form_ids:
             latest, record = self.store.get(form_id), self.store.sync_record(form_id)
-            if has_unpushed_change(latest, record):
+            if needs_push(latest, record):
                 candidates.append((latest, record))
+                planned.add(form_id)
         if not candidates:
             return set()
         for attempt in (1, 2):
@@ -517,7 +565,7 @@ class SyncJob:
             if plan.action == "in-step" and plan.remote is not None:
                 summary.unchanged += 1
                 if not dry_run:
-                    self._save_record(plan.latest, plan.record, plan.remote)
+                    self._save_record(plan.latest, plan.record, plan.remote, written_mapping_version(plan.remote.resource))
             elif plan.action == "conflict":
                 self._conflict(summary, plan.latest, plan.reason or "changed on both sides", audit=not dry_run)
                 unsettled.add(plan.latest.form_id)
@@ -525,16 +573,17 @@ class SyncJob:
 
     def _record_pushed(self, done: Iterable[tuple[PushPlan, RemoteState]], summary: SyncSummary) -> None:
         for plan, state in done:
-            self._save_record(plan.latest, plan.record, state)
+            self._save_record(plan.latest, plan.record, state, MAPPING_VERSION)
             summary.pushed += 1
             self._audit(plan.latest, "sync.push", "pushed", {"version": plan.latest.version, "remoteVersionId": state.version_id})
             log.debug("pushed form %s version %d as Consent %s/_history/%s", plan.latest.form_id, plan.latest.version,
                       state.resource_id, state.version_id)
 
-    def _save_record(self, latest: FormVersion, record: SyncRecord | None, state: RemoteState) -> None:
+    def _save_record(self, latest: FormVersion, record: SyncRecord | None, state: RemoteState, mapping_version: int) -> None:
         self.store.save_sync_record(SyncRecord(
             form_id=latest.form_id, pushed_version=latest.version, remote_id=state.resource_id, remote_version_id=state.version_id,
-            remote_last_updated=state.last_updated, pulled_version=record.pulled_version if record is not None else None))
+            remote_last_updated=state.last_updated, pulled_version=record.pulled_version if record is not None else None,
+            mapping_version=mapping_version))
 
     def _remote_states(self, form_ids: list[str]) -> dict[str, list[RemoteState]]:
         """The server's current Consents for these forms, by form id: one search per URL-sized chunk."""
@@ -592,7 +641,7 @@ class SyncJob:
         if latest is not None and form_to_json(latest.form) == form_to_json(form):
             summary.unchanged += 1
             if not dry_run:
-                self._save_record(latest, record, remote)
+                self._save_record(latest, record, remote, written_mapping_version(remote.resource))
             return
         if latest is not None and has_unpushed_change(latest, record):
             reason = (f"changed on the server (version {remote.version_id}) while local version {latest.version} "
@@ -618,7 +667,8 @@ class SyncJob:
             return
         self.store.save_sync_record(SyncRecord(
             form_id=form.form_id, pushed_version=stored.version, remote_id=remote.resource_id, remote_version_id=remote.version_id,
-            remote_last_updated=remote.last_updated, pulled_version=stored.version))
+            remote_last_updated=remote.last_updated, pulled_version=stored.version,
+            mapping_version=written_mapping_version(remote.resource)))
         summary.pulled += 1
         log.debug("pulled Consent %s/_history/%s as form %s version %d", remote.resource_id, remote.version_id, form.form_id, stored.version)
 

@@ -388,8 +388,8 @@ R4_FORM_PATHS = (
     ("$.decisionMaker.competence", f"Consent.extension('{codes.EXT_COMPETENCE}')"),
     ("$.decisionMaker.personId", "Consent.performer"),
     ("$.decisionMaker", f"Consent.extension('{codes.EXT_DECISION_BASIS}')"),
-    ("$.people", "Consent.provision.provision.where(purpose.empty())"),
-    ("$.exceptions.provisions", "Consent.provision.provision.where(purpose.exists())"),
+    ("$.people", "Consent.provision.provision.where(actor.exists())"),
+    ("$.exceptions.provisions", "Consent.provision.provision.where(actor.empty())"),
     ("$.exceptions", f"Consent.extension('{codes.EXT_EXCEPTIONS_EXPLAINED}')"),
     ("$.status", "Consent.status"),
     ("$.formId", "Consent.identifier"),
@@ -466,6 +466,12 @@ def _claims(document: dict[str, Any], url: str) -> bool:
     return isinstance(profiles, list) and url in profiles
 
 
+def _reads_as_mapping_version_1(document: dict[str, Any]) -> bool:
+    """An R4 Consent in the version 1 shape that the mapping reads without complaint (Consents already on servers)."""
+    root = document.get("provision")
+    return isinstance(root, dict) and "type" in root and not mapping_issues(document, "r4")
+
+
 def _ppc_1(document: dict[str, Any]) -> list[Issue]:
     """R4 ppc-1 (policy or policyRule), a base invariant fhir.resources does not check."""
     if fhirpathpy.evaluate(document, PPC_1, {"resource": document}, fhirpath_models["r4"]) == [False]:
@@ -534,6 +540,10 @@ def validate_consent(document: Any, version: Version = "r4", profile: str | None
     if url is not None and url not in artefacts().structure_definitions:
         known = ", ".join(sorted(artefacts().structure_definitions))
         notes.append(error("not-supported", "Consent.meta.profile", f"unknown profile {url}; known: {known}"))
+    elif url is not None and version == "r4" and _reads_as_mapping_version_1(document):
+        notes.append(Issue("information", "informational", "Consent.provision",
+                           "written by CASUS mapping version 1 (root provision type deny, per-type permits nested); the "
+                           "CASUS mapping still reads that shape, the profile describes version 2 and is not applied"))
     elif url is not None and version == "r5":
         notes.append(Issue("information", "informational", "Consent", "the CASUS profile is an R4 StructureDefinition; "
                            "this R5 Consent is checked against base R5 and the CASUS R5 mapping"))

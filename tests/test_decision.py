@@ -56,7 +56,7 @@ AFTER_16 = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
 JUNE_2027 = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 AFTER_18 = datetime(2029, 3, 10, 12, 0, tzinfo=UTC)
 
-ROOT = "Consent.provision"
+ROOT = "Consent.policyRule"
 MUM, GP, DAD = (person_provision_path(i) for i in range(3))
 EXCEPTION_OBLIGATIONS = ("record-disclosure", "inform-young-person")
 
@@ -430,7 +430,7 @@ def test_information_type_paths_point_at_each_listed_type() -> None:
     consent = form_to_r4(form)
     for i, p in enumerate(form.people):
         for j, t in enumerate(p.information_types):
-            coding = _resolve(consent, information_type_provision_path(i, j))["code"][0]["coding"][0]
+            coding = _resolve(consent, information_type_provision_path(i, j))["coding"][0]
             assert (coding["system"], coding["code"]) == (codes.CS_INFORMATION_TYPE, t)
 
 
@@ -446,7 +446,23 @@ def test_every_cited_provision_exists_in_the_cited_consent(c: Case) -> None:
     verdict = _decide(c)
     form = next(v.form for v in c.versions if (v.form_id, v.version) == (verdict.form_id, verdict.version))
     provision = _resolve(form_to_r4(form), verdict.provision or "")
-    assert provision["type"] in ("permit", "deny")
+    if re.search(r"\.code\[\d+\]$", verdict.provision or ""):
+        assert codes.INFORMATION_TYPES.first_match(provision["coding"]) in dict(verdict.per_type)
+    else:
+        assert provision["type"] in ("permit", "deny")
+
+
+@pytest.mark.parametrize("c", [p for p in CASES if p.values[0].provision == ROOT])
+def test_the_default_cites_the_opt_in_policy_rule_of_the_cited_consent(c: Case) -> None:
+    verdict = _decide(c)
+    form = next(v.form for v in c.versions if (v.form_id, v.version) == (verdict.form_id, verdict.version))
+    assert _resolve(form_to_r4(form), verdict.provision or "")["coding"][0]["code"] == "OPTIN"
+
+
+def test_care_purposes_are_the_purposes_every_person_provision_states() -> None:
+    consent = form_to_r4(ACTIVE[0].form)
+    people = [p for p in consent["provision"]["provision"] if "actor" in p]
+    assert people and all({c["code"] for c in p["purpose"]} == CARE_PURPOSES for p in people)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -29,7 +29,7 @@ def ask(client, **params):
 def test_a_share_choice_permits_with_its_reason_and_provision(loaded):
     verdict = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json
     assert verdict["decision"] == "permit" and verdict["basis"] == "choice"
-    assert verdict["provision"] == "Consent.provision.provision[0].provision[0]"
+    assert verdict["provision"] == "Consent.provision.provision[0].code[0]"
     assert verdict["consent"]["reference"] == f"Consent/{FORM_ID}/_history/1"
     assert "permit" in verdict["reason"]
 

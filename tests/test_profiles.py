@@ -137,7 +137,7 @@ def test_examples_cover_the_four_decision_scenarios():
     assert {"competent-under-16", "aged-16-17", "parental-responsibility"} <= set(bases.values())
     assert any(c["status"] == "inactive" for c in by_name.values())
     mixed = by_name["competent-under-16"]["provision"]["provision"]
-    assert {p.get("type") for p in mixed if "purpose" not in p} == {"permit", "deny"}
+    assert {p.get("type") for p in mixed if "actor" in p} == {"permit", "deny"}
 
 
 # --------------------------------------------------------------------------- every rule has a failing example
@@ -247,9 +247,11 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "Consent.policy|max": (_append("policy", {"uri": "https://example.org/other-policy"}), "Consent.policy", "structure"),
     "Consent.policy.uri|min": (_set("policy", [{"authority": "https://example.org/authority"}]), "Consent.policy[0].uri", "required"),
     "Consent.policy.uri|fixed": (_set("policy.0.uri", "https://example.org/other-policy"), "Consent.policy[0].uri", "value"),
+    "Consent.policyRule|min": (_drop("policyRule"), "Consent.policyRule", "required"),
+    "Consent.policyRule|pattern": (_set("policyRule.coding.0.code", "OPTOUT"), "Consent.policyRule", "value"),
     "Consent.provision|min": (_drop("provision"), "Consent.provision", "required"),
-    "Consent.provision.type|min": (_drop("provision.type"), "Consent.provision.type", "required"),
-    "Consent.provision.type|fixed": (_set("provision.type", "permit"), "Consent.provision.type", "value"),
+    "Consent.provision.type|max": (_set("provision.type", "deny"), "Consent.provision.type", "structure"),
+    "Consent.provision.provision.type|min": (_drop("provision.provision.0.type"), "Consent.provision.provision[0].type", "required"),
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, insert
+from sqlalchemy import create_engine, insert, text
 
 from fhir_adapter import migrations
 from fhir_adapter.form import ConsentForm, parse_form
@@ -526,6 +526,29 @@ def test_migrated_schema_matches_the_tables_the_store_queries(store: Store, data
     finally:
         engine.dispose()
     assert actual == migrations.table_columns()
+
+
+def test_sync_records_from_before_mapping_versions_read_as_unknown_after_the_upgrade(database_url: str) -> None:
+    engine = create_engine(normalise_url(database_url))
+    try:
+        with engine.begin() as conn:
+            migrations.migrate(conn, migrations.MIGRATIONS[:2])
+            conn.execute(text("INSERT INTO sync_records (form_id, pushed_version, remote_id, remote_version_id) "
+                              "VALUES ('f-1', 1, 'srv-1', '1')"))
+    finally:
+        engine.dispose()
+    with Store.open(database_url) as upgraded:
+        assert upgraded.sync_record("f-1") == SyncRecord("f-1", pushed_version=1, remote_id="srv-1", remote_version_id="1")
+        assert upgraded.form_ids_synced_with_mapping_before(2, "", 10) == ["f-1"]
+
+
+def test_only_records_of_an_older_mapping_are_listed_for_re_pushing(store: Store) -> None:
+    for n, version in enumerate([None, 1, 2]):
+        store.save_sync_record(SyncRecord(form_id(n), pushed_version=1, remote_id=f"srv-{n}", remote_version_id="1",
+                                          mapping_version=version))
+    store.save_sync_record(SyncRecord(form_id(3), pulled_version=1))
+    assert store.form_ids_synced_with_mapping_before(2, "", 10) == sorted([form_id(0), form_id(1)])
+    assert store.form_ids_synced_with_mapping_before(2, min(form_id(0), form_id(1)), 10) == [max(form_id(0), form_id(1))]
 
 
 def test_a_database_from_a_newer_adapter_is_refused(database_url: str) -> None:

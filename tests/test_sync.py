@@ -14,19 +14,22 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fhir_adapter import sync
 from fhir_adapter.fhir_client import FhirClient
 from fhir_adapter.form import ConsentForm, form_to_json, parse_form
-from fhir_adapter.mappings import codes
-from fhir_adapter.mappings.r4 import form_to_r4, r4_to_form
+from fhir_adapter.mappings import MAPPING_VERSION, codes
+from fhir_adapter.mappings.r4 import form_to_r4, r4_to_form, written_mapping_version
 from fhir_adapter.store import Store
 from fhir_adapter.sync import PULL_CURSOR, PUSH_CURSOR, SyncJob, SyncLocked
 from tests.support.facade import example_form
 from tests.support.fhir_server import SekmetServer
+from tests.support.legacy_shape import legacy_r4
 
 pytestmark = pytest.mark.integration
 
@@ -450,3 +453,74 @@ def test_a_run_killed_after_its_first_batch_resumes_to_every_form_exactly_once(
     assert third.returncode == 0, err.decode()
     assert b'"pushed": 0' in out and b'"pulled": 0' in out
     assert server_versions(client) == before
+
+
+# --------------------------------------------------------------------------- Consents an older mapping wrote
+
+
+def push_in_the_version_1_shape(store: Store, client: FhirClient, monkeypatch: pytest.MonkeyPatch, count: int = 2) -> list[ConsentForm]:
+    """Forms pushed as the version 1 writer pushed them, their records saying mapping version 1."""
+    monkeypatch.setattr(sync, "form_to_r4", legacy_r4)
+    monkeypatch.setattr(sync, "MAPPING_VERSION", 1)
+    forms = [store.create_form(new_form(), actor="clinician").form for _ in range(count)]
+    assert job(store, client).run().pushed == count
+    monkeypatch.undo()
+    assert all(written_mapping_version(only_on_server(client, f.form_id)) == 1 for f in forms)
+    return forms
+
+
+@pytest.mark.parametrize("recorded", ["as version 1", "as NULL (rows from before versions were kept)"])
+def test_consents_an_older_mapping_wrote_are_re_pushed_once_in_the_new_shape(
+        any_store: Store, client: FhirClient, monkeypatch: pytest.MonkeyPatch, recorded: str) -> None:
+    forms = push_in_the_version_1_shape(any_store, client, monkeypatch)
+    if recorded.startswith("as NULL"):
+        for f in forms:
+            record = any_store.sync_record(f.form_id)
+            assert record is not None
+            any_store.save_sync_record(replace(record, mapping_version=None))
+    before = {f.form_id: only_on_server(client, f.form_id) for f in forms}
+
+    second = job(any_store, client).run()
+
+    assert (second.pushed, second.pulled, second.conflicts, second.rejected) == (len(forms), 0, [], [])
+    for f in forms:
+        now = only_on_server(client, f.form_id)
+        assert now["id"] == before[f.form_id]["id"]
+        assert int(now["meta"]["versionId"]) == int(before[f.form_id]["meta"]["versionId"]) + 1
+        assert "type" not in now["provision"] and now["policyRule"]["coding"][0]["code"] == "OPTIN"
+        assert r4_to_form(now) == f
+        record = any_store.sync_record(f.form_id)
+        assert record is not None and (record.mapping_version, record.remote_version_id) == (MAPPING_VERSION, now["meta"]["versionId"])
+    versions = server_versions(client)
+
+    third = job(any_store, client).run()
+
+    assert (third.pushed, third.pulled, third.conflicts) == (0, 0, [])
+    assert server_versions(client) == versions
+
+
+def test_an_older_mapping_consent_changed_on_the_server_is_pulled_not_pushed_over(
+        store: Store, client: FhirClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    [form] = push_in_the_version_1_shape(store, client, monkeypatch, count=1)
+    change_on_server(client, dad_now_shares(form))
+
+    summary = job(store, client).run()
+
+    assert (summary.pushed, summary.pulled, summary.conflicts) == (0, 1, [])
+    assert store.get(form.form_id).form == dad_now_shares(form)
+    record = store.sync_record(form.form_id)
+    assert record is not None and record.mapping_version == MAPPING_VERSION
+
+
+def test_a_version_1_consent_written_on_the_server_is_pulled_then_rewritten_in_the_new_shape(store: Store, client: FhirClient) -> None:
+    form = new_form()
+    client.conditional_update(legacy_r4(form), f"identifier={codes.ID_CONSENT_FORM}|{form.form_id}")
+
+    first = job(store, client).run()
+    second = job(store, client).run()
+    third = job(store, client).run()
+
+    assert (first.pulled, first.rejected, store.get(form.form_id).form) == (1, [], form)
+    assert (second.pushed, second.conflicts) == (1, [])
+    assert written_mapping_version(only_on_server(client, form.form_id)) == MAPPING_VERSION
+    assert (third.pushed, third.pulled) == (0, 0)

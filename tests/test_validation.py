@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,8 +72,8 @@ def test_status_valid_in_base_fhir_but_not_casus_is_code_invalid():
 
 def test_unknown_information_type_is_code_invalid_at_its_provision():
     consent = _example()
-    consent["provision"]["provision"][0]["provision"][0]["code"][0]["coding"][0]["code"] = "bank-details"
-    issues = _at(validate_consent(consent), "Consent.provision.provision[0].provision[0].code")
+    consent["provision"]["provision"][0]["code"][0]["coding"][0]["code"] = "bank-details"
+    issues = _at(validate_consent(consent), "Consent.provision.provision[0].code[0]")
     assert any(i.code == "code-invalid" for i in issues)
 
 
@@ -143,13 +144,14 @@ def test_valid_base_consent_that_is_not_casus_gets_a_headline_error_with_reasons
     headline = issues[0]
     assert (headline.severity, headline.expression) == ("error", "Consent")
     assert headline.diagnostics.startswith("not a CASUS consent: ")
-    assert "Consent.policyRule" in headline.diagnostics
+    assert "Consent.patient: required by the CASUS profile" in headline.diagnostics
     assert len(_errors(issues)) > 1
 
 
 def test_base_invariant_ppc_1_is_enforced():
     consent = _example()
     del consent["policy"]
+    del consent["policyRule"]
     assert any(i.diagnostics.startswith("ppc-1") for i in _at(validate_consent(consent), "Consent"))
 
 
@@ -210,3 +212,16 @@ def test_profile_artefacts_are_loaded_once():
     assert validation.compiled(codes.PROFILE_CONSENT) is validation.compiled(codes.PROFILE_CONSENT)
 
 
+
+
+def test_a_version_1_r4_consent_validates_with_a_note_that_the_version_2_profile_was_not_applied():
+    legacy = json.loads((Path(__file__).parent / "fixtures" / "legacy-shape" / "r4-competent-under-16.json").read_text(encoding="utf-8"))
+    issues = validate_consent(legacy, "r4")
+    assert _errors(issues) == []
+    assert [i.expression for i in issues if i.severity == "information"] == ["Consent.provision"]
+
+
+def test_a_root_type_on_a_version_2_consent_breaks_the_profile():
+    consent = _example()
+    consent["provision"]["type"] = "deny"
+    assert any(i.diagnostics.startswith("Consent.provision.type|max") for i in _at(validate_consent(consent), "Consent.provision.type"))

@@ -21,10 +21,13 @@ ID_LOCAL_PATIENT = f"{CASUS_BASE}/Id/local-patient-id"
 ID_PERSON = f"{CASUS_BASE}/Id/form-person"
 POLICY_URI = f"{CASUS_BASE}/policy/casus-confidentiality"
 PROFILE_CONSENT = f"{CASUS_BASE}/StructureDefinition/casus-consent"
+PROFILE_CONSENT_R5 = f"{CASUS_BASE}/StructureDefinition/casus-consent-r5"
 EXT_RECORDED_BY = f"{CASUS_BASE}/StructureDefinition/casus-recorded-by"
 EXT_DECISION_BASIS = f"{CASUS_BASE}/StructureDefinition/casus-decision-basis"
 EXT_COMPETENCE = f"{CASUS_BASE}/StructureDefinition/casus-competence-assessment"
 EXT_EXCEPTIONS_EXPLAINED = f"{CASUS_BASE}/StructureDefinition/casus-exceptions-explained"
+EXT_RECORDED_AT = f"{CASUS_BASE}/StructureDefinition/casus-recorded-at"
+EXT_DO_NOT_SHARE = f"{CASUS_BASE}/StructureDefinition/casus-do-not-share"
 
 NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_ORGANIZATION = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -46,6 +49,8 @@ CATEGORY_CODINGS = (
     {"system": V3_ACT_CODE, "code": "IDSCL", "display": "information disclosure"},
 )
 ACTION_CODING = {"system": CONSENT_ACTION, "code": "disclose", "display": "Disclose"}
+# R4 Consent.policyRule: opt-in, so a spec reader knows nothing is disclosed unless a provision permits it.
+POLICY_RULE_CODING = {"system": V3_ACT_CODE, "code": "OPTIN", "display": "opt-in"}
 RECIPIENT_ROLE_CODING = {"system": V3_PARTICIPATION, "code": "IRCP", "display": "information recipient"}
 SECURITY_LABELS = (
     {"system": V3_CONFIDENTIALITY, "code": "R", "display": "restricted"},
@@ -139,13 +144,24 @@ DECISION_BASIS = CodeTable("decision basis", [
         "Person with parental responsibility decides"),
 ])
 
-# The policy's exceptions: purpose-of-use codings on permit provisions. The first row per value is the
-# purpose of use that identifies it; OVRTPS is carried beside THREAT as the override reason.
+# Purposes of use a young person's choice covers: care by the people who support them.  Every person provision
+# lists all four (a purpose list means "any of these"), and the decision engine permits a choice for exactly these,
+# so what a spec reader reads and what the engine answers come from the same rows.  Displays are HL7's.
+CARE_PURPOSES = CodeTable("care purpose (v3-ActReason)", [
+    Row("TREAT", V3_ACT_REASON, "TREAT", "treatment"),
+    Row("ETREAT", V3_ACT_REASON, "ETREAT", "Emergency Treatment"),
+    Row("COC", V3_ACT_REASON, "COC", "coordination of care"),
+    Row("CAREMGT", V3_ACT_REASON, "CAREMGT", "care management"),
+])
+
+# The policy's exceptions: a permit provision whose only purpose of use names the exception.  No other code sits
+# beside it, because a spec reader would permit any purpose listed there.
 EXCEPTIONS = CodeTable("policy exception", [
     Row("risk-of-significant-harm", V3_ACT_REASON, "THREAT", "threat"),
     Row("court-order", V3_ACT_REASON, "HLEGAL", "legal"),
 ])
-EXCEPTION_EXTRA_CODINGS: dict[str, tuple[dict[str, str], ...]] = {
+# Codings that Consents written by mapping version 1 carried beside an exception's code.  Read, never written.
+LEGACY_EXCEPTION_CODINGS: dict[str, tuple[dict[str, str], ...]] = {
     "risk-of-significant-harm": ({"system": V3_ACT_REASON, "code": "OVRTPS", "display": "override treatment purpose"},),
     "court-order": (),
 }
@@ -172,6 +188,11 @@ IDENTIFIER_SYSTEMS = CodeTable("professional identifier", [
 ])
 
 
+def care_purpose_codings() -> list[dict[str, str]]:
+    """The four care purposes, in table order, as the purpose of every person provision."""
+    return [r.coding() for r in CARE_PURPOSES]
+
+
 def identifier_uri(alias: str) -> str:
     return IDENTIFIER_SYSTEMS.row(alias).system
 
@@ -180,7 +201,7 @@ def identifier_alias(uri: str) -> str | None:
     return next((r.value for r in IDENTIFIER_SYSTEMS if r.system == uri), None)
 
 
-ALL_TABLES = (INFORMATION_TYPES, PERSON_ROLES, DECISION_BASIS, EXCEPTIONS, SHARING_R4, STATUS_R4, IDENTIFIER_SYSTEMS)
+ALL_TABLES = (INFORMATION_TYPES, PERSON_ROLES, DECISION_BASIS, CARE_PURPOSES, EXCEPTIONS, SHARING_R4, STATUS_R4, IDENTIFIER_SYSTEMS)
 
 
 def markdown_tables() -> str:

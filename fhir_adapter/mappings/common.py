@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import operator
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from ..fhir_structure import FhirVersion, base_issues
 from ..form import (
     Competence,
     ConsentForm,
@@ -141,14 +143,27 @@ def actor(person_id: str) -> dict[str, Any]:
 
 
 def exception_purposes(kind: str) -> list[dict[str, str]]:
-    return [codes.EXCEPTIONS.to_coding(kind), *codes.EXCEPTION_EXTRA_CODINGS[kind]]
+    """An exception's purpose of use: its one code, so a spec reader permits that purpose and no other."""
+    return [codes.EXCEPTIONS.to_coding(kind)]
 
 
-def meta() -> dict[str, Any]:
-    return {"profile": [codes.PROFILE_CONSENT], "security": [dict(c) for c in codes.SECURITY_LABELS]}
+def legacy_exception_purposes(kind: str) -> list[dict[str, str]]:
+    """What mapping version 1 wrote as an exception's purpose (THREAT came with OVRTPS); accepted on input only."""
+    return [codes.EXCEPTIONS.to_coding(kind), *codes.LEGACY_EXCEPTION_CODINGS[kind]]
+
+
+def disclose() -> list[dict[str, Any]]:
+    return [{"coding": [dict(codes.ACTION_CODING)]}]
+
+
+def meta(profile: str = codes.PROFILE_CONSENT) -> dict[str, Any]:
+    return {"profile": [profile], "security": [dict(c) for c in codes.SECURITY_LABELS]}
 
 
 # --------------------------------------------------------------------------- FHIR -> form
+
+
+STATUS_BY_CODE = {r.code: r.value for r in codes.STATUS_R4}  # R5 ConsentState keeps the same four codes
 
 
 def not_casus(count: int) -> Issue:
@@ -197,6 +212,42 @@ class Reader:
             self.fail(where, "must be a date and time with a time zone", "value")
             return None
         return parsed
+
+
+@dataclass
+class Opened:
+    """What every Consent reader starts from: the issue collector, the contained people, form id and status."""
+
+    reader: Reader
+    contained: Contained
+    form_id: str
+    status: str | None
+
+
+def open_consent(consent: Any, version: FhirVersion, top_level: set[str]) -> Opened:
+    """The opening both readers share: base FHIR first (raising at once, as nothing else can be trusted),
+    then the top-level elements, contained resources, form identifier and status."""
+    issues = base_issues(consent, version)
+    if issues:
+        raise InvalidInput(issues)
+    r = Reader()
+    r.allow_only(consent, top_level, "Consent")
+    cont = Contained(r, consent.get("contained"))
+    form_id = read_form_id(r, consent.get("identifier"))
+    status = STATUS_BY_CODE.get(consent.get("status", ""))
+    if status is None:
+        r.fail("Consent.status", f"status '{consent.get('status')}' is not one a CASUS form can have", "code-invalid")
+    return Opened(r, cont, form_id, status)
+
+
+def read_form_id(r: Reader, identifiers: Any) -> str:
+    ours = [i for i in identifiers or [] if i.get("system") == codes.ID_CONSENT_FORM]
+    if len(ours) != 1:
+        r.fail("Consent.identifier", f"exactly one identifier with system {codes.ID_CONSENT_FORM} is required", "required")
+        return ""
+    if len(identifiers) != 1:
+        r.fail("Consent.identifier", "only the CASUS form identifier is recorded")
+    return ours[0].get("value", "")
 
 
 class Contained:
@@ -413,14 +464,58 @@ def read_disclose_action(r: Reader, actions: Any, where: str) -> None:
     r.exact_coding(actions[0], codes.ACTION_CODING, f"{where}.action[0]")
 
 
-def read_exception_provision(r: Reader, prov: dict[str, Any], where: str, found: list[str]) -> None:
+def read_exception_provision(r: Reader, prov: dict[str, Any], where: str, found: list[str], *, legacy: bool = False) -> None:
     """A policy exception provision (recognised by its purpose of use): check it and add its kind to ``found``."""
     read_disclose_action(r, prov.get("action"), where)
-    kind = read_exception(r, prov["purpose"], where)
+    kind = read_exception(r, prov.get("purpose"), where, legacy=legacy)
     if kind in found:
         r.fail(where, f"the {kind} exception appears twice", "duplicate")
     elif kind:
         found.append(kind)
+
+
+def read_person_core(r: Reader, cont: Contained, prov: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, Period | None]:
+    """What every person provision has in either version and shape: period, disclose, and one recipient."""
+    period = read_period(r, prov.get("period"), f"{where}.period")
+    read_disclose_action(r, prov.get("action"), where)
+    fields = read_person_resource(r, cont, read_actor(r, prov.get("actor"), where), f"{where}.actor[0].reference")
+    return fields, period
+
+
+CARE_PURPOSE_KEYS = frozenset((c["system"], c["code"]) for c in codes.care_purpose_codings())
+
+
+def read_care_purposes(r: Reader, purposes: Any, where: str) -> None:
+    """A person provision applies to exactly the care purposes: the choice covers care, and a reader must see that."""
+    found = [(c.get("system"), c.get("code")) for c in purposes or [] if isinstance(c, dict)]
+    if set(found) != CARE_PURPOSE_KEYS or len(found) != len(CARE_PURPOSE_KEYS):
+        r.fail(f"{where}.purpose", "a person provision's purpose of use is exactly the care purposes "
+               f"{', '.join(c.code for c in codes.CARE_PURPOSES)} (the young person's choice covers care, nothing else)",
+               "value")
+
+
+def read_information_types(r: Reader, concepts: Any, where: str) -> tuple[str, ...]:
+    """The information types of a share provision: one CASUS coding per ``code`` entry."""
+    types = []
+    for m, concept in enumerate(concepts or []):
+        codings = (concept.get("coding") if isinstance(concept, dict) else None) or []
+        kind = codes.INFORMATION_TYPES.first_match(codings)
+        if kind is None or len(codings) != 1:
+            r.fail(f"{where}.code[{m}]", "exactly one CASUS information type coding is required", "code-invalid")
+        else:
+            types.append(kind)
+    return tuple(types)
+
+
+def is_exception_provision(prov: dict[str, Any]) -> bool:
+    """Version 2 exceptions have no actor (anyone) and an exception purpose; anything else is read as a person's."""
+    return "actor" not in prov and codes.EXCEPTIONS.first_match([c for c in prov.get("purpose") or [] if isinstance(c, dict)]) is not None
+
+
+def reject_nesting(r: Reader, prov: dict[str, Any], where: str) -> None:
+    if "provision" in prov:
+        r.fail(f"{where}.provision", "a CASUS provision never nests another: FHIR reads a nested provision as an "
+               "exception to its parent, which readers apply differently", "not-supported")
 
 
 def finish_form(r: Reader, cont: Contained, *, form_id: str, status: str | None, young: YoungPerson | None,
@@ -441,12 +536,15 @@ def finish_form(r: Reader, cont: Contained, *, form_id: str, status: str | None,
     return form
 
 
-def read_exception(r: Reader, purposes: Any, where: str) -> str | None:
-    kind = codes.EXCEPTIONS.first_match(purposes or [])
+def read_exception(r: Reader, purposes: Any, where: str, *, legacy: bool = False) -> str | None:
+    kind = codes.EXCEPTIONS.first_match([c for c in purposes or [] if isinstance(c, dict)])
     if kind is None:
         r.fail(f"{where}.purpose", "purpose of use is not a CASUS policy exception (THREAT, HLEGAL)", "code-invalid")
         return None
-    expected = {(c["system"], c["code"]) for c in exception_purposes(kind)}
-    if {(c.get("system"), c.get("code")) for c in purposes} != expected:
-        r.fail(f"{where}.purpose", f"the {kind} exception carries exactly {sorted(c for _, c in expected)}", "value")
+    expected = {(c["system"], c["code"]) for c in (legacy_exception_purposes(kind) if legacy else exception_purposes(kind))}
+    if {(c.get("system"), c.get("code")) for c in purposes if isinstance(c, dict)} != expected or len(purposes) != len(expected):
+        listed = ", ".join(sorted(c for _, c in expected))
+        why = (f"the {kind} exception carries exactly {listed} in this (mapping version 1) shape" if legacy else
+               f"the {kind} exception's purpose of use is exactly {listed}: a reader would permit any other code listed here too")
+        r.fail(f"{where}.purpose", why, "value")
     return kind

@@ -1,20 +1,26 @@
 """CASUS form <-> FHIR R4 (4.0.1) Consent.
 
-Shape (see the README's mapping table for every element):
-the root provision is ``deny`` (nothing leaves the team by default); under it,
-one provision per person carries their choice (permit/deny) with the person as
-IRCP actor, and a share person's provision nests one permit per information
-type; the policy exceptions are further permits recognised by their purpose of
-use (THREAT, HLEGAL), never by position.
+Written so that a reader following only the specification reads what the
+young person chose (mapping version 2): ``policyRule`` OPTIN is the base rule
+(nothing is disclosed unless a provision permits it) and the root provision
+carries no type, as R4 requires.  Each nested provision is one complete
+exception to that base: a share person is a permit naming the person (IRCP
+actor), disclose, the four care purposes and the information types in
+``code``; a do-not-share person is a deny for the same person and purposes
+with no code (every type); each policy exception is a permit for disclose to
+anyone whose only purpose is THREAT or HLEGAL.  Nothing nests deeper, so no
+reader has to decide how nested exceptions combine.
+
+Consents written by mapping version 1 (root ``type: deny``, per-type permits
+nested under each share person, THREAT beside OVRTPS) are still read, into the
+same form; the root's type tells the two shapes apart.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..fhir_structure import base_issues
 from ..form import ConsentForm, Person
-from ..outcome import InvalidInput
 from . import codes, common
 
 
@@ -23,16 +29,15 @@ def _person_provision(p: Person) -> dict[str, Any]:
     if p.period:
         prov["period"] = common.period_json(p.period)
     prov["actor"] = [common.actor(p.id)]
-    prov["action"] = [{"coding": [codes.ACTION_CODING]}]
-    if p.information_types:
-        prov["provision"] = [
-            {"type": "permit", "code": [{"coding": [codes.INFORMATION_TYPES.to_coding(t)]}]} for t in p.information_types
-        ]
+    prov["action"] = common.disclose()
+    prov["purpose"] = codes.care_purpose_codings()
+    if p.sharing == "share":
+        prov["code"] = [{"coding": [codes.INFORMATION_TYPES.to_coding(t)]} for t in p.information_types]
     return prov
 
 
 def _exception_provision(kind: str) -> dict[str, Any]:
-    return {"type": "permit", "action": [{"coding": [codes.ACTION_CODING]}], "purpose": common.exception_purposes(kind)}
+    return {"type": "permit", "action": common.disclose(), "purpose": common.exception_purposes(kind)}
 
 
 def form_to_r4(form: ConsentForm) -> dict[str, Any]:
@@ -51,8 +56,8 @@ def form_to_r4(form: ConsentForm) -> dict[str, Any]:
         "performer": [common.grantor_reference(form)],
         "organization": [common.trust_reference()],
         "policy": [{"uri": codes.POLICY_URI}],
+        "policyRule": {"coding": [dict(codes.POLICY_RULE_CODING)]},
         "provision": {
-            "type": "deny",
             "provision": [_person_provision(p) for p in form.people]
             + [_exception_provision(k) for k in form.exceptions.provisions],
         },
@@ -60,8 +65,7 @@ def form_to_r4(form: ConsentForm) -> dict[str, Any]:
 
 
 TOP_LEVEL = {"resourceType", "id", "meta", "text", "language", "contained", "extension", "identifier", "status",
-             "scope", "category", "patient", "dateTime", "performer", "organization", "policy", "provision"}
-STATUS_BY_CODE = {r.code: r.value for r in codes.STATUS_R4}
+             "scope", "category", "patient", "dateTime", "performer", "organization", "policy", "policyRule", "provision"}
 
 
 def r4_to_form(consent: Any) -> ConsentForm:
@@ -70,16 +74,8 @@ def r4_to_form(consent: Any) -> ConsentForm:
     Raises InvalidInput naming every element that base FHIR, the CASUS profile
     or the form's own rules reject; nothing is dropped silently.
     """
-    issues = base_issues(consent, "r4")
-    if issues:
-        raise InvalidInput(issues)
-    r = common.Reader()
-    r.allow_only(consent, TOP_LEVEL, "Consent")
-    cont = common.Contained(r, consent.get("contained"))
-    form_id = _form_id(r, consent.get("identifier"))
-    status = STATUS_BY_CODE.get(consent.get("status", ""))
-    if status is None:
-        r.fail("Consent.status", f"status '{consent.get('status')}' is not one a CASUS form can have", "code-invalid")
+    opened = common.open_consent(consent, "r4", TOP_LEVEL)
+    r, cont, form_id, status = opened.reader, opened.contained, opened.form_id, opened.status
     r.exact_coding(r.need(consent, "scope", "Consent"), codes.SCOPE_CODING, "Consent.scope")
     _check_categories(r, consent.get("category"))
     young = common.read_young_person(r, cont, r.need(consent, "patient", "Consent"), "Consent.patient")
@@ -91,20 +87,18 @@ def r4_to_form(consent: Any) -> ConsentForm:
     grantor_id = common.read_grantor(r, performers[0] if performers else None, "Consent.performer[0]", basis)
     _check_trust(r, consent.get("organization"), "Consent.organization")
     _check_policy(r, consent.get("policy"))
-    people, exceptions = _read_provisions(r, cont, r.need(consent, "provision", "Consent"))
+    root = r.need(consent, "provision", "Consent")
+    if isinstance(root, dict) and "type" in root:
+        if "policyRule" in consent:
+            r.fail("Consent.policyRule", "a Consent whose root provision has a type is read in the mapping version 1 "
+                   "shape, which has no policyRule (version 2 has policyRule OPTIN and no root type)", "invariant")
+        people, exceptions = _read_legacy_provisions(r, cont, root)
+    else:
+        _check_policy_rule(r, consent.get("policyRule"))
+        people, exceptions = _read_provisions(r, cont, root)
     return common.finish_form(r, cont, form_id=form_id, status=status, young=young, recorded_at=recorded_at, recorder=recorder,
                               basis=basis, competence=competence, grantor_id=grantor_id, explained=explained,
                               people=people, exceptions=exceptions)
-
-
-def _form_id(r: common.Reader, identifiers: Any) -> str:
-    ours = [i for i in identifiers or [] if i.get("system") == codes.ID_CONSENT_FORM]
-    if len(ours) != 1:
-        r.fail("Consent.identifier", f"exactly one identifier with system {codes.ID_CONSENT_FORM} is required", "required")
-        return ""
-    if len(identifiers) != 1:
-        r.fail("Consent.identifier", "only the CASUS form identifier is recorded")
-    return ours[0].get("value", "")
 
 
 def _check_categories(r: common.Reader, categories: Any) -> None:
@@ -125,40 +119,83 @@ def _check_policy(r: common.Reader, policies: Any) -> None:
         r.fail("Consent.policy", f"policy must be exactly {codes.POLICY_URI}", "value")
 
 
-PERSON_PROVISION = {"type", "period", "actor", "action", "provision"}
-EXCEPTION_PROVISION = {"type", "action", "purpose"}
+def _check_policy_rule(r: common.Reader, rule: Any) -> None:
+    codings = (rule or {}).get("coding") if isinstance(rule, dict) else None
+    expected = codes.POLICY_RULE_CODING
+    if not codings or [(c.get("system"), c.get("code")) for c in codings] != [(expected["system"], expected["code"])]:
+        r.fail("Consent.policyRule", f"policyRule must be exactly {expected['system']}#{expected['code']} (opt-in: "
+               "nothing leaves CASUS unless a provision permits it)", "value")
+
+
+PERSON_PROVISION = {"type", "period", "actor", "action", "purpose", "code", "provision"}
+EXCEPTION_PROVISION = {"type", "action", "purpose", "provision"}
+LEGACY_PERSON_PROVISION = {"type", "period", "actor", "action", "provision"}
+LEGACY_EXCEPTION_PROVISION = {"type", "action", "purpose"}
 
 
 def _read_provisions(r: common.Reader, cont: common.Contained, root: Any, where: str = "Consent.provision") -> tuple[list[Person], list[str]]:
+    """Mapping version 2: every nested provision is complete in itself; a person's has an actor, an exception's has none."""
     people: list[Person] = []
     exceptions: list[str] = []
     if not isinstance(root, dict):
         return people, exceptions
-    r.allow_only(root, {"type", "provision"}, where)
-    if root.get("type") != "deny":
-        r.fail(f"{where}.type", "the base provision must be deny: nothing leaves CASUS by default", "value")
+    r.allow_only(root, {"provision"}, where)
     for n, prov in enumerate(root.get("provision") or []):
         here = f"{where}.provision[{n}]"
-        if "purpose" in prov:
+        common.reject_nesting(r, prov, here)
+        if common.is_exception_provision(prov):
             r.allow_only(prov, EXCEPTION_PROVISION, here)
             if prov.get("type") != "permit":
                 r.fail(f"{here}.type", "a policy exception provision permits", "value")
             common.read_exception_provision(r, prov, here, exceptions)
             continue
-        person = _read_person_provision(r, cont, prov, here)
+        r.allow_only(prov, PERSON_PROVISION, here)
+        sharing = codes.SHARING_R4.first_match([{"system": codes.SHARING_R4.rows[0].system, "code": prov.get("type")}])
+        if sharing is None:
+            r.fail(f"{here}.type", "a person provision must say permit (share) or deny (do not share)", "required")
+        fields, period = common.read_person_core(r, cont, prov, here)
+        common.read_care_purposes(r, prov.get("purpose"), here)
+        types: tuple[str, ...] = ()
+        if sharing == "share" and not prov.get("code"):
+            r.fail(f"{here}.code", "a share (permit) provision lists the information types it permits", "required")
+        elif sharing == "share":
+            types = common.read_information_types(r, prov["code"], here)
+        elif sharing == "do-not-share" and "code" in prov:
+            r.fail(f"{here}.code", "a do-not-share provision refuses every information type, so it lists no code", "invariant")
+        if fields is not None and sharing is not None:
+            people.append(common.person_from(fields, sharing, types, period))
+    return people, exceptions
+
+
+def _read_legacy_provisions(r: common.Reader, cont: common.Contained, root: dict[str, Any],
+                            where: str = "Consent.provision") -> tuple[list[Person], list[str]]:
+    """Mapping version 1: root deny, person choices under it with per-type permits nested, THREAT beside OVRTPS."""
+    people: list[Person] = []
+    exceptions: list[str] = []
+    r.allow_only(root, {"type", "provision"}, where)
+    if root.get("type") != "deny":
+        r.fail(f"{where}.type", "R4 allows no type on the root provision (CASUS states its base in policyRule OPTIN); "
+               "Consents written by mapping version 1 had type deny here, and are read as such", "value")
+    for n, prov in enumerate(root.get("provision") or []):
+        here = f"{where}.provision[{n}]"
+        if "purpose" in prov:
+            r.allow_only(prov, LEGACY_EXCEPTION_PROVISION, here)
+            if prov.get("type") != "permit":
+                r.fail(f"{here}.type", "a policy exception provision permits", "value")
+            common.read_exception_provision(r, prov, here, exceptions, legacy=True)
+            continue
+        person = _read_legacy_person_provision(r, cont, prov, here)
         if person is not None:
             people.append(person)
     return people, exceptions
 
 
-def _read_person_provision(r: common.Reader, cont: common.Contained, prov: dict[str, Any], here: str) -> Person | None:
-    r.allow_only(prov, PERSON_PROVISION, here)
+def _read_legacy_person_provision(r: common.Reader, cont: common.Contained, prov: dict[str, Any], here: str) -> Person | None:
+    r.allow_only(prov, LEGACY_PERSON_PROVISION, here)
     sharing = codes.SHARING_R4.first_match([{"system": codes.SHARING_R4.rows[0].system, "code": prov.get("type")}])
     if sharing is None:
         r.fail(f"{here}.type", "a person provision must say permit or deny", "required")
-    period = common.read_period(r, prov.get("period"), f"{here}.period")
-    common.read_disclose_action(r, prov.get("action"), here)
-    fields = common.read_person_resource(r, cont, common.read_actor(r, prov.get("actor"), here), f"{here}.actor[0].reference")
+    fields, period = common.read_person_core(r, cont, prov, here)
     types = []
     for m, sub in enumerate(prov.get("provision") or []):
         there = f"{here}.provision[{m}]"
@@ -175,3 +212,8 @@ def _read_person_provision(r: common.Reader, cont: common.Contained, prov: dict[
         return None
     return common.person_from(fields, sharing, tuple(types), period)
 
+
+def written_mapping_version(consent: Any) -> int:
+    """Which mapping wrote an R4 Consent: 1 when its root provision carries a type (version 2 never writes one)."""
+    root = consent.get("provision") if isinstance(consent, dict) else None
+    return 1 if isinstance(root, dict) and "type" in root else 2
