@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fhir_adapter.decision import DecisionRequest, Recipient, StoredVersion, decide
@@ -90,8 +89,6 @@ def cases(form: ConsentForm, to_r4: Writer = form_to_r4, to_r5: Writer = form_to
                                evaluate_r4(r4_doc, question), evaluate_r5(r5_doc, question))
 
 
-@pytest.mark.xfail(strict=True, reason="the mappings still nest per-type permits under a purpose-less permit (R4) and reverse "
-                   "nested provisions (R5); remove this marker when they write the target shape below")
 @EXAMPLES
 @given(consent_forms().filter(lambda f: f.status == "active"))
 def test_every_reading_of_an_active_consent_gives_the_engines_answer(form: ConsentForm) -> None:
