@@ -466,6 +466,107 @@ def _as_fhirpath(issue: Issue, version: Version) -> Issue:
                  f"as a CASUS form ({issue.expression}): {issue.diagnostics}")
 
 
+# --------------------------------------------------------------------------- decision basis
+
+
+DECISION_BASIS_AT = f"Consent.extension('{codes.EXT_DECISION_BASIS}')"
+NO_DECISION_BASIS = ("this Consent records no CASUS decision basis (extension casus-decision-basis: aged-16-17, "
+                     "competent-under-16 or parental-responsibility), so who may decide, and whether the grantor did, "
+                     "cannot be checked")
+# Form-mapping findings that judge the grantor against the decision basis: without a CASUS basis they would judge it
+# against a basis the Consent does not have, so they are left to the one NO_DECISION_BASIS issue.
+BASIS_DEPENDENT_FINDINGS = (
+    "the young person decides on this basis",
+    "with parental-responsibility basis the grantor",
+)
+
+
+def _decision_basis(document: dict[str, Any]) -> str | None:
+    """The CASUS decision basis the Consent records (None when it records none, or a code that is not one)."""
+    found = [e for e in document.get("extension") or [] if isinstance(e, dict) and e.get("url") == codes.EXT_DECISION_BASIS]
+    coding = found[0].get("valueCoding") if len(found) == 1 else None
+    return codes.DECISION_BASIS.from_coding(coding) if isinstance(coding, dict) else None
+
+
+def decision_basis_issues(document: dict[str, Any]) -> list[Issue]:
+    """A Consent without a decision basis is told exactly that, once (other stages' findings at that place defer to it)."""
+    if any(isinstance(e, dict) and e.get("url") == codes.EXT_DECISION_BASIS for e in document.get("extension") or []):
+        return []
+    return [error("required", DECISION_BASIS_AT, NO_DECISION_BASIS)]
+
+
+def _without_basis_findings(issues: list[Issue], document: dict[str, Any]) -> list[Issue]:
+    if _decision_basis(document) is not None:
+        return issues
+    return [i for i in issues if not i.diagnostics.startswith(BASIS_DEPENDENT_FINDINGS)]
+
+
+# --------------------------------------------------------------------------- issues about absent elements
+
+
+def _steps_of(expression: str) -> list[str]:
+    """Top-level FHIRPath steps ("Consent.extension('a.b')[0].x" -> ["Consent", "extension('a.b')[0]", "x"])."""
+    steps, depth, quoted, current = [], 0, False, ""
+    for ch in expression:
+        quoted = not quoted if ch == "'" else quoted
+        depth += (ch == "(") - (ch == ")") if not quoted else 0
+        if ch == "." and depth == 0 and not quoted:
+            steps.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*steps, current]
+
+
+def _prefixes(expression: str) -> list[str]:
+    """Every ancestor of an element, nearest the root first, ending with the element (an index is its own level)."""
+    out, path = [], ""
+    for step in _steps_of(expression):
+        path = f"{path}.{step}" if path else step
+        if step.endswith("]") and "[" in step:
+            out.append(path[: path.rindex("[")])
+        out.append(path)
+    return out
+
+
+@lru_cache(maxsize=512)
+def _location_program(expression: str, version: Version) -> Callable[..., Any]:
+    return fhirpathpy.compile(expression, fhirpath_models[version])
+
+
+def _present(document: dict[str, Any], expression: str, version: Version) -> bool | None:
+    """Whether the element an issue names is in the document (None: the location is not FHIRPath we can evaluate)."""
+    try:
+        return bool(_location_program(expression, version)(document, {"resource": document}))
+    except Exception:  # an issue location fhirpathpy cannot parse is left as it is
+        return None
+
+
+def _about_present_elements(issues: list[Issue], document: dict[str, Any], version: Version) -> list[Issue]:
+    """Every issue names an element that is there, or is a missing-element issue whose parent is there.
+
+    A finding about an absent element (a rule that would judge it if it were there) becomes one "missing" issue at
+    the first absent ancestor, unless another issue already says that element is missing.
+    """
+    def first_absent(expression: str) -> str | None:
+        for prefix in _prefixes(expression)[1:]:
+            if _present(document, prefix, version) is False:
+                return prefix
+        return None
+
+    absent = {i.expression: first_absent(i.expression) for i in issues if i.expression and i.expression != "Consent"}
+    told = {i.expression for i in issues if i.code == "required" and absent.get(i.expression) == i.expression}
+    out: list[Issue] = []
+    for issue in issues:
+        missing = absent.get(issue.expression)
+        if missing is None or (issue.code == "required" and missing == issue.expression):
+            out.append(issue)
+        elif missing not in told:
+            told.add(missing)
+            out.append(Issue(issue.severity, "required", missing, f"missing required element: {issue.diagnostics}"))
+    return out
+
+
 # --------------------------------------------------------------------------- the public entry points
 
 
@@ -579,8 +680,9 @@ def validate_consent(document: Any, version: Version = "r4", profile: str | None
     if url is not None:
         profile_stage = _stage("CASUS profile check", lambda: conformance_issues(Scope(document, "Consent", document), url))
         code_stage = _stage("CASUS code rules", lambda: [i for rule in CODE_RULES.values() for i in rule(document)])
-    mapping = _stage("CASUS form mapping", lambda: mapping_issues(document, version))
-    issues = _dedupe([base, notes, profile_stage, code_stage, mapping])
+    basis = _stage("CASUS decision basis", lambda: decision_basis_issues(document))
+    mapping = _stage("CASUS form mapping", lambda: _without_basis_findings(mapping_issues(document, version), document))
+    issues = _about_present_elements(_dedupe([base, notes, profile_stage, code_stage, basis, mapping]), document, version)
     if any(i.severity in ("fatal", "error") for i in issues):
         unclaimed = [] if url else [f"Consent.meta.profile: does not claim {CONSENT_PROFILES[version]}"]
         issues.insert(0, _headline(issues, unclaimed))

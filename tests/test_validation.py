@@ -210,3 +210,60 @@ def test_profile_artefacts_are_loaded_once():
     assert validation.compiled(codes.PROFILE_CONSENT) is validation.compiled(codes.PROFILE_CONSENT)
 
 
+
+
+# --------------------------------------------------------------------------- plain, true wording
+
+
+def test_malformed_date_time_names_the_fhir_type_and_its_format():
+    consent = _example()
+    consent["dateTime"] = "yesterday"
+    [issue] = [i for i in _at(validate_consent(consent), "Consent.dateTime") if i.code == "value"][:1]
+    assert "FHIR dateTime" in issue.diagnostics and "YYYY-MM-DD" in issue.diagnostics
+    assert "regex" not in issue.diagnostics and "Value error" not in issue.diagnostics
+
+
+def test_object_where_an_array_belongs_says_the_element_repeats_and_its_type():
+    consent = _example()
+    consent["category"] = consent["category"][0]
+    diagnostics = [i.diagnostics for i in _at(validate_consent(consent), "Consent.category")]
+    assert "must be a JSON array, because the element repeats: FHIR CodeableConcept" in diagnostics
+
+
+def test_malformed_contained_date_is_described_by_the_contained_resource_type():
+    consent = _example()
+    consent["contained"][0]["birthDate"] = "2011-13"
+    diagnostics = [i.diagnostics for i in _at(validate_consent(consent), "Consent.contained[0].birthDate")]
+    assert any("FHIR date," in d for d in diagnostics)
+
+
+def test_unknown_contained_resource_type_is_reported_at_its_resource_type():
+    consent = _example()
+    consent["contained"].append({"resourceType": "Carer", "id": "x"})
+    issues = _at(validate_consent(consent), f"Consent.contained[{len(consent['contained']) - 1}].resourceType")
+    assert [i.code for i in issues] == ["structure"]
+    assert "'Carer' is not a FHIR R4 resource type" in issues[0].diagnostics
+
+
+def test_consent_without_a_decision_basis_is_told_that_once_and_its_grantor_not_judged():
+    consent = _example()
+    del consent["meta"]
+    consent["extension"] = [e for e in consent["extension"] if e["url"] not in (codes.EXT_DECISION_BASIS, codes.EXT_COMPETENCE)]
+    consent["performer"] = [{"reference": "#mum"}]
+    issues = validate_consent(consent)
+    assert [i.diagnostics for i in issues if i.expression == validation.DECISION_BASIS_AT] == [validation.NO_DECISION_BASIS]
+    assert not _at(issues, "Consent.performer[0]")
+
+
+def test_grantor_is_still_judged_against_a_decision_basis_the_consent_has():
+    consent = _example()
+    del consent["meta"]
+    consent["performer"] = [{"reference": "#mum"}]
+    assert any("decides on this basis" in i.diagnostics for i in _at(validate_consent(consent), "Consent.performer[0]"))
+
+
+def test_rule_about_an_absent_element_becomes_one_missing_element_issue():
+    consent = _example()
+    del consent["provision"]["provision"][0]["action"]
+    issues = [i for i in validate_consent(consent) if i.expression.startswith("Consent.provision.provision[0].action")]
+    assert [(i.code, i.expression) for i in issues] == [("required", "Consent.provision.provision[0].action")]
