@@ -42,7 +42,7 @@ CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
 
 SCOPE_CODING = {"system": CONSENT_SCOPE, "code": "patient-privacy", "display": "Privacy Consent"}
 CATEGORY_CODINGS = (
-    {"system": LOINC, "code": "59284-0", "display": "Patient Consent"},
+    {"system": LOINC, "code": "59284-0", "display": "Consent Document"},
     {"system": V3_ACT_CODE, "code": "IDSCL", "display": "information disclosure"},
 )
 ACTION_CODING = {"system": CONSENT_ACTION, "code": "disclose", "display": "Disclose"}
@@ -146,7 +146,7 @@ EXCEPTIONS = CodeTable("policy exception", [
     Row("court-order", V3_ACT_REASON, "HLEGAL", "legal"),
 ])
 EXCEPTION_EXTRA_CODINGS: dict[str, tuple[dict[str, str], ...]] = {
-    "risk-of-significant-harm": ({"system": V3_ACT_REASON, "code": "OVRTPS", "display": "override treatment purpose"},),
+    "risk-of-significant-harm": ({"system": V3_ACT_REASON, "code": "OVRTPS", "display": "third party safety override"},),
     "court-order": (),
 }
 
