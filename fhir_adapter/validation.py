@@ -409,14 +409,18 @@ R4_FORM_PATHS = (
     ("$.decisionMaker.competence", f"Consent.extension('{codes.EXT_COMPETENCE}')"),
     ("$.decisionMaker.personId", "Consent.performer"),
     ("$.decisionMaker", f"Consent.extension('{codes.EXT_DECISION_BASIS}')"),
-    ("$.people", "Consent.provision.provision.where(purpose.empty())"),
-    ("$.exceptions.provisions", "Consent.provision.provision.where(purpose.exists())"),
+    ("$.people", "Consent.provision.provision.where(actor.exists())"),  # people have an actor, exceptions none
+    ("$.exceptions.provisions", "Consent.provision.provision.where(actor.empty())"),
     ("$.exceptions", f"Consent.extension('{codes.EXT_EXCEPTIONS_EXPLAINED}')"),
     ("$.status", "Consent.status"),
     ("$.formId", "Consent.identifier"),
 )
+# R5 writes no provision for a do-not-share person, so a form person is found by their contained resource
+# (contained in form order), not by provision position.
+R5_PEOPLE = "Consent.contained.where(resourceType = 'RelatedPerson' or resourceType = 'PractitionerRole')"
 R5_FORM_PATHS = tuple(
-    (form_path, fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")
+    (form_path, R5_PEOPLE if form_path == "$.people" else
+     fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")
      .replace("Consent.performer", "Consent.grantor").replace("Consent.provision.provision", "Consent.provision"))
     for form_path, fhir_path in R4_FORM_PATHS
 )

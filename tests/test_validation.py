@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+import fhirpathpy
 import pytest
+from fhirpathpy.models import models as fhirpath_models
 
 from fhir_adapter import validation
 from fhir_adapter.fhir_structure import MAX_DEPTH, MAX_DOCUMENT_BYTES
@@ -17,6 +20,7 @@ from fhir_adapter.outcome import Issue
 from fhir_adapter.validation import validate_consent, validate_text
 
 EXAMPLES = PROFILES_DIR / "examples"
+NEW_SHAPE = Path(__file__).resolve().parent / "fixtures" / "new-shape"
 
 
 def _example() -> dict[str, Any]:
@@ -267,3 +271,21 @@ def test_rule_about_an_absent_element_becomes_one_missing_element_issue():
     del consent["provision"]["provision"][0]["action"]
     issues = [i for i in validate_consent(consent) if i.expression.startswith("Consent.provision.provision[0].action")]
     assert [(i.code, i.expression) for i in issues] == [("required", "Consent.provision.provision[0].action")]
+
+
+@pytest.mark.parametrize("version, form_path, expected", [
+    ("r4", "$.people[1].period", "Consent.provision.provision.where(actor.exists())[1]"),
+    ("r4", "$.exceptions.provisions[0]", "Consent.provision.provision.where(actor.empty())[0]"),
+    ("r5", "$.people[2]", "Consent.contained.where(resourceType = 'RelatedPerson' or resourceType = 'PractitionerRole')[2]"),
+    ("r5", "$.exceptions.provisions[1]", "Consent.provision.where(actor.empty())[1]"),
+])
+def test_form_paths_find_people_and_exceptions_in_either_provision_shape(version, form_path, expected):
+    assert validation.form_path_to_fhirpath(form_path, version) == expected
+
+
+def test_form_people_paths_name_the_same_person_in_both_provision_shapes():
+    """People carry an actor and exceptions none in the previous and the published shape alike."""
+    new_shape = json.loads((NEW_SHAPE / "Consent-r4-competent-under-16.json").read_text(encoding="utf-8"))
+    for consent in (_example(), new_shape):
+        people = fhirpathpy.evaluate(consent, validation.form_path_to_fhirpath("$.people[2]", "r4"), {}, fhirpath_models["r4"])
+        assert [p["actor"][0]["reference"]["reference"] for p in people] == ["#dad"]
