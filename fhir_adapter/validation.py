@@ -18,7 +18,10 @@ d. whether the Consent maps to a CASUS form at all (``r4_to_form`` / ``r5_to_for
    every element the form cannot hold.
 
 Any Consent with an error gets a headline issue saying it is not a CASUS consent, with the first reasons.
-Issues that say the same thing at the same place are reported once (the earliest stage wins).
+Issues that say the same thing at the same place are reported once (the earliest stage wins).  Issues are
+kept true of the Consent at hand: one without a CASUS decision basis is told so once (and its grantor is not
+judged against a basis it lacks), and a finding about an absent element becomes one missing-element issue at
+the first absent ancestor, so every location names an element that is there or a missing one whose parent is.
 """
 
 from __future__ import annotations
