@@ -53,7 +53,10 @@ def main() -> None:
 @click.option("--fhir-version", type=click.Choice(["auto", "r4", "r5"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary line per file.")
 def validate(files: tuple[Path, ...], fhir_version: str, quiet: bool) -> None:
-    """Validate Consent FILES against base FHIR and the CASUS profile.
+    """Validate Consent FILES against base FHIR and the CASUS profile of their FHIR version.
+
+    An R4 Consent claiming casus-consent is checked against it, an R5 Consent claiming
+    casus-consent-r5 against that; the version is detected unless --fhir-version says it.
 
     Prints one OperationOutcome per file. Exit 0 when all are valid, 1 when any
     is invalid, 2 when any file cannot be read or parsed.

@@ -4,15 +4,25 @@ fhir.resources (pydantic) checks element names, cardinality, primitive types
 and regexes; it does not check required code bindings, so the few that matter
 for a Consent (status, provision.type, decision) are checked here too.  Both
 the reverse mappings and the profile validator start from this.
+
+pydantic's own messages ("Input should be a valid list", "Value error, ... spec
+regex") are written for Python programmers; the people reading these issues
+integrate FHIR systems, so each pydantic error type is translated (one table)
+into a sentence about the element, naming the FHIR type it must have and that
+type's format.
 """
 
 from __future__ import annotations
 
 import json
+import types
+import typing
 from typing import Any, Literal
 
 import pydantic
+from fhir.resources import get_fhir_model_class as r5_model_class
 from fhir.resources.consent import Consent as ConsentR5
+from fhir.resources.R4B import get_fhir_model_class as r4_model_class
 from fhir.resources.R4B.consent import Consent as ConsentR4
 
 from .outcome import Issue, error
@@ -22,9 +32,57 @@ MODELS = {"r4": ConsentR4, "r5": ConsentR5}
 MAX_DOCUMENT_BYTES = 1_000_000
 MAX_DEPTH = 40
 
+MODEL_CLASSES = {"r4": r4_model_class, "r5": r5_model_class}
 R4_STATUS = {"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"}
 R5_STATUS = {"draft", "active", "inactive", "not-done", "entered-in-error", "unknown"}
 PROVISION_TYPE = {"deny", "permit"}
+
+
+# pydantic error type -> what is wrong with the element, in FHIR terms.
+WRONG_JSON_TYPE = {
+    "list_type": "must be a JSON array, because the element repeats",
+    "string_type": "must be a JSON string",
+    "bool_type": "must be JSON true or false",
+    "bool_parsing": "must be JSON true or false",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "decimal_type": "must be a number",
+    "decimal_parsing": "must be a number",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "model_validation_format": "must be a JSON object",
+    "json_invalid": "must be a JSON object",
+    "json_type": "must be a JSON object",
+}
+WRONG_FORMAT = "is not in the format its FHIR type requires"
+NOT_VALID = "does not hold a value this element can take"
+# FHIR primitive type -> the format it requires (what a reader needs to correct the value).
+PRIMITIVE_FORMATS = {
+    "boolean": "true or false",
+    "code": "text without leading, trailing or repeated white space",
+    "id": "1 to 64 letters, digits, '-' or '.'",
+    "string": "text",
+    "markdown": "text",
+    "uri": "a URI, without white space",
+    "url": "a URL, without white space",
+    "canonical": "a canonical URL, without white space",
+    "oid": "urn:oid: followed by a dotted number",
+    "uuid": "urn:uuid: followed by a UUID",
+    "date": "YYYY, YYYY-MM or YYYY-MM-DD",
+    "dateTime": "YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss with a time zone (Z or +hh:mm)",
+    "instant": "YYYY-MM-DDThh:mm:ss with a time zone (Z or +hh:mm)",
+    "time": "hh:mm:ss",
+    "integer": "a whole number",
+    "positiveInt": "a whole number above 0",
+    "unsignedInt": "a whole number, 0 or more",
+    "decimal": "a number",
+    "base64Binary": "base64 text",
+}
+IGNORED_LOC_PARTS = {"__root__", "root"}  # pydantic's names for a model's own validator, not FHIR elements
 
 
 def fhirpath(loc: tuple[Any, ...], root: str = "Consent") -> str:
@@ -71,14 +129,19 @@ def base_issues(document: Any, version: FhirVersion) -> list[Issue]:
     if document.get("resourceType") != "Consent":
         return [error("structure", "resourceType", f"expected resourceType Consent, got {document.get('resourceType')!r}")]
     issues: list[Issue] = []
+    unknown = _unknown_contained(document, version)
+    if unknown:
+        return unknown + _binding_issues(document, version)
     try:
         MODELS[version].model_validate(document)
     except pydantic.ValidationError as exc:
         for err in exc.errors()[:100]:
-            loc = tuple(p for p in err["loc"] if p != "__root__")
-            issues.append(error(_issue_code(err["type"]), fhirpath(loc), _message(err)))
-    except (ValueError, TypeError, LookupError, RecursionError) as exc:  # e.g. KeyError: an unknown contained resourceType
-        issues.append(error("structure", "Consent", f"not a valid FHIR Consent: {str(exc)[:200]}"))
+            loc = tuple(p for p in err["loc"] if p not in IGNORED_LOC_PARTS)
+            fhir_type = element_type(MODELS[version], loc, document, version)
+            issues.append(error(_issue_code(err["type"]), fhirpath(loc), message(err["type"], fhir_type)))
+    except (ValueError, TypeError, LookupError, RecursionError) as exc:  # fhir.resources raises these on odd input
+        issues.append(error("structure", "Consent", f"not a valid FHIR {version.upper()} Consent: base FHIR cannot read it "
+                            f"({type(exc).__name__})"))
     issues += _binding_issues(document, version)
     return issues
 
@@ -91,12 +154,73 @@ def _issue_code(pydantic_type: str) -> str:
     return "value"
 
 
-def _message(err: dict[str, Any]) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown element"
-    if err["type"] == "missing":
-        return "missing required element"
-    return str(err["msg"])[:300]
+def message(pydantic_type: str, fhir_type: str | None) -> str:
+    """A pydantic error type as a sentence about the element: what is wrong, and the FHIR type and format it needs."""
+    if pydantic_type == "extra_forbidden":
+        return "unknown element: base FHIR has no element of this name here"
+    if pydantic_type == "missing":
+        return "missing required element" + (f" (FHIR {fhir_type})" if fhir_type else "")
+    what = WRONG_JSON_TYPE.get(pydantic_type) or (WRONG_FORMAT if fhir_type in PRIMITIVE_FORMATS else NOT_VALID)
+    if fhir_type in PRIMITIVE_FORMATS:
+        return f"{what}: FHIR {fhir_type}, {PRIMITIVE_FORMATS[fhir_type]}"
+    return f"{what}: FHIR {fhir_type}" if fhir_type else what
+
+
+def element_type(model: type[pydantic.BaseModel], loc: tuple[Any, ...], document: Any, version: FhirVersion) -> str | None:
+    """The FHIR type of the element at a pydantic error location ("dateTime", "CodeableConcept"), when it can be told.
+
+    The document is walked beside the models so that a contained resource is described by its own resourceType.
+    """
+    klass: Any = model
+    fhir_type = None
+    node = document
+    for part in loc:
+        node = _child(node, part)
+        if isinstance(part, int):
+            if fhir_type == "Resource" and isinstance(node, dict):
+                try:
+                    klass = MODEL_CLASSES[version](node.get("resourceType"))
+                except (KeyError, ValueError, TypeError, LookupError):
+                    return None
+            continue
+        fields = getattr(klass, "model_fields", None)
+        field = next((f for name, f in (fields or {}).items() if (f.alias or name) == part), None)
+        if field is None:
+            return None
+        fhir_type, klass = _type_of(field.annotation)
+    return fhir_type
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(part, int):
+        return node[part] if isinstance(node, list) and -len(node) <= part < len(node) else None
+    return node.get(part) if isinstance(node, dict) else None
+
+
+def _type_of(annotation: Any) -> tuple[str | None, Any]:
+    """(FHIR type name, model class to descend into) of a fhir.resources field annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        name = type(args[1]).__name__
+        return name[:1].lower() + name[1:], None
+    if origin in (typing.Union, types.UnionType, list):
+        return next((_type_of(a) for a in args if a is not type(None)), (None, None))
+    if hasattr(annotation, "get_model_klass"):
+        return annotation.__name__.removesuffix("Type"), annotation.get_model_klass()
+    return None, None
+
+
+def _unknown_contained(document: dict[str, Any], version: FhirVersion) -> list[Issue]:
+    """Contained resources whose resourceType base FHIR does not define (fhir.resources fails on them without a location)."""
+    issues = []
+    for n, res in enumerate(document.get("contained") or [] if isinstance(document.get("contained"), list) else []):
+        kind = res.get("resourceType") if isinstance(res, dict) else None
+        try:
+            MODEL_CLASSES[version](kind)
+        except (KeyError, ValueError, TypeError, LookupError):
+            issues.append(error("structure", f"Consent.contained[{n}].resourceType",
+                                f"{kind!r} is not a FHIR {version.upper()} resource type"))
+    return issues
 
 
 def _binding_issues(doc: dict[str, Any], version: FhirVersion) -> list[Issue]:

@@ -4,19 +4,24 @@ Four stages, each adding ``Issue``s (nothing raises for bad input):
 
 a. base FHIR structure (``fhir_structure.base_issues``: element names, cardinality, types, required
    bindings) plus the one base R4 invariant fhir.resources skips (ppc-1);
-b. when the resource claims the CASUS profile in ``meta.profile`` or the caller asks for it: the profile's
-   own rules, read from the StructureDefinition JSON in ``profiles/`` — cardinality, fixed and pattern
-   values, required bindings to the CASUS ValueSets (expanded from the CodeSystem/ValueSet JSON beside
-   it), closed slicing, reference targets, the extension StructureDefinitions, and every
-   ``constraint.expression`` evaluated with fhirpathpy.  Nothing about the profile is retyped here, so the
-   published artefacts and the validator cannot disagree;
+b. when the resource claims the CASUS profile of its FHIR version in ``meta.profile`` (R4 ``casus-consent``,
+   R5 ``casus-consent-r5``) or the caller asks for it: the profile's own rules, read from the
+   StructureDefinition JSON in ``profiles/`` — cardinality, fixed and pattern values, required bindings to
+   the CASUS ValueSets (expanded from the CodeSystem/ValueSet JSON beside it), closed slicing, reference
+   targets, the extension StructureDefinitions, the profiles of contained people (type slices of
+   ``contained``), and every ``constraint.expression`` evaluated with fhirpathpy under the profile's FHIR
+   version.  Nothing about the profile is retyped here, so the published artefacts and the validator
+   cannot disagree;
 c. the code rules FHIRPath cannot express, registered under the constraint key whose ``requirements``
    document them (casus-6: the NHS number's Modulus 11 check digit);
 d. whether the Consent maps to a CASUS form at all (``r4_to_form`` / ``r5_to_form``), whose issues name
    every element the form cannot hold.
 
 Any Consent with an error gets a headline issue saying it is not a CASUS consent, with the first reasons.
-Issues that say the same thing at the same place are reported once (the earliest stage wins).
+Issues that say the same thing at the same place are reported once (the earliest stage wins).  Issues are
+kept true of the Consent at hand: one without a CASUS decision basis is told so once (and its grantor is not
+judged against a basis it lacks), and a finding about an absent element becomes one missing-element issue at
+the first absent ancestor, so every location names an element that is there or a missing one whose parent is.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ ARTEFACT_TYPES = frozenset({"StructureDefinition", "CodeSystem", "ValueSet"})
 NOT_CASUS = "not a CASUS consent"
 HEADLINE_REASONS = 5
 PPC_1 = "policy.exists() or policyRule.exists()"
+PROFILE_CONSENT_R5 = f"{codes.CASUS_BASE}/StructureDefinition/casus-consent-r5"
+CONSENT_PROFILES: dict[Version, str] = {"r4": codes.PROFILE_CONSENT, "r5": PROFILE_CONSENT_R5}
 
 
 # --------------------------------------------------------------------------- artefacts (loaded once)
@@ -91,7 +98,8 @@ def expansion(value_set_url: str) -> frozenset[tuple[str, str]] | None:
 # --------------------------------------------------------------------------- compiled rules
 
 
-RuleKind = Literal["min", "max", "fixed", "pattern", "binding", "type", "target", "closed", "constraint", "extension"]
+RuleKind = Literal["min", "max", "fixed", "pattern", "binding", "type", "target", "closed", "constraint", "extension", "profile"]
+NESTED_KINDS = frozenset({"extension", "profile"})  # rules that apply another StructureDefinition (its rules are its own)
 
 
 @dataclass(frozen=True)
@@ -133,18 +141,22 @@ def matches_pattern(value: Any, pattern: Any) -> bool:
 
 def _slice_url(slice_el: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str | None:
     """The url an extension slice's items carry: the extension's profile, or the slice's fixed ``url`` child."""
-    profiles = [p for t in slice_el.get("type", []) for p in t.get("profile", [])]
+    profiles = [p for t in slice_el.get("type", []) if t["code"] == "Extension" for p in t.get("profile", [])]
     return profiles[0] if profiles else by_id.get(f"{slice_el['id']}.url", {}).get("fixedUri")
 
 
 def _slice_member(slice_el: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> Callable[[Any], bool]:
-    """How an item is recognised as belonging to a slice: by its url (extensions) or by the slice's pattern."""
+    """How an item is recognised as belonging to a slice: by its url (extensions), the slice's pattern, or its
+    resource type (a type slice of ``contained``)."""
     url = _slice_url(slice_el, by_id)
     if url:
         return lambda item: isinstance(item, dict) and item.get("url") == url
     pattern = _prefixed(slice_el, "pattern")
     if pattern:
         return lambda item: matches_pattern(item, pattern[1])
+    resource_types = {t["code"] for t in slice_el.get("type", []) if t["code"][:1].isupper() and t["code"] != "Extension"}
+    if resource_types:
+        return lambda item: isinstance(item, dict) and item.get("resourceType") in resource_types
     raise ValueError(f"slice {slice_el['id']} has no discriminator the validator understands")
 
 
@@ -153,7 +165,7 @@ def _slice_label(slice_el: dict[str, Any]) -> str:
     return f"slice '{slice_el['sliceName']}'" + (f" ({profiles[0]})" if profiles else "")
 
 
-def _element_rules(el: dict[str, Any], by_id: dict[str, dict[str, Any]], elements: list[dict[str, Any]]) -> Iterator[Rule]:
+def _element_rules(el: dict[str, Any], by_id: dict[str, dict[str, Any]], elements: list[dict[str, Any]], model: Any) -> Iterator[Rule]:
     eid = el["id"]
     steps = _steps(eid)
     member = _slice_member(el, by_id) if "sliceName" in el else None
@@ -181,8 +193,9 @@ def _element_rules(el: dict[str, Any], by_id: dict[str, dict[str, Any]], element
     if targets:
         yield Rule(f"{eid}|target", eid, "target", steps, "error", targets, f"{eid} must reference a {' or '.join(targets)}")
     for t in types:
-        for profile in t.get("profile", []) if t["code"] == "Extension" else []:
-            yield Rule(f"{eid}|extension", eid, "extension", steps, "error", profile, f"conforms to {profile}", member)
+        for profile in t.get("profile", []):
+            kind: RuleKind = "extension" if t["code"] == "Extension" else "profile"
+            yield Rule(f"{eid}|{kind}", eid, kind, steps, "error", profile, f"conforms to {profile}", member)
     if el.get("slicing", {}).get("rules") == "closed":
         slices = [e for e in elements if e.get("path") == el["path"] and "sliceName" in e and e["id"].startswith(eid + ":")]
         matchers = tuple(_slice_member(s, by_id) for s in slices)
@@ -190,7 +203,7 @@ def _element_rules(el: dict[str, Any], by_id: dict[str, dict[str, Any]], element
                    f"{eid} is closed to slices {', '.join(s['sliceName'] for s in slices)}")
     for c in el.get("constraint", []):
         if c.get("expression"):
-            compiled = fhirpathpy.compile(c["expression"], fhirpath_models["r4"])
+            compiled = fhirpathpy.compile(c["expression"], model)
             yield Rule(c["key"], eid, "constraint", steps, c.get("severity", "error"), compiled, c["human"])
 
 
@@ -205,10 +218,17 @@ class Compiled:
 @lru_cache(maxsize=16)
 def compiled(url: str) -> Compiled:
     """One StructureDefinition's differential, compiled once (FHIRPath included)."""
-    elements = artefacts().structure_definitions[url]["differential"]["element"]
+    sd = artefacts().structure_definitions[url]
+    elements = sd["differential"]["element"]
     by_id = {e["id"]: e for e in elements}
     members = {_step_key(_steps(e["id"])): _slice_member(e, by_id) for e in elements if "sliceName" in e}
-    return Compiled(tuple(rule for el in elements for rule in _element_rules(el, by_id, elements)), members)
+    model = fhirpath_models[sd_version(sd)]
+    return Compiled(tuple(rule for el in elements for rule in _element_rules(el, by_id, elements, model)), members)
+
+
+def sd_version(sd: dict[str, Any]) -> Version:
+    """The FHIR version a StructureDefinition constrains (its FHIRPath is evaluated with that version's model)."""
+    return "r5" if str(sd.get("fhirVersion", "")).startswith("5.") else "r4"
 
 
 def profile_rules(url: str) -> tuple[Rule, ...]:
@@ -324,7 +344,10 @@ def _value_issues(rule: Rule, node: Any, where: str, scope: Scope) -> list[Issue
             return [error("value", where, f"{rule.describe()}: {problem}")]
         if found is not None and found not in rule.value:
             return [error("value", where, f"{rule.describe()}, found {found}")]
-    if rule.kind == "extension" and rule.value in artefacts().structure_definitions:
+    if rule.kind in NESTED_KINDS and rule.value in artefacts().structure_definitions:
+        expected_type = artefacts().structure_definitions[rule.value]["type"]
+        if rule.kind == "profile" and (not isinstance(node, dict) or node.get("resourceType") != expected_type):
+            return []
         return conformance_issues(Scope(node, where, scope.resource), rule.value)
     return []
 
@@ -349,10 +372,11 @@ def conformance_issues(scope: Scope, url: str) -> list[Issue]:
 
 
 def _nhs_identifiers(resource: dict[str, Any]) -> Iterator[tuple[Any, str]]:
-    patient = resource.get("patient")
-    ident = patient.get("identifier") if isinstance(patient, dict) else None
-    if isinstance(ident, dict) and ident.get("system") == codes.NHS_NUMBER:
-        yield ident.get("value"), "Consent.patient.identifier.value"
+    for element in ("patient", "subject"):  # R4 patient, R5 subject
+        reference = resource.get(element)
+        ident = reference.get("identifier") if isinstance(reference, dict) else None
+        if isinstance(ident, dict) and ident.get("system") == codes.NHS_NUMBER:
+            yield ident.get("value"), f"Consent.{element}.identifier.value"
     for n, res in enumerate(resource.get("contained") or []):
         if isinstance(res, dict) and res.get("resourceType") == "Patient":
             for m, i in enumerate(res.get("identifier") or []):
@@ -371,8 +395,8 @@ CODE_RULES: dict[str, Callable[[dict[str, Any]], list[Issue]]] = {"casus-6|modul
 
 def rule_ids(url: str = codes.PROFILE_CONSENT) -> list[str]:
     """The id of every rule the validator enforces for a profile: its differential's, then its code rules."""
-    ids = [r.id for r in profile_rules(url) if r.kind != "extension"]
-    if url == codes.PROFILE_CONSENT:
+    ids = [r.id for r in profile_rules(url) if r.kind not in NESTED_KINDS]
+    if url in CONSENT_PROFILES.values():
         ids += list(CODE_RULES)
     return ids
 
@@ -388,14 +412,18 @@ R4_FORM_PATHS = (
     ("$.decisionMaker.competence", f"Consent.extension('{codes.EXT_COMPETENCE}')"),
     ("$.decisionMaker.personId", "Consent.performer"),
     ("$.decisionMaker", f"Consent.extension('{codes.EXT_DECISION_BASIS}')"),
-    ("$.people", "Consent.provision.provision.where(actor.exists())"),
+    ("$.people", "Consent.provision.provision.where(actor.exists())"),  # people have an actor, exceptions none
     ("$.exceptions.provisions", "Consent.provision.provision.where(actor.empty())"),
     ("$.exceptions", f"Consent.extension('{codes.EXT_EXCEPTIONS_EXPLAINED}')"),
     ("$.status", "Consent.status"),
     ("$.formId", "Consent.identifier"),
 )
+# R5 writes no provision for a do-not-share person, so a form person is found by their contained resource
+# (contained in form order), not by provision position.
+R5_PEOPLE = "Consent.contained.where(resourceType = 'RelatedPerson' or resourceType = 'PractitionerRole')"
 R5_FORM_PATHS = tuple(
-    (form_path, fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")
+    (form_path, R5_PEOPLE if form_path == "$.people" else
+     fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")
      .replace("Consent.performer", "Consent.grantor").replace("Consent.provision.provision", "Consent.provision"))
     for form_path, fhir_path in R4_FORM_PATHS
 )
@@ -443,6 +471,95 @@ def _as_fhirpath(issue: Issue, version: Version) -> Issue:
         return issue
     return Issue(issue.severity, issue.code, form_path_to_fhirpath(issue.expression, version),
                  f"as a CASUS form ({issue.expression}): {issue.diagnostics}")
+
+
+# --------------------------------------------------------------------------- decision basis
+
+
+DECISION_BASIS_AT = f"Consent.extension('{codes.EXT_DECISION_BASIS}')"
+NO_DECISION_BASIS = ("this Consent records no CASUS decision basis (extension casus-decision-basis: aged-16-17, "
+                     "competent-under-16 or parental-responsibility), so who may decide, and whether the grantor did, "
+                     "cannot be checked")
+# Form-mapping findings that judge the grantor against the decision basis: without a CASUS basis they would judge it
+# against a basis the Consent does not have, so they are left to the one NO_DECISION_BASIS issue.
+def _decision_basis(document: dict[str, Any]) -> str | None:
+    """The CASUS decision basis the Consent records (None when it records none, or a code that is not one)."""
+    found = [e for e in document.get("extension") or [] if isinstance(e, dict) and e.get("url") == codes.EXT_DECISION_BASIS]
+    coding = found[0].get("valueCoding") if len(found) == 1 else None
+    return codes.DECISION_BASIS.from_coding(coding) if isinstance(coding, dict) else None
+
+
+def decision_basis_issues(document: dict[str, Any]) -> list[Issue]:
+    """A Consent without a decision basis is told exactly that, once (other stages' findings at that place defer to it)."""
+    if any(isinstance(e, dict) and e.get("url") == codes.EXT_DECISION_BASIS for e in document.get("extension") or []):
+        return []
+    return [error("required", DECISION_BASIS_AT, NO_DECISION_BASIS)]
+
+
+# --------------------------------------------------------------------------- issues about absent elements
+
+
+def _steps_of(expression: str) -> list[str]:
+    """Top-level FHIRPath steps ("Consent.extension('a.b')[0].x" -> ["Consent", "extension('a.b')[0]", "x"])."""
+    steps, depth, quoted, current = [], 0, False, ""
+    for ch in expression:
+        quoted = not quoted if ch == "'" else quoted
+        depth += (ch == "(") - (ch == ")") if not quoted else 0
+        if ch == "." and depth == 0 and not quoted:
+            steps.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*steps, current]
+
+
+def _prefixes(expression: str) -> list[str]:
+    """Every ancestor of an element, nearest the root first, ending with the element (an index is its own level)."""
+    out, path = [], ""
+    for step in _steps_of(expression):
+        path = f"{path}.{step}" if path else step
+        if step.endswith("]") and "[" in step:
+            out.append(path[: path.rindex("[")])
+        out.append(path)
+    return out
+
+
+@lru_cache(maxsize=512)
+def _location_program(expression: str, version: Version) -> Callable[..., Any]:
+    return fhirpathpy.compile(expression, fhirpath_models[version])
+
+
+def _present(document: dict[str, Any], expression: str, version: Version) -> bool | None:
+    """Whether the element an issue names is in the document (None: the location is not FHIRPath we can evaluate)."""
+    try:
+        return bool(_location_program(expression, version)(document, {"resource": document}))
+    except Exception:  # an issue location fhirpathpy cannot parse is left as it is
+        return None
+
+
+def _about_present_elements(issues: list[Issue], document: dict[str, Any], version: Version) -> list[Issue]:
+    """Every issue names an element that is there, or is a missing-element issue whose parent is there.
+
+    A finding about an absent element (a rule that would judge it if it were there) becomes one "missing" issue at
+    the first absent ancestor, unless another issue already says that element is missing.
+    """
+    def first_absent(expression: str) -> str | None:
+        for prefix in _prefixes(expression)[1:]:
+            if _present(document, prefix, version) is False:
+                return prefix
+        return None
+
+    absent = {i.expression: first_absent(i.expression) for i in issues if i.expression and i.expression != "Consent"}
+    told = {i.expression for i in issues if i.code == "required" and absent.get(i.expression) == i.expression}
+    out: list[Issue] = []
+    for issue in issues:
+        missing = absent.get(issue.expression)
+        if missing is None or (issue.code == "required" and missing == issue.expression):
+            out.append(issue)
+        elif missing not in told:
+            told.add(missing)
+            out.append(Issue(issue.severity, "required", missing, f"missing required element: {issue.diagnostics}"))
+    return out
 
 
 # --------------------------------------------------------------------------- the public entry points
@@ -520,11 +637,36 @@ def _headline(issues: list[Issue], reasons_prefix: list[str]) -> Issue:
     return error("processing", "Consent", f"{NOT_CASUS}: {shown}{more}")
 
 
+def _profile_to_apply(document: dict[str, Any], version: Version, asked: str | None) -> tuple[str | None, list[Issue]]:
+    """The StructureDefinition to check ``document`` against (None: none claimed or asked for), and notes about it.
+
+    A Consent claiming the CASUS profile of the other FHIR version is checked against its own version's profile,
+    with a warning: the published profiles are per version and a mislabelled claim would otherwise go unchecked.
+    """
+    own, other_version = CONSENT_PROFILES[version], "r5" if version == "r4" else "r4"
+    other = CONSENT_PROFILES[other_version]
+    if asked is None and _claims(document, own):
+        return own, []
+    if asked is None and _claims(document, other):
+        return own, [Issue("warning", "value", "Consent.meta.profile",
+                           f"claims {other}, the CASUS profile for FHIR {other_version.upper()}; this {version.upper()} Consent "
+                           f"is checked against {own}")]
+    if asked is None:
+        return None, []
+    known = artefacts().structure_definitions
+    if asked not in known:
+        return None, [error("not-supported", "Consent.meta.profile", f"unknown profile {asked}; known: {', '.join(sorted(known))}")]
+    if known[asked]["type"] != "Consent" or sd_version(known[asked]) != version:
+        return None, [error("not-supported", "Consent.meta.profile", f"{asked} does not describe a FHIR {version.upper()} Consent")]
+    return asked, []
+
+
 def validate_consent(document: Any, version: Version = "r4", profile: str | None = None) -> list[Issue]:
     """Every issue with ``document`` as a CASUS Consent in FHIR ``version``; an empty list means valid.
 
-    ``profile`` asks for a profile check even when the resource does not claim it (only the CASUS
-    profile is known).  Never raises for bad input.
+    The CASUS profile of ``version`` (R4 ``casus-consent``, R5 ``casus-consent-r5``) is applied when the
+    resource claims it; ``profile`` asks for a profile check even when the resource does not claim it.
+    Never raises for bad input.
     """
     if version not in ("r4", "r5"):
         raise ValueError(f"unknown FHIR version {version!r}")
@@ -533,27 +675,22 @@ def validate_consent(document: Any, version: Version = "r4", profile: str | None
     base = _stage("base FHIR check", lambda: base_fhir_issues(document, version))
     if not isinstance(document, dict) or document.get("resourceType") != "Consent":
         return base
-    notes: list[Issue] = []
     profile_stage: list[Issue] = []
     code_stage: list[Issue] = []
-    url = profile or (codes.PROFILE_CONSENT if _claims(document, codes.PROFILE_CONSENT) else None)
-    if url is not None and url not in artefacts().structure_definitions:
-        known = ", ".join(sorted(artefacts().structure_definitions))
-        notes.append(error("not-supported", "Consent.meta.profile", f"unknown profile {url}; known: {known}"))
-    elif url is not None and version == "r4" and _reads_as_mapping_version_1(document):
+    url, notes = _profile_to_apply(document, version, profile)
+    if url is not None and version == "r4" and _reads_as_mapping_version_1(document):
+        url = None
         notes.append(Issue("information", "informational", "Consent.provision",
                            "written by CASUS mapping version 1 (root provision type deny, per-type permits nested); the "
                            "CASUS mapping still reads that shape, the profile describes version 2 and is not applied"))
-    elif url is not None and version == "r5":
-        notes.append(Issue("information", "informational", "Consent", "the CASUS profile is an R4 StructureDefinition; "
-                           "this R5 Consent is checked against base R5 and the CASUS R5 mapping"))
-    elif url is not None:
+    if url is not None:
         profile_stage = _stage("CASUS profile check", lambda: conformance_issues(Scope(document, "Consent", document), url))
         code_stage = _stage("CASUS code rules", lambda: [i for rule in CODE_RULES.values() for i in rule(document)])
+    basis = _stage("CASUS decision basis", lambda: decision_basis_issues(document))
     mapping = _stage("CASUS form mapping", lambda: mapping_issues(document, version))
-    issues = _dedupe([base, notes, profile_stage, code_stage, mapping])
+    issues = _about_present_elements(_dedupe([base, notes, profile_stage, code_stage, basis, mapping]), document, version)
     if any(i.severity in ("fatal", "error") for i in issues):
-        unclaimed = [] if url else [f"Consent.meta.profile: does not claim {codes.PROFILE_CONSENT}"]
+        unclaimed = [] if url else [f"Consent.meta.profile: does not claim {CONSENT_PROFILES[version]}"]
         issues.insert(0, _headline(issues, unclaimed))
     log.info("validated a %s Consent: %d issue(s)", version, len(issues))
     return issues

@@ -13,6 +13,7 @@ from fhir_adapter.form import PROFILES_DIR
 EXAMPLES = PROFILES_DIR / "examples"
 FORM = EXAMPLES / "form-competent-under-16.json"
 CONSENT = EXAMPLES / "Consent-casus-example-competent-under-16.json"
+R5_NEW_SHAPE = Path(__file__).resolve().parent / "fixtures" / "new-shape" / "Consent-r5-competent-under-16.json"
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -35,6 +36,16 @@ def test_validate_exits_1_for_a_consent_that_is_not_casus(tmp_path: Path):
     code, out = run("validate", str(bad))
     assert code == 1
     assert "Consent.provision.type" in out
+
+
+def test_validate_r5_applies_the_r5_profile(tmp_path: Path):
+    consent = json.loads(R5_NEW_SHAPE.read_text())
+    consent["provision"][0]["provision"] = [{"action": consent["provision"][0]["action"]}]
+    bad = tmp_path / "nested.json"
+    bad.write_text(json.dumps(consent))
+    code, out = run("validate", "--fhir-version", "r5", str(bad))
+    assert code == 1
+    assert "Consent.provision.provision|max" in out and '"Consent.provision[0].provision"' in out
 
 
 def test_validate_exits_2_for_truncated_json(tmp_path: Path):

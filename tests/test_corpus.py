@@ -1,5 +1,6 @@
 """The shared corpus of real-world Consents: validated without crashing, base verdicts as SOURCES.md records,
-and every one recognised as not a CASUS consent."""
+every one recognised as not a CASUS consent, and every issue true of the Consent at hand (it names an element
+that is there, in plain words)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import fhirpathpy
 import pytest
+from fhirpathpy.models import models as fhirpath_models
 
 from fhir_adapter.outcome import Issue
-from fhir_adapter.validation import base_fhir_issues, validate_consent
+from fhir_adapter.validation import DECISION_BASIS_AT, NO_DECISION_BASIS, base_fhir_issues, validate_consent
 
 from .conftest import CORPUS
 
@@ -110,3 +113,86 @@ def test_corpus_file_is_reported_as_not_a_casus_consent(corpus_dir, entry):
     headline = [i for i in _errors(issues) if i.diagnostics.startswith("not a CASUS consent")]
     assert len(headline) == 1
     assert headline[0].expression
+
+
+# --------------------------------------------------------------------------- issue texts and locations are true
+
+LIBRARY_WORDING = ("Input should be", "Value error", "pydantic", "spec regex", "Field required", "Extra inputs",
+                   "String should match", "validation error", "errors.pydantic.dev")
+
+
+def _top_level_steps(expression: str) -> list[str]:
+    steps, depth, quoted, current = [], 0, False, ""
+    for ch in expression:
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+        if ch == "." and depth == 0 and not quoted:
+            steps.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*steps, current]
+
+
+STEP = re.compile(r"^(?P<name>\w+)(?:\((?P<args>.*)\))?(?:\[(?P<index>\d+)\])?$")
+
+
+def _resolve(document: object, expression: str) -> list[object]:
+    """The nodes a location names, walked over the JSON itself (names, [n], extension('url'), where(...))."""
+    steps = _top_level_steps(expression)
+    if steps[0] != "Consent":
+        return []
+    nodes: list[object] = [document]
+    for step in steps[1:]:
+        match = STEP.match(step)
+        assert match, f"location step {step!r} of {expression!r} is not an element, an index or a filter"
+        name, args, index = match["name"], match["args"], match["index"]
+        if name == "where":
+            nodes = [n for n in nodes if fhirpathpy.evaluate(n, args, {"resource": document}, fhirpath_models["r4"]) == [True]]
+        else:
+            found: list[object] = []
+            for node in nodes:
+                value = node.get(name) if isinstance(node, dict) else None
+                found += value if isinstance(value, list) else [] if value is None else [value]
+            if name == "extension" and args is not None:
+                found = [e for e in found if isinstance(e, dict) and e.get("url") == args.strip("'")]
+            nodes = found
+        if index is not None:
+            nodes = nodes[int(index): int(index) + 1]
+    return nodes
+
+
+def _parent(expression: str) -> str:
+    steps = _top_level_steps(expression)
+    last = steps[-1]
+    if last.endswith("]") and "[" in last:
+        return ".".join([*steps[:-1], last[:last.rindex("[")]])
+    return ".".join(steps[:-1])
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.file)
+def test_every_issue_names_an_element_that_is_there_or_a_missing_one_whose_parent_is(corpus_dir, entry):
+    document = _load(corpus_dir, entry)
+    for issue in validate_consent(document, entry.version):
+        if issue.expression in ("", "Consent"):
+            continue
+        if _resolve(document, issue.expression):
+            continue
+        assert issue.code == "required", f"{issue.expression} is not in the document: {issue.diagnostics}"
+        assert _resolve(document, _parent(issue.expression)), f"neither {issue.expression} nor its parent is in the document"
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.file)
+def test_no_issue_text_is_library_wording(corpus_dir, entry):
+    for issue in validate_consent(_load(corpus_dir, entry), entry.version):
+        assert not any(w.lower() in issue.diagnostics.lower() for w in LIBRARY_WORDING), issue
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.file)
+def test_consent_without_a_decision_basis_is_told_so_once_and_its_grantor_is_not_judged(corpus_dir, entry):
+    issues = validate_consent(_load(corpus_dir, entry), entry.version)
+    told = [i for i in issues if i.diagnostics == NO_DECISION_BASIS]
+    assert [i.expression for i in told] == [DECISION_BASIS_AT]
+    assert not [i for i in issues if "decides on this basis" in i.diagnostics or "parental-responsibility basis" in i.diagnostics]

@@ -9,6 +9,7 @@ from fhir.resources.R4B.bundle import Bundle as BundleR4
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from fhir_adapter.form import parse_form
+from fhir_adapter.mappings import codes
 from fhir_adapter.mappings.r4 import form_to_r4
 from fhir_adapter.mappings.r5 import r5_to_form
 from tests.support.facade import EXAMPLES, bearer, example_form
@@ -35,6 +36,12 @@ def test_metadata_is_an_r4_capability_statement(client):
 
 def test_the_r5_prefix_answers_fhir_r5(client):
     assert client.get("/fhir/R5/metadata", headers=bearer("ehr")).json["fhirVersion"] == "5.0.0"
+
+
+def test_each_capability_statement_names_the_casus_profile_of_its_version(client):
+    profiles = {prefix: client.get(f"{prefix}/metadata", headers=bearer("ehr")).json["rest"][0]["resource"][0]["profile"]
+                for prefix in ("/fhir", "/fhir/R5")}
+    assert profiles == {"/fhir": codes.PROFILE_CONSENT, "/fhir/R5": f"{codes.CASUS_BASE}/StructureDefinition/casus-consent-r5"}
 
 
 def test_read_returns_the_consent_with_version_etag_and_last_modified(loaded):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources import get_fhir_model_class as r5_model_class
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_adapter import profile_artifacts
@@ -48,9 +49,10 @@ def test_profiles_hold_every_kind_of_artefact():
 
 
 @pytest.mark.parametrize("path", ARTEFACT_FILES + EXAMPLE_FILES, ids=lambda p: p.name)
-def test_artefact_parses_with_fhir_resources_r4b(path):
+def test_artefact_parses_with_fhir_resources_of_its_fhir_version(path):
     resource = _load(path)
-    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    model_class = r5_model_class if resource.get("fhirVersion") == "5.0.0" else get_fhir_model_class
+    model_class(resource["resourceType"]).model_validate(resource)
 
 
 @pytest.mark.parametrize("path", ARTEFACT_FILES, ids=lambda p: p.name)
@@ -60,9 +62,13 @@ def test_artefact_file_is_named_for_its_type_and_id_under_the_casus_base(path):
     assert resource["url"] == f"{codes.CASUS_BASE}/{resource['resourceType']}/{resource['id']}"
 
 
-def test_structure_definitions_are_r4_constraints_with_a_differential():
+R5_ONLY = {"casus-consent-r5", "casus-related-person-r5", "casus-practitioner-role-r5", "casus-recorded-at", "casus-do-not-share"}
+
+
+def test_structure_definitions_are_constraints_on_r4_except_the_r5_only_ones():
     for sd in artefacts().structure_definitions.values():
-        assert (sd["fhirVersion"], sd["derivation"]) == ("4.0.1", "constraint")
+        expected = "5.0.0" if sd["id"] in R5_ONLY else "4.0.1"
+        assert (sd["id"], sd["fhirVersion"], sd["derivation"]) == (sd["id"], expected, "constraint")
         assert sd["differential"]["element"]
 
 
@@ -252,6 +258,8 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "Consent.provision|min": (_drop("provision"), "Consent.provision", "required"),
     "Consent.provision.type|max": (_set("provision.type", "deny"), "Consent.provision.type", "structure"),
     "Consent.provision.provision.type|min": (_drop("provision.provision.0.type"), "Consent.provision.provision[0].type", "required"),
+    "Consent.provision.provision.code|binding": (_set("provision.provision.0.code", [{"coding": [{**ATTENDANCE, "code": "bank-details"}]}]),
+                                                 "Consent.provision.provision[0].code[0]", "code-invalid"),
 }
 
 

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import fhirpathpy
 import pytest
+from fhirpathpy.models import models as fhirpath_models
 
 from fhir_adapter import validation
 from fhir_adapter.fhir_structure import MAX_DEPTH, MAX_DOCUMENT_BYTES
@@ -18,6 +20,7 @@ from fhir_adapter.outcome import Issue
 from fhir_adapter.validation import validate_consent, validate_text
 
 EXAMPLES = PROFILES_DIR / "examples"
+NEW_SHAPE = Path(__file__).resolve().parent / "fixtures" / "new-shape"
 
 
 def _example() -> dict[str, Any]:
@@ -225,3 +228,78 @@ def test_a_root_type_on_a_version_2_consent_breaks_the_profile():
     consent = _example()
     consent["provision"]["type"] = "deny"
     assert any(i.diagnostics.startswith("Consent.provision.type|max") for i in _at(validate_consent(consent), "Consent.provision.type"))
+
+
+# --------------------------------------------------------------------------- plain, true wording
+
+
+def test_malformed_date_time_names_the_fhir_type_and_its_format():
+    consent = _example()
+    consent["dateTime"] = "yesterday"
+    [issue] = [i for i in _at(validate_consent(consent), "Consent.dateTime") if i.code == "value"][:1]
+    assert "FHIR dateTime" in issue.diagnostics and "YYYY-MM-DD" in issue.diagnostics
+    assert "regex" not in issue.diagnostics and "Value error" not in issue.diagnostics
+
+
+def test_object_where_an_array_belongs_says_the_element_repeats_and_its_type():
+    consent = _example()
+    consent["category"] = consent["category"][0]
+    diagnostics = [i.diagnostics for i in _at(validate_consent(consent), "Consent.category")]
+    assert "must be a JSON array, because the element repeats: FHIR CodeableConcept" in diagnostics
+
+
+def test_malformed_contained_date_is_described_by_the_contained_resource_type():
+    consent = _example()
+    consent["contained"][0]["birthDate"] = "2011-13"
+    diagnostics = [i.diagnostics for i in _at(validate_consent(consent), "Consent.contained[0].birthDate")]
+    assert any("FHIR date," in d for d in diagnostics)
+
+
+def test_unknown_contained_resource_type_is_reported_at_its_resource_type():
+    consent = _example()
+    consent["contained"].append({"resourceType": "Carer", "id": "x"})
+    issues = _at(validate_consent(consent), f"Consent.contained[{len(consent['contained']) - 1}].resourceType")
+    assert [i.code for i in issues] == ["structure"]
+    assert "'Carer' is not a FHIR R4 resource type" in issues[0].diagnostics
+
+
+def test_consent_without_a_decision_basis_is_told_that_once_and_its_grantor_not_judged():
+    consent = _example()
+    del consent["meta"]
+    consent["extension"] = [e for e in consent["extension"] if e["url"] not in (codes.EXT_DECISION_BASIS, codes.EXT_COMPETENCE)]
+    consent["performer"] = [{"reference": "#mum"}]
+    issues = validate_consent(consent)
+    assert [i.diagnostics for i in issues if i.expression == validation.DECISION_BASIS_AT] == [validation.NO_DECISION_BASIS]
+    assert not _at(issues, "Consent.performer[0]")
+
+
+def test_grantor_is_still_judged_against_a_decision_basis_the_consent_has():
+    consent = _example()
+    del consent["meta"]
+    consent["performer"] = [{"reference": "#mum"}]
+    assert any("decides on this basis" in i.diagnostics for i in _at(validate_consent(consent), "Consent.performer[0]"))
+
+
+def test_rule_about_an_absent_element_becomes_one_missing_element_issue():
+    consent = _example()
+    del consent["provision"]["provision"][0]["action"]
+    issues = [i for i in validate_consent(consent) if i.expression.startswith("Consent.provision.provision[0].action")]
+    assert [(i.code, i.expression) for i in issues] == [("required", "Consent.provision.provision[0].action")]
+
+
+@pytest.mark.parametrize("version, form_path, expected", [
+    ("r4", "$.people[1].period", "Consent.provision.provision.where(actor.exists())[1]"),
+    ("r4", "$.exceptions.provisions[0]", "Consent.provision.provision.where(actor.empty())[0]"),
+    ("r5", "$.people[2]", "Consent.contained.where(resourceType = 'RelatedPerson' or resourceType = 'PractitionerRole')[2]"),
+    ("r5", "$.exceptions.provisions[1]", "Consent.provision.where(actor.empty())[1]"),
+])
+def test_form_paths_find_people_and_exceptions_in_either_provision_shape(version, form_path, expected):
+    assert validation.form_path_to_fhirpath(form_path, version) == expected
+
+
+def test_form_people_paths_name_the_same_person_in_both_provision_shapes():
+    """People carry an actor and exceptions none in the previous and the published shape alike."""
+    new_shape = json.loads((NEW_SHAPE / "Consent-r4-competent-under-16.json").read_text(encoding="utf-8"))
+    for consent in (_example(), new_shape):
+        people = fhirpathpy.evaluate(consent, validation.form_path_to_fhirpath("$.people[2]", "r4"), {}, fhirpath_models["r4"])
+        assert [p["actor"][0]["reference"]["reference"] for p in people] == ["#dad"]

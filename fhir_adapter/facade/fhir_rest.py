@@ -20,7 +20,7 @@ from ..consent_service import ConsentService, form_from_fhir
 from ..mappings import codes, r4, r5
 from ..outcome import Issue, operation_outcome
 from ..store import FormVersion
-from ..validation import validate_consent
+from ..validation import CONSENT_PROFILES, validate_consent
 from .protocol import (
     etag,
     expected_version,
@@ -97,7 +97,7 @@ def capability_statement(version: str, url: str) -> dict[str, Any]:
             "security": {"description": "Bearer tokens with scopes consent.read, form.write, validate, decision.read, admin."},
             "resource": [{
                 "type": "Consent",
-                **({"profile": codes.PROFILE_CONSENT} if version == "r4" else {}),
+                "profile": CONSENT_PROFILES[version],
                 "interaction": [{"code": c} for c in interactions],
                 "versioning": "versioned-update",
                 "readHistory": True,

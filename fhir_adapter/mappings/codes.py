@@ -45,7 +45,7 @@ CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
 
 SCOPE_CODING = {"system": CONSENT_SCOPE, "code": "patient-privacy", "display": "Privacy Consent"}
 CATEGORY_CODINGS = (
-    {"system": LOINC, "code": "59284-0", "display": "Patient Consent"},
+    {"system": LOINC, "code": "59284-0", "display": "Consent Document"},
     {"system": V3_ACT_CODE, "code": "IDSCL", "display": "information disclosure"},
 )
 ACTION_CODING = {"system": CONSENT_ACTION, "code": "disclose", "display": "Disclose"}
@@ -162,7 +162,7 @@ EXCEPTIONS = CodeTable("policy exception", [
 ])
 # Codings that Consents written by mapping version 1 carried beside an exception's code.  Read, never written.
 LEGACY_EXCEPTION_CODINGS: dict[str, tuple[dict[str, str], ...]] = {
-    "risk-of-significant-harm": ({"system": V3_ACT_REASON, "code": "OVRTPS", "display": "override treatment purpose"},),
+    "risk-of-significant-harm": ({"system": V3_ACT_REASON, "code": "OVRTPS", "display": "third party safety override"},),
     "court-order": (),
 }
 

@@ -416,7 +416,13 @@ REQUIRED_EXTENSIONS = frozenset({codes.EXT_RECORDED_BY, codes.EXT_DECISION_BASIS
 
 
 def read_grantor(r: Reader, reference: Any, where: str, basis: str | None) -> str | None:
-    """The person_id of the decider when a parent decided; checks the grantor matches the basis."""
+    """The person_id of the decider when a parent decided; checks the grantor matches the basis.
+
+    With no (known) decision basis there is nothing to judge the grantor against: the missing basis is
+    reported where it belongs, and a finding about the grantor would not be true of the Consent.
+    """
+    if basis is None:
+        return None
     ref = (reference or {}).get("reference") if isinstance(reference, dict) else None
     if basis == "parental-responsibility":
         if not isinstance(ref, str) or not ref.startswith("#") or ref[1:] in RESERVED_IDS:
