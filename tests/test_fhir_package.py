@@ -14,7 +14,10 @@ import io
 import json
 import re
 import shutil
+import subprocess
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +227,6 @@ def test_rebuilt_packages_with_snapshots_are_byte_identical_to_the_committed_one
 
 
 def _medplum(tools: Path, instances: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    import subprocess
-
     request = json.dumps({"instances": [{"name": n, "resource": r} for n, r in instances.items()]})
     done = subprocess.run(["node", str(fhir_package.TOOLS_SOURCE / "validate.mjs"), str(tools), str(_committed_tgz(R4))],
                           input=request.encode(), capture_output=True, check=False, timeout=120)
@@ -241,10 +242,6 @@ MEDPLUM_READINGS = (
     ("structure", ("Consent.extension",), re.compile(r"Incorrect number of values provided for slice '\w+': expected 1\.\.1, but found 0")),
     # A pattern on a repeating element (Consent.organization 1..1 of 0..*) is compared with the whole array.
     ("structure", ("Consent.organization",), re.compile(r"Value did not match expected pattern")),
-    # Nested provisions (contentReference #Consent.provision) are given the invariants the profile puts on
-    # the root Consent.provision (casus-2..5), which are written for the root only.
-    ("invariant", "Consent.provision.provision[", re.compile(r"Constraint casus-[2-5] not met")),
-    ("processing", "Consent.provision.provision[", re.compile(r"Error evaluating invariant expression")),
 )
 
 
@@ -267,16 +264,30 @@ BROKEN_BASE = "Consent-casus-example-withdrawn.json"
 @pytest.fixture(scope="module")
 def medplum_reports(node_tools) -> dict[str, list[dict[str, Any]]]:
     """Medplum's errors for every example and every broken copy, in one run of the validator."""
-    instances = {**_examples(), **{breakage: change(_examples()[BROKEN_BASE]) for breakage, (change, *_) in BROKEN.items()}}
+    instances = {**_examples(), **{name: b.change(_examples()[BROKEN_BASE]) for name, b in BROKEN.items()}}
     return _medplum(node_tools, instances)
 
 
 @pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason="profile defect Medplum finds too: the rules on Consent.provision (casus-2..5) "
+                                       "are applied to nested provisions through the contentReference #Consent.provision")
 def test_medplum_finds_every_r4_example_valid_against_its_profile(medplum_reports):
     baseline = {name: issues for name, issues in medplum_reports.items() if name in _examples()}
     assert baseline.keys() == _examples().keys()
     unexplained = {name: [i for i in issues if not _medplum_reading(i)] for name, issues in baseline.items()}
     assert unexplained == {name: [] for name in baseline}
+
+
+@pytest.mark.integration
+def test_medplum_finds_nothing_in_the_r4_examples_beyond_its_readings_and_the_nested_provision_defect(medplum_reports):
+    baseline = {name: issues for name, issues in medplum_reports.items() if name in _examples()}
+    other = {name: [i for i in issues if not _medplum_reading(i) and not _nested_provision(i["expression"][0])]
+             for name, issues in baseline.items()}
+    assert other == {name: [] for name in baseline}
+
+
+def _nested_provision(location: str) -> bool:
+    return location.startswith("Consent.provision.provision[")
 
 
 def _without(resource: dict[str, Any], key: str) -> dict[str, Any]:
@@ -301,25 +312,127 @@ def _performer_is_not_the_decider(resource: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Breakage:
+    """One way to break a valid CASUS Consent, and where each validator must say so."""
+
+    change: Callable[[dict[str, Any]], dict[str, Any]]
+    medplum: tuple[str, str, str]  # issue code, expression, details prefix
+    hapi: tuple[str, str]  # location, message regex
+
+
 BROKEN = {
-    "status removed": (lambda r: _without(r, "status"), "structure", "Consent.status", "Missing required property"),
-    "unknown element": (_set(("colour",), "red"), "structure", "Consent.colour", 'Invalid additional property "colour"'),
-    "wrong fixed identifier system": (_set(("identifier", 0, "system"), "urn:example:other"), "structure", "Consent.identifier.system",
-                                      "Value did not match expected pattern"),
-    "wrong category code": (_set(("category", 1, "coding", 0, "code"), "TREAT"), "structure", "Consent.category",
-                            "Incorrect number of values provided for slice 'informationDisclosure': expected 1..1, but found 0"),
-    "an extension removed": (lambda r: {**r, "extension": r["extension"][1:]}, "structure", "Consent.extension",
-                             "Invalid number of values: expected 3..*, but found 2"),
-    "grantor not the decider (casus-7)": (_performer_is_not_the_decider, "invariant", "Consent", "Constraint casus-7 not met"),
+    "status removed": Breakage(lambda r: _without(r, "status"), ("structure", "Consent.status", "Missing required property"),
+                               ("Consent", r"Consent\.status: minimum required = 1, but only found 0")),
+    "unknown element": Breakage(_set(("colour",), "red"), ("structure", "Consent.colour", 'Invalid additional property "colour"'),
+                                ("Consent", r"Unrecognized property 'colour'")),
+    "wrong fixed identifier system": Breakage(_set(("identifier", 0, "system"), "urn:example:other"),
+                                              ("structure", "Consent.identifier.system", "Value did not match expected pattern"),
+                                              ("Consent.identifier[0].system", r"Value is 'urn:example:other' but must be 'https://fhir\.cpft\.nhs\.uk/casus/Id/consent-form'")),
+    "wrong category code": Breakage(_set(("category", 1, "coding", 0, "code"), "TREAT"),
+                                    ("structure", "Consent.category",
+                                     "Incorrect number of values provided for slice 'informationDisclosure': expected 1..1, but found 0"),
+                                    ("Consent", r"Slice 'Consent\.category:informationDisclosure': a matching slice is required, but not found")),
+    "an extension removed": Breakage(lambda r: {**r, "extension": r["extension"][1:]},
+                                     ("structure", "Consent.extension", "Invalid number of values: expected 3..*, but found 2"),
+                                     ("Consent", r"Slice 'Consent\.extension:recordedBy': a matching slice is required, but not found")),
+    "grantor not the decider (casus-7)": Breakage(_performer_is_not_the_decider, ("invariant", "Consent", "Constraint casus-7 not met"),
+                                                  ("Consent", r"Constraint failed: casus-7: ")),
 }
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("breakage", BROKEN, ids=str)
 def test_medplum_finds_a_broken_copy_invalid_for_the_rule_it_breaks(medplum_reports, breakage):
-    _, code, where, details = BROKEN[breakage]
+    code, where, details = BROKEN[breakage].medplum
     key = lambda i: (i["code"], tuple(i["expression"]), i["details"])  # noqa: E731
     new = [i for i in medplum_reports[breakage] if key(i) not in {key(b) for b in medplum_reports[BROKEN_BASE]}]
     assert new, f"{breakage}: Medplum reported nothing beyond the valid example's readings"
     assert all(i["expression"] == [where] for i in new), new
     assert any(i["code"] == code and i["details"].startswith(details) for i in new), new
+
+
+# --------------------------------------------------------------------------- HAPI: the HL7 validator's core
+
+HAPI_SOURCE = fhir_package.REPO_ROOT / "tools" / "hapi-validator"
+HAPI_DIR = fhir_package.REPO_ROOT / ".cache" / "hapi-validator"
+PROFILE_DEFECTS = (
+    "the HL7 validator core applies the rules the profile puts on Consent.provision (type fixed to deny, "
+    "casus-2..5) to every nested provision, through the contentReference #Consent.provision; and casus-2 and "
+    "casus-7 select contained resources with `resourceType = '...'`, which is not FHIRPath to it "
+    "(use ofType(RelatedPerson) or `$this is RelatedPerson`)"
+)
+
+
+@pytest.fixture(scope="module")
+def hapi_reports(tmp_path_factory) -> dict[str, list[dict[str, str]]]:
+    """HAPI's errors for the R4 package's own StructureDefinitions, every example and every broken copy, in one JVM."""
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        pytest.skip("SKIPPED LOUDLY: Java/Maven not on PATH; the HL7 validator core (HAPI) check of the R4 package cannot run")
+    installed = subprocess.run(["bash", str(HAPI_SOURCE / "install.sh"), str(HAPI_DIR)], capture_output=True, check=False, timeout=900)
+    assert installed.returncode == 0, installed.stderr.decode(errors="replace")[-2000:]
+    folder = tmp_path_factory.mktemp("hapi")
+    tree = fhir_package.OUTPUT_DIR / R4.package_name
+    instances = {**_examples(), **{f"{name}.json": b.change(_examples()[BROKEN_BASE]) for name, b in BROKEN.items()}}
+    for name, resource in instances.items():
+        (folder / name).write_text(json.dumps(resource), encoding="utf-8")
+    files = sorted(tree.glob("package/StructureDefinition-*.json")) + [folder / n for n in instances]
+    done = subprocess.run(["java", "-cp", f"{HAPI_DIR / 'lib'}/*", str(HAPI_SOURCE / "Check.java"), str(tree), *map(str, files)],
+                          capture_output=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    reports: dict[str, list[dict[str, str]]] = {p.name: [] for p in files}
+    for line in done.stdout.decode().splitlines():
+        name, severity, location, message = line.split("\t", 3)
+        if severity in ("error", "fatal", "exception"):
+            reports[name].append({"location": location, "message": message})
+    return reports
+
+
+# The R4 core definitions' own example on Consent.identifier breaks an R4 core invariant; the snapshot copies it.
+CORE_EXAMPLE = re.compile(r"if identifier\.system is 'urn:ietf:rfc:3986', then the identifier\.value must be a full URI")
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason=f"profile defects the HL7 validator core finds: {PROFILE_DEFECTS}")
+def test_hl7_validator_core_accepts_every_invariant_of_the_r4_profiles(hapi_reports):
+    sds = {n: [i for i in issues if not CORE_EXAMPLE.match(i["message"])] for n, issues in hapi_reports.items()
+           if n.startswith("StructureDefinition-")}
+    assert sds == {n: [] for n in sds}
+
+
+@pytest.mark.integration
+def test_hl7_validator_core_loads_the_r4_package_without_failing(hapi_reports):
+    assert [i for issues in hapi_reports.values() for i in issues if i["message"].startswith("java.")] == []
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason=f"profile defects the HL7 validator core finds: {PROFILE_DEFECTS}")
+def test_hl7_validator_core_finds_every_r4_example_valid_against_its_profile(hapi_reports):
+    examples = {n: issues for n, issues in hapi_reports.items() if n in _examples()}
+    assert examples == {n: [] for n in examples}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("breakage", BROKEN, ids=str)
+def test_hl7_validator_core_finds_a_broken_copy_invalid_for_the_rule_it_breaks(hapi_reports, breakage):
+    where, message = BROKEN[breakage].hapi
+    key = lambda i: (i["location"], i["message"])  # noqa: E731
+    new = [i for i in hapi_reports[f"{breakage}.json"] if key(i) not in {key(b) for b in hapi_reports[BROKEN_BASE]}]
+    assert any(i["location"] == where and re.match(message, i["message"]) for i in new), new
+
+
+
+# The two profile defects as the HL7 validator core reports them in a valid CASUS Consent.
+HAPI_PROFILE_DEFECTS = (
+    re.compile(r"Constraint failed: casus-[25]: "),  # casus-2 at the root: resourceType; casus-2/5 nested: contentReference
+    re.compile(r"Value is 'permit' but must be 'deny'"),  # Consent.provision.type's fixed value on nested provisions
+    re.compile(r"Constraint failed: casus-7: "),  # resourceType: no contained RelatedPerson is ever found
+)
+
+
+@pytest.mark.integration
+def test_hl7_validator_core_finds_nothing_in_the_r4_examples_beyond_the_known_profile_defects(hapi_reports):
+    examples = {n: issues for n, issues in hapi_reports.items() if n in _examples()}
+    other = {n: [i for i in issues if not (i["location"].startswith("Consent") and any(d.match(i["message"]) for d in HAPI_PROFILE_DEFECTS))]
+             for n, issues in examples.items()}
+    assert other == {n: [] for n in examples}
