@@ -305,6 +305,18 @@ def _set(path: tuple[Any, ...], value: Any) -> Any:
     return change
 
 
+def _recorded_by_removed(resource: dict[str, Any]) -> dict[str, Any]:
+    return {**resource, "extension": [e for e in resource["extension"] if not e["url"].endswith("/casus-recorded-by")]}
+
+
+def _disclosure_category_recoded(resource: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(resource)
+    for coding in (c for category in out["category"] for c in category["coding"]):
+        if coding["code"] == "IDSCL":
+            coding["code"] = "TREAT"
+    return out
+
+
 def _performer_is_not_the_decider(resource: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(resource)
     other = next(c["id"] for c in out["contained"] if c["resourceType"] == "Practitioner")
@@ -329,11 +341,11 @@ BROKEN = {
     "wrong fixed identifier system": Breakage(_set(("identifier", 0, "system"), "urn:example:other"),
                                               ("structure", "Consent.identifier.system", "Value did not match expected pattern"),
                                               ("Consent.identifier[0].system", r"Value is 'urn:example:other' but must be 'https://fhir\.cpft\.nhs\.uk/casus/Id/consent-form'")),
-    "wrong category code": Breakage(_set(("category", 1, "coding", 0, "code"), "TREAT"),
+    "wrong category code": Breakage(_disclosure_category_recoded,
                                     ("structure", "Consent.category",
                                      "Incorrect number of values provided for slice 'informationDisclosure': expected 1..1, but found 0"),
                                     ("Consent", r"Slice 'Consent\.category:informationDisclosure': a matching slice is required, but not found")),
-    "an extension removed": Breakage(lambda r: {**r, "extension": r["extension"][1:]},
+    "an extension removed": Breakage(_recorded_by_removed,
                                      ("structure", "Consent.extension", "Invalid number of values: expected 3..*, but found 2"),
                                      ("Consent", r"Slice 'Consent\.extension:recordedBy': a matching slice is required, but not found")),
     "grantor not the decider (casus-7)": Breakage(_performer_is_not_the_decider, ("invariant", "Consent", "Constraint casus-7 not met"),
