@@ -2,7 +2,7 @@
 VENV ?= .venv
 export CASUS_VENV := $(VENV)
 
-.PHONY: demo test hardening bench install
+.PHONY: demo test hardening bench install package package-tools
 
 install:
 	bash scripts/bootstrap.sh
@@ -21,3 +21,11 @@ bench: install
 hardening:
 	bash scripts/bootstrap.sh --with-postgres
 	CASUS_HARDENING_BUDGET=large $(VENV)/bin/python -m pytest tests/hardening -m hardening
+
+# The FHIR NPM packages of the CASUS profiles (profiles/package/). Snapshots come from a pinned Node tool
+# that package-tools installs into the ignored .cache/ (npm ci from tools/fhir-package/package-lock.json).
+package-tools:
+	bash tools/fhir-package/install.sh
+
+package: install package-tools
+	$(VENV)/bin/fhir-adapter profiles package

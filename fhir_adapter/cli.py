@@ -245,6 +245,32 @@ def _smoke(base: str, tokens: dict[str, str]) -> dict[str, Any]:
             "health": requests.get(f"{base}/health/ready", timeout=10).json()}
 
 
+@main.group()
+def profiles() -> None:
+    """Build artefacts from the CASUS profiles."""
+
+
+@profiles.command("package")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to write the packages (default: profiles/package).")
+@click.option("--tools", "tools_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the Node tools are installed (default: .cache/fhir-package; `make package-tools` installs them).")
+def package_command(out_dir: Path | None, tools_dir: Path | None) -> None:
+    """Build the CASUS profiles as FHIR NPM packages (R4 and R5): snapshots, narratives, index, ImplementationGuide, .tgz.
+
+    Exit 2 when the snapshot generator is not installed or fails.
+    """
+    from . import fhir_package
+
+    try:
+        written = fhir_package.build_all(out_dir or fhir_package.OUTPUT_DIR, tools_dir or fhir_package.TOOLS_DIR)
+    except fhir_package.PackageError as exc:
+        click.echo(f"package: {exc}", err=True)
+        sys.exit(EXIT_UNUSABLE)
+    for path in written:
+        click.echo(str(path))
+
+
 from .sync_cli import sync_command  # noqa: E402  (registered last: the sync command lives in its own module)
 
 main.add_command(sync_command, "sync")
