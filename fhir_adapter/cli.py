@@ -272,11 +272,11 @@ def _demo_tokens(path: Path) -> dict[str, str]:
 def _load_demo_forms(app: Any, examples: Path) -> int:
     from .store import AlreadyExists
 
-    service = app.extensions["casus"]
-    loaded = 0
     paths = sorted(examples.glob("form-*.json"))
     if not paths:
         _fail(f"the sample forms are missing from this installation (no form-*.json in {examples})")
+    service = app.extensions["casus"]
+    loaded = 0
     for path in paths:
         form = parse_form(json.loads(path.read_text(encoding="utf-8")))
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from fhir_adapter.cli import PROGRESS_FROM_FILES, FileProgress, main
+from fhir_adapter.cli import PROGRESS_FROM_FILES, FileProgress, _load_demo_forms, main
 from fhir_adapter.form import PROFILES_DIR
 
 EXAMPLES = PROFILES_DIR / "examples"
@@ -233,3 +233,10 @@ def test_map_rejects_an_invalid_form_naming_the_field(tmp_path: Path):
 def test_validate_of_several_files_ends_with_a_count_of_each_verdict_on_stderr(tmp_path: Path):
     result = invoke("validate", "--quiet", str(CONSENT), str(tmp_path / "absent.json"))
     assert result.stderr.splitlines()[-1] == "2 files: 1 valid, 1 unusable"
+
+
+def test_the_demo_refuses_to_start_without_its_sample_forms(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as stopped:
+        _load_demo_forms(None, tmp_path)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"the sample forms are missing from this installation (no form-*.json in {tmp_path})\n"
