@@ -1,5 +1,6 @@
-# The two commands a newcomer needs (see README): `make demo` and `make test`.
+# The two commands a newcomer needs (see README): `make demo` (PORT=8080 by default) and `make test`.
 VENV ?= .venv
+PORT ?= 8080
 export CASUS_VENV := $(VENV)
 
 .PHONY: demo test hardening bench install package package-tools
@@ -8,12 +9,13 @@ install:
 	bash scripts/bootstrap.sh
 
 demo: install
-	$(VENV)/bin/fhir-adapter demo
+	$(VENV)/bin/fhir-adapter demo --port $(PORT)
 
 test:
 	bash scripts/bootstrap.sh --with-postgres
 	$(VENV)/bin/ruff check fhir_adapter tests benchmarks
 	$(VENV)/bin/python -m pytest
+	bash scripts/check_wheel.sh
 
 bench: install
 	$(VENV)/bin/python benchmarks/bench_mapping.py

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import click
 
-from .fhir_structure import load_json
+from .cli_inputs import STDIN, Input, bundle_resources, detect_kind, is_bundle, plan, read_inputs, read_one, relocate
 from .form import form_to_json, parse_form
 from .outcome import InvalidInput, Issue, is_blocking, operation_outcome
 
@@ -26,81 +27,152 @@ def _emit(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
-def _read(path: Path) -> tuple[Any, list[Issue]]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return None, [Issue("fatal", "not-found", "", f"cannot read {path.name}: {exc.strerror}")]
-    return load_json(data)
-
-
-def detect_kind(document: Any) -> str:
-    """'form', 'r4' or 'r5' from the document's shape (R5 Consents have decision/subject/grantor)."""
-    if not isinstance(document, dict) or document.get("resourceType") != "Consent":
-        return "form"
-    r5_only = {"decision", "subject", "grantor", "grantee", "controller", "policyBasis", "regulatoryBasis", "manager", "date"}
-    return "r5" if r5_only & document.keys() else "r4"
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="casus-fhir-adapter")
 def main() -> None:
     """CASUS FHIR Consent adapter."""
 
 
-@main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--fhir-version", type=click.Choice(["auto", "r4", "r5"]), default="auto", show_default=True)
-@click.option("--quiet", "-q", is_flag=True, help="Print only the summary line per file.")
-def validate(files: tuple[Path, ...], fhir_version: str, quiet: bool) -> None:
-    """Validate Consent FILES against base FHIR and the CASUS profile of their FHIR version.
+#: From this many files on, a terminal shows how far validation has got.
+PROGRESS_FROM_FILES = 10
 
-    An R4 Consent claiming casus-consent is checked against it, an R5 Consent claiming
-    casus-consent-r5 against that; the version is detected unless --fhir-version says it.
 
-    Prints one OperationOutcome per file. Exit 0 when all are valid, 1 when any
-    is invalid, 2 when any file cannot be read or parsed.
-    """
+class FileProgress:
+    """``validated 40/600 files`` on a terminal, rewritten in place and cleared before each result is printed."""
+
+    def __init__(self, stream: IO[str], total: int) -> None:
+        self._stream, self._total, self._done = stream, total, 0
+
+    @classmethod
+    def for_stream(cls, stream: IO[str], total: int) -> FileProgress | None:
+        """Only on a terminal and only for many files: pipes, CI logs and single files stay quiet."""
+        isatty = getattr(stream, "isatty", None)
+        return cls(stream, total) if total >= PROGRESS_FROM_FILES and isatty is not None and isatty() else None
+
+    def clear(self) -> None:
+        self._stream.write("\r\033[K")
+        self._stream.flush()
+
+    def advance(self) -> None:
+        self._done += 1
+        self._stream.write(f"\rvalidated {self._done}/{self._total} files")
+        self._stream.flush()
+
+
+def _validate_document(document: Any, fhir_version: str) -> list[Issue]:
+    """Issues for one Consent, or for each Consent of a Bundle located at ``Bundle.entry[i].resource``."""
     from .validation import validate_consent
 
-    worst = EXIT_OK
-    for path in files:
-        document, issues = _read(path)
-        if issues:
-            worst = EXIT_UNUSABLE
+    def one(resource: Any) -> list[Issue]:
+        version = detect_kind(resource) if fhir_version == "auto" else fhir_version
+        return validate_consent(resource, "r5" if version == "r5" else "r4")
+
+    if not is_bundle(document):
+        return one(document)
+    resources, issues = bundle_resources(document)
+    for location, resource in resources:
+        issues += [relocate(issue, location) for issue in one(resource)]
+    return issues
+
+
+def _count(issues: list[Issue], severities: tuple[str, ...], noun: str) -> str:
+    n = sum(i.severity in severities for i in issues)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _text_report(item: Input, issues: list[Issue], quiet: bool) -> str:
+    if is_blocking(issues):
+        lines = [f"{item.label}: invalid ({_count(issues, ('error', 'fatal'), 'error')})"]
+    elif any(i.severity == "warning" for i in issues):
+        lines = [f"{item.label}: valid ({_count(issues, ('warning',), 'warning')})"]
+    else:
+        lines = [f"{item.label}: valid"]
+    if not quiet:
+        lines += [f"  {i.severity} {i.expression or '(document)'}: {i.diagnostics}" for i in issues]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="FILE|FOLDER|-...")
+@click.option("--fhir-version", type=click.Choice(["auto", "r4", "r5"]), default="auto", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a verdict line per file, then its issues; json: an OperationOutcome per file (a Bundle of them for several).")
+@click.option("--quiet", "-q", is_flag=True, help="text: only the verdict line per file.")
+def validate(inputs: tuple[str, ...], fhir_version: str, output_format: str, quiet: bool) -> None:
+    """Validate Consents against base FHIR and the CASUS profile.
+
+    Each input is a Consent file, a Bundle of Consents (every entry is checked and its issues are located
+    at Bundle.entry[i].resource), a folder (every *.json file directly in it) or - for standard input.
+    Exit 0 when all are valid, 1 when any is invalid, 2 when any cannot be read or parsed (one line on
+    stderr names the file and why).
+    """
+    planned = plan(inputs)
+    progress = FileProgress.for_stream(sys.stderr, len(planned))
+    worst, tally = EXIT_OK, {"valid": 0, "invalid": 0, "unusable": 0}
+    outcomes: list[tuple[Input, dict[str, Any]]] = []
+    for item in read_inputs(planned, sys.stdin.buffer):
+        if progress is not None:
+            progress.clear()
+        if item.usable:
+            issues = _validate_document(item.document, fhir_version)
+            verdict = "invalid" if is_blocking(issues) else "valid"
+            if output_format == "text":
+                click.echo(_text_report(item, issues, quiet))
         else:
-            version = detect_kind(document) if fhir_version == "auto" else fhir_version
-            issues = validate_consent(document, "r5" if version == "r5" else "r4")
-            if is_blocking(issues):
-                worst = max(worst, EXIT_INVALID)
-        verdict = "invalid" if is_blocking(issues) else "valid"
-        click.echo(f"{path}: {verdict} ({sum(i.severity in ('error', 'fatal') for i in issues)} errors)", err=True)
-        if not quiet:
-            _emit(operation_outcome(issues))
+            issues, verdict = item.problems, "unusable"
+            click.echo(f"{item.label}: {issues[0].diagnostics}", err=True)
+        worst = max(worst, {"valid": EXIT_OK, "invalid": EXIT_INVALID, "unusable": EXIT_UNUSABLE}[verdict])
+        tally[verdict] += 1
+        if output_format == "json":
+            outcomes.append((item, operation_outcome(issues)))
+        if progress is not None:
+            progress.advance()
+    if progress is not None:
+        progress.clear()
+    if output_format == "json":
+        _emit(outcomes[0][1] if len(planned) == 1 else _outcome_bundle(outcomes))
+    if len(planned) > 1:
+        click.echo(f"{len(planned)} files: " + ", ".join(f"{n} {verdict}" for verdict, n in tally.items() if n), err=True)
     sys.exit(worst)
+
+
+def _outcome_bundle(outcomes: list[tuple[Input, dict[str, Any]]]) -> dict[str, Any]:
+    """A collection Bundle of OperationOutcomes, each entry's fullUrl naming its file (stdin has none)."""
+    entries = []
+    for item, outcome in outcomes:
+        entry: dict[str, Any] = {"resource": outcome}
+        if item.label != "<stdin>":
+            entry["fullUrl"] = Path(item.label).resolve().as_uri()
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries}
 
 
 @main.command("map")
 @click.option("--to", "target", type=click.Choice(["r4", "r5", "form"]), required=True)
 @click.option("--from", "source", type=click.Choice(["auto", "form", "r4", "r5"]), default="auto", show_default=True)
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-def map_command(target: str, source: str, file: Path) -> None:
-    """Map FILE (a CASUS form, an R4 or an R5 Consent) to R4, R5 or the form.
+@click.argument("file", metavar="FILE|-")
+def map_command(target: str, source: str, file: str) -> None:
+    """Map FILE (a CASUS form, an R4 or an R5 Consent; - for standard input) to R4, R5 or the form.
 
     Prints the result, or an OperationOutcome naming every element that could
     not be mapped (exit 1); exit 2 when FILE cannot be read or parsed.
+    Between R4 and R5 the Consent keeps its id.
     """
-    from .mappings import r4, r5
+    from .mappings import cross_version, r4, r5
 
-    document, issues = _read(file)
-    if issues:
-        _emit(operation_outcome(issues))
+    item = read_one("<stdin>" if file == STDIN else file, None if file == STDIN else Path(file), sys.stdin.buffer)
+    if not item.usable:
+        click.echo(f"{item.label}: {item.problems[0].diagnostics}", err=True)
+        _emit(operation_outcome(item.problems))
         sys.exit(EXIT_UNUSABLE)
-    kind = detect_kind(document) if source == "auto" else source
+    kind = detect_kind(item.document) if source == "auto" else source
+    across: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
+        ("r4", "r5"): cross_version.r4_to_r5, ("r5", "r4"): cross_version.r5_to_r4}
     readers = {"form": parse_form, "r4": r4.r4_to_form, "r5": r5.r5_to_form}
     writers = {"form": form_to_json, "r4": r4.form_to_r4, "r5": r5.form_to_r5}
     try:
-        _emit(writers[target](readers[kind](document)))
+        convert = across.get((kind, target)) or (lambda document: writers[target](readers[kind](document)))
+        _emit(convert(item.document))
     except InvalidInput as exc:
         _emit(operation_outcome(exc.issues))
         sys.exit(EXIT_INVALID)
@@ -118,24 +190,59 @@ def _settings_or_exit() -> Any:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--threads", default=8, show_default=True, type=int, help="Worker threads (waitress).")
 def serve(host: str, port: int, threads: int) -> None:
     """Run the facade under waitress, a production WSGI server, with settings from the environment.
 
     CASUS_DATABASE_URL (default sqlite:///instance/casus.sqlite3), CASUS_TOKENS_FILE or CASUS_TOKENS.
     """
-    import waitress
-
-    from .server import create_app
-
     settings = _settings_or_exit()
     if not settings.grants:
-        click.echo("configuration error: no bearer tokens configured (CASUS_TOKENS_FILE or CASUS_TOKENS)", err=True)
-        sys.exit(EXIT_UNUSABLE)
-    app = create_app(settings)
-    click.echo(f"serving the CASUS facade on http://{host}:{port} ({threads} threads)", err=True)
-    waitress.serve(app, host=host, port=port, threads=threads, ident="casus", clear_untrusted_proxy_headers=True)
+        _fail("configuration error: no bearer tokens configured (CASUS_TOKENS_FILE or CASUS_TOKENS)")
+    app = _app_or_exit(settings, "CASUS_DATABASE_URL")
+    server = _listen_or_exit(app, host, port, threads=threads, ident="casus", clear_untrusted_proxy_headers=True)
+    click.echo(f"serving the CASUS facade on http://{host}:{server.effective_port} ({threads} threads)", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+
+
+def _fail(message: str) -> NoReturn:
+    """The could-not-run contract: one line on stderr, exit 2, no traceback."""
+    click.echo(message, err=True)
+    sys.exit(EXIT_UNUSABLE)
+
+
+def _app_or_exit(settings: Any, setting: str) -> Any:
+    """The facade on the store ``settings`` name; a store that cannot be opened is one line naming ``setting``.
+
+    Only our own StoreError text is shown (it names the database kind); other errors by type alone, as the
+    URL may hold a password.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .server import create_app
+    from .store import StoreError
+
+    try:
+        return create_app(settings)
+    except StoreError as exc:
+        _fail(f"configuration error: {setting}: {exc}")
+    except ImportError as exc:
+        _fail(f"configuration error: {setting} names a database whose driver ({exc.name}) is not installed; "
+              "for PostgreSQL install casus-fhir-adapter[postgres]")
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        _fail(f"cannot open the database named by {setting} ({type(exc).__name__})")
+
+
+def _listen_or_exit(app: Any, host: str, port: int, **options: Any) -> Any:
+    """A waitress server bound to host:port (0 picks a free port), or one line saying why it cannot listen."""
+    from waitress.server import create_server
+
+    try:
+        return create_server(app, host=host, port=port, **options)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
 
 
 DEMO_ROLES = {
@@ -165,9 +272,12 @@ def _demo_tokens(path: Path) -> dict[str, str]:
 def _load_demo_forms(app: Any, examples: Path) -> int:
     from .store import AlreadyExists
 
+    paths = sorted(examples.glob("form-*.json"))
+    if not paths:
+        _fail(f"the sample forms are missing from this installation (no form-*.json in {examples})")
     service = app.extensions["casus"]
     loaded = 0
-    for path in sorted(examples.glob("form-*.json")):
+    for path in paths:
         form = parse_form(json.loads(path.read_text(encoding="utf-8")))
         try:
             service.create(form, actor="demo-loader")
@@ -178,27 +288,24 @@ def _load_demo_forms(app: Any, examples: Path) -> int:
 
 
 @main.command()
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--database", default="instance/casus-demo.sqlite3", show_default=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--smoke", is_flag=True, help="Start, ask a few questions over HTTP, print the answers and stop (used by the tests).")
 def demo(port: int, database: Path, smoke: bool) -> None:
     """Start the facade on the embedded default (SQLite) with sample young people loaded."""
     import threading
 
-    from waitress.server import create_server
-
     from .access import TokenGrant
     from .config import Settings, hash_token
     from .form import PROFILES_DIR
-    from .server import create_app
 
     token_file = database.parent / "demo-tokens.env"
     tokens = _demo_tokens(token_file)
     grants = tuple(TokenGrant(role, hash_token(tokens[role]), frozenset(scopes)) for role, scopes in DEMO_ROLES.items())
-    app = create_app(Settings(database_url=f"sqlite:///{database}", grants=grants))
+    app = _app_or_exit(Settings(database_url=f"sqlite:///{database}", grants=grants), "--database")
     loaded = _load_demo_forms(app, PROFILES_DIR / "examples")
-    server = create_server(app, host="127.0.0.1", port=port, threads=4, ident="casus-demo")
-    port = server.effective_port  # type: ignore[union-attr]
+    server = _listen_or_exit(app, "127.0.0.1", port, threads=4, ident="casus-demo")
+    port = server.effective_port
     base = f"http://127.0.0.1:{port}"
     click.echo(f"CASUS demo: {loaded} sample forms loaded into {database}; serving on {base}", err=True)
     click.echo(_demo_help(base, token_file), err=True)

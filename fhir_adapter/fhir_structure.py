@@ -92,10 +92,13 @@ def fhirpath(loc: tuple[Any, ...], root: str = "Consent") -> str:
     return out
 
 
-def load_json(text: str | bytes) -> tuple[Any, list[Issue]]:
-    """Parse JSON text defensively: size limit, UTF-8, nesting depth; never raises."""
-    if len(text) > MAX_DOCUMENT_BYTES:
-        return None, [error("too-long", "", f"document is larger than {MAX_DOCUMENT_BYTES} bytes")]
+def load_json(text: str | bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[Any, list[Issue]]:
+    """Parse JSON text defensively: size limit, UTF-8, nesting depth; never raises.
+
+    ``max_bytes`` is raised only by the CLI, which reads local Bundles of many Consents, never request bodies.
+    """
+    if len(text) > max_bytes:
+        return None, [error("too-long", "", f"document is larger than {max_bytes} bytes")]
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

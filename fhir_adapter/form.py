@@ -14,15 +14,15 @@ import json
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
 
 from . import nhs_number
 from .outcome import InvalidInput, Issue, error
+from .package_data import profiles_dir
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = profiles_dir()
 SCHEMA_PATH = PROFILES_DIR / "casus-consent-form.schema.json"
 
 Status = Literal["draft", "active", "withdrawn", "entered-in-error"]

@@ -45,12 +45,26 @@ def _int_setting(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _require_https(env: Mapping[str, str], name: str) -> None:
+    """The CLI has no way to allow plain http off this machine: consent data and credentials would travel in clear."""
+    from urllib.parse import urlsplit
+
+    from .fhir_client import is_loopback_host
+
+    parts = urlsplit(env.get(name, "").strip())
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise _CouldNotRun(f"{name} must use https (plain http is allowed only to this machine: localhost, 127.0.0.0/8, ::1)")
+
+
 def build_client(env: Mapping[str, str]) -> Any:
     """The FHIR client from CASUS_FHIR_* settings; TLS verification stays on (CASUS_FHIR_CA_BUNDLE picks the CA file)."""
     from .fhir_auth import auth_from_env
     from .fhir_client import ConfigurationError, FhirClient
 
     base_url = _required(env, "CASUS_FHIR_BASE_URL")
+    _require_https(env, "CASUS_FHIR_BASE_URL")
+    if env.get("CASUS_FHIR_AUTH", "").strip().lower() == "smart":
+        _require_https(env, "CASUS_FHIR_TOKEN_URL")
     ca_bundle = env.get("CASUS_FHIR_CA_BUNDLE", "").strip()
     if ca_bundle and not Path(ca_bundle).is_file():
         raise _CouldNotRun("CASUS_FHIR_CA_BUNDLE does not name a readable file")
@@ -130,7 +144,8 @@ def run_sync(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, b
     except SyncLocked as exc:
         raise _CouldNotRun(f"{exc}; try again later") from exc
     except SyncAborted as exc:
-        raise _CouldNotRun(f"stopped part-way, progress so far is kept: {exc}") from exc
+        kept = "nothing was written (dry run)" if dry_run else "progress so far is kept"
+        raise _CouldNotRun(f"stopped part-way, {kept}: {exc}") from exc
     except (SQLAlchemyError, StoreError) as exc:
         raise _CouldNotRun(f"database error ({type(exc).__name__})") from exc
     finally:

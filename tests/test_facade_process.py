@@ -98,3 +98,53 @@ def test_the_demo_starts_with_sample_forms_and_answers_over_http(tmp_path: Path)
     assert token_file.stat().st_mode & 0o077 == 0
     tokens = [line.split("=", 1)[1] for line in token_file.read_text().splitlines()]
     assert not any(t in result.stdout or t in result.stderr for t in tokens)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fhir_adapter", *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=60)
+
+
+def serve_env(tmp_path: Path, database_url: str | None = None) -> dict[str, str]:
+    return {"CASUS_DATABASE_URL": database_url or f"sqlite:///{tmp_path}/x.db",
+            "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}])}
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path: Path, busy_port: int):
+    result = run_cli("serve", "--port", str(busy_port), env=serve_env(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == f"cannot listen on 127.0.0.1:{busy_port}: Address already in use\n"
+
+
+def test_demo_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path: Path, busy_port: int):
+    result = run_cli("demo", "--port", str(busy_port), "--database", str(tmp_path / "demo.db"))
+    assert result.returncode == 2
+    assert result.stderr == f"cannot listen on 127.0.0.1:{busy_port}: Address already in use\n"
+
+
+def test_serve_with_an_unsupported_database_says_so_in_one_line_and_exits_2(tmp_path: Path):
+    result = run_cli("serve", "--port", "0", env=serve_env(tmp_path, "mysql://casus:secret-pw@db.example/casus"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "configuration error: CASUS_DATABASE_URL: unsupported database 'mysql': use sqlite:///path/file.db or postgresql+psycopg://..."]
+
+
+def test_serve_reports_the_port_it_picked_when_asked_for_any(tmp_path: Path):
+    process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", "0"], env={**os.environ, **serve_env(tmp_path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline() if process.stderr else ""
+        port = int(line.split("http://127.0.0.1:", 1)[1].split(" ", 1)[0])
+        assert port > 0
+        wait_until_ready(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

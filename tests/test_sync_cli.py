@@ -156,11 +156,36 @@ def test_an_unreachable_server_exits_2(store: Store, database: str) -> None:
     assert "ConnectionError" in one_line_reason(result)
 
 
+def test_an_unreachable_server_on_a_dry_run_says_nothing_was_written(store: Store, database: str) -> None:
+    store.create_form(new_form(), actor="clinician")
+
+    result = sync(settings(database, f"http://127.0.0.1:{free_port()}/fhir", CASUS_FHIR_MAX_RETRIES="0"), "--dry-run")
+
+    assert result.exit_code == 2
+    reason = one_line_reason(result)
+    assert "nothing was written (dry run)" in reason and "progress so far is kept" not in reason
+
+
 def test_plain_http_to_a_remote_host_is_refused_with_exit_2(database: str) -> None:
     result = sync(settings(database, "http://fhir.example.org/fhir"))
 
     assert result.exit_code == 2
     assert "https" in one_line_reason(result)
+
+
+def test_the_plain_http_refusal_names_the_setting_not_a_python_argument(database: str) -> None:
+    result = sync(settings(database, "http://fhir.example.org/fhir"))
+
+    assert one_line_reason(result) == ("sync: could not run: CASUS_FHIR_BASE_URL must use https "
+                                       "(plain http is allowed only to this machine: localhost, 127.0.0.0/8, ::1)")
+
+
+def test_a_plain_http_token_url_is_refused_naming_its_setting(database: str) -> None:
+    result = sync(settings(database, "https://fhir.example.org/fhir", CASUS_FHIR_AUTH="smart",
+                           CASUS_FHIR_TOKEN_URL="http://auth.example.org/token"))
+
+    assert result.exit_code == 2
+    assert one_line_reason(result).startswith("sync: could not run: CASUS_FHIR_TOKEN_URL must use https")
 
 
 def test_a_token_the_server_refuses_exits_2_without_printing_it(store: Store, database: str) -> None:

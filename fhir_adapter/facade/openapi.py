@@ -1,23 +1,22 @@
-"""Serves the facade's OpenAPI document, kept in the repository at docs/openapi.json."""
+"""Serves the facade's OpenAPI document, published at docs/openapi.json and shipped as package data."""
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint
 
+from ..package_data import openapi_text
 from .protocol import json_response, require
 
 bp = Blueprint("openapi", __name__)
-OPENAPI_PATH = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi.json"
 
 
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
-    return json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    return json.loads(openapi_text())
 
 
 @bp.get("/openapi.json")
