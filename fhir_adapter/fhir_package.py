@@ -31,7 +31,7 @@ from typing import Any
 
 from .form import PROFILES_DIR
 
-REPO_ROOT = PROFILES_DIR.parent
+REPO_ROOT = PROFILES_DIR.resolve().parent  # the checkout: fhir_adapter/profiles links to its profiles/
 OUTPUT_DIR = PROFILES_DIR / "package"
 TOOLS_SOURCE = REPO_ROOT / "tools" / "fhir-package"
 TOOLS_DIR = REPO_ROOT / ".cache" / "fhir-package"

@@ -269,8 +269,6 @@ def medplum_reports(node_tools) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="profile defect Medplum finds too: the rules on Consent.provision (casus-2..5) "
-                                       "are applied to nested provisions through the contentReference #Consent.provision")
 def test_medplum_finds_every_r4_example_valid_against_its_profile(medplum_reports):
     baseline = {name: issues for name, issues in medplum_reports.items() if name in _examples()}
     assert baseline.keys() == _examples().keys()
