@@ -160,7 +160,7 @@ def _demo_tokens(path: Path) -> dict[str, str]:
 
 
 def _load_demo_forms(app: Any, examples: Path) -> int:
-    from .store import AlreadyExists
+    from .store.forms import AlreadyExists
 
     service = app.extensions["casus"]
     loaded = 0

@@ -12,7 +12,7 @@ How it stays safe:
   never half-way (both engines have transactional DDL);
 * two processes opening the same PostgreSQL database at once serialise on a
   transaction-level advisory lock; on SQLite the transaction starts with
-  ``BEGIN IMMEDIATE`` (see ``store.py``), which takes the file's write lock;
+  ``BEGIN IMMEDIATE`` (see ``engine.py``), which takes the file's write lock;
 * running it again is a no-op, and a database newer than this code is refused
   rather than written with an older idea of the schema.
 
@@ -175,13 +175,6 @@ locks = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
-#: Audit journal segments (see audit_journal.py) whose rows are already in audit_log: the mark goes in with
-#: the rows, so a segment left on disk by a process that died before deleting it is never replayed twice.
-audit_journal_segments = Table(
-    "audit_journal_segments", metadata,
-    Column("name", String(100), primary_key=True),
-    Column("drained_at", UTCDateTime, nullable=False),
-)
 
 FORM_VERSION_COUNTER = "form_versions"
 
@@ -199,12 +192,20 @@ def _v1_initial_schema(conn: Connection) -> None:
 
 
 def _v2_audit_journal(conn: Connection) -> None:
-    audit_journal_segments.create(conn)
+    # Frozen copy: the table an earlier way of writing the audit trail kept, dropped again by version 3.
+    Table("audit_journal_segments", MetaData(),
+          Column("name", String(100), primary_key=True),
+          Column("drained_at", UTCDateTime, nullable=False)).create(conn)
+
+
+def _v3_drop_audit_journal(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE IF EXISTS audit_journal_segments"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
     Migration(2, "drained audit journal segments", _v2_audit_journal),
+    Migration(3, "audit records committed directly: journal segments dropped", _v3_drop_audit_journal),
 )
 
 
