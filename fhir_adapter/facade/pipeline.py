@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec error handler used by QueryArgs
 from flask import Flask
@@ -164,8 +164,10 @@ class RequestPipeline:
                 environ[PRINCIPAL_KEY] = caller
                 return self._through_flask(environ, start_response, added, (method, rule, who, request_id, started))
             answer = lean(environ, caller)  # type: ignore[arg-type]  # lean routes all declare a scope
-        except RequestRedirect as exc:  # a rule with a trailing slash asked for without one
-            answer = Answer(exc.code, b"", "text/plain; charset=utf-8", (("Location", exc.new_url),))
+        except RequestRedirect as exc:  # a rule with a trailing slash asked for without one: same host, so a relative URL
+            target = urlsplit(exc.new_url)
+            location = target.path + (f"?{target.query}" if target.query else "")
+            answer = Answer(exc.code, b"", "text/plain; charset=utf-8", (("Location", location),))
         except Exception as exc:
             answer = render_error(exc, rule)
         start_response(_status_line(answer.status), [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))),
