@@ -1,26 +1,23 @@
 """Decision endpoint under load on 127.0.0.1, beside a bare WSGI floor under the same server.
 
-Three servers, all waitress with the same thread count, started as subprocesses:
+Two servers, both waitress with the same thread count, started as subprocesses:
   * the facade (create_app on a SQLite store holding the example forms), asked GET /api/decision
-    (bearer token, parameters checked, patient's versions revalidated, verdict, audit row journaled);
-  * the same facade with its decision fast path switched off, so every request goes through Flask's
-    dispatch (for reference: what the fast path buys);
+    through its request pipeline (request id, bearer token, parameters checked, patient's versions
+    revalidated against the change marker, verdict, audit row committed, answer rendered, access log);
   * the floor: a bare WSGI app answering the facade's response from a dict (no routing, no auth, no
     store) -- the same body and the same headers, security headers and request id included, because the
     load generator shares the machine's two cores and parsing ten headers instead of two costs it (and so
-    every server measured) about a tenth of its throughput;
-  * for reference, the same floor sending only a Content-Type header (what this benchmark's floor sent
-    before the comparison was made like for like).
+    every server measured) about a tenth of its throughput.
 The load generator runs in separate processes, each with persistent HTTP/1.1 connections, for a fixed
 time, and records every request's latency.  The servers take turns for ``--rounds`` rounds, so a noisy
 neighbour on the machine hits all of them alike; the table gives each server's median round (by rate).
-Targets (issue 3): the facade's p99 under 10 ms (over every request of every round) and its median round
+Targets: the facade's p99 under 10 ms (over every request of every round) and its median round
 at least 60% of the floor's median round, in requests per second.
 
 With ``--patients N`` the store also holds N synthetic young people (the mapping benchmark's six-person
 form, each with its own NHS number) and the clients cycle through three questions about each of them plus
 one in ten about unknown patients, instead of asking one question over and over: the facade's caches then
-see a working set, and the floor answers each question's own response from its dict.
+sees a working set, and the floor answers each question's own response from its dict.
 
 Run:  python benchmarks/bench_decision.py [--seconds 10] [--rounds 3] [--clients 2] [--threads 2] [--patients 0]
 """
@@ -47,6 +44,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the process helpers live in the test support package
+
+from tests.support.processes import stop_process  # noqa: E402
+
 TOKEN = "bench-token-0123456789abcdef"
 QUERY = "/api/decision?" + urlencode({"patient": "9434765919", "recipient-role": "mother",
                                       "information-type": "attendance", "purpose": "TREAT"})
@@ -60,15 +61,13 @@ FACADE = textwrap.dedent("""
     from fhir_adapter.config import Settings, hash_token
     from fhir_adapter.form import PROFILES_DIR, parse_form
     from fhir_adapter.server import create_app
-    port, threads, db, token, route, patients = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+    port, threads, db, token, patients = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
     app = create_app(Settings(database_url=f"sqlite:///{db}", grants=(TokenGrant("bench", hash_token(token), frozenset({"decision.read"})),)))
     service = app.extensions["casus"]
     for path in sorted((PROFILES_DIR / "examples").glob("form-*.json")):
         service.create(parse_form(json.loads(path.read_text())), actor="bench")
     for n in range(patients):
         service.create(bench_form(n), actor="bench")
-    if route == "flask":
-        app.wsgi_app = app.wsgi_app.fallback  # the fast path's own hand-over target: Flask's dispatch
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
 """)
 
@@ -83,8 +82,6 @@ FLOOR = textwrap.dedent("""
         return [payload]
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
 """)
-#: The headers the first version of this benchmark's floor sent (no security headers, no request id).
-MINIMAL_HEADERS = [("Content-Type", "application/json")]
 #: Added by waitress itself to every response, the floor's included.
 SERVER_HEADERS = {"content-length", "date", "server", "connection"}
 
@@ -147,7 +144,7 @@ def start(script: str, args: list[str], port: int, log_dir: str) -> subprocess.P
                 log = Path(log_dir, f"server-{port}.log").read_text(errors="replace")
                 raise SystemExit(f"server failed: {log[-2000:]}") from None
             time.sleep(0.1)
-    process.kill()
+    stop_process(process)
     raise SystemExit("server did not start")
 
 
@@ -201,11 +198,6 @@ def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str,
             "requests": len(latencies), "errors": errors, "latencies": latencies}
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(timeout=10)
-
-
 def pooled_p99(rounds: list[dict[str, Any]]) -> float:
     """The 99th percentile of every request of every round, in ms: the run's p99."""
     return statistics.quantiles([x for r in rounds for x in r["latencies"]], n=100)[98] * 1000
@@ -228,40 +220,32 @@ def main() -> None:
     paths = questions(args.patients)
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
     names = {"floor": "floor: bare WSGI, same response from a dict",
-             "floor-minimal": "floor with only a Content-Type header",
-             "facade": "facade: GET /api/decision (fast path)",
-             "flask": "facade, fast path off (Flask dispatch)"}
+             "facade": "facade: GET /api/decision"}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            for route in ("facade", "flask"):
-                port = free_port()
-                servers[route] = start(FACADE, [str(args.threads), os.path.join(tmp, f"{route}.db"), TOKEN, route,
-                                                str(args.patients)], port, tmp), port
-            facade = http.client.HTTPConnection("127.0.0.1", servers["facade"][1], timeout=10)
-            flask = http.client.HTTPConnection("127.0.0.1", servers["flask"][1], timeout=10)
+            port = free_port()
+            servers["facade"] = start(FACADE, [str(args.threads), os.path.join(tmp, "facade.db"), TOKEN, str(args.patients)],
+                                      port, tmp), port
+            facade = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             answers: dict[str, tuple[str, list[tuple[str, str]]]] = {}
-            for path in paths:  # every question once: the floor's dict, and the fast path checked against Flask
+            for path in paths:  # every question once, for the floor's dict
                 body, headers = one_response(facade, path)
-                assert one_request(flask, path) == body, f"the fast path and Flask must answer alike: {path}"
                 # The floor sends the facade's very bytes: same body, same headers (its request id included),
                 # so the load generator, which shares the two cores, parses the same response from each.
                 answers[path] = body.decode(), [(k, v) for k, v in headers if k.lower() not in SERVER_HEADERS]
             facade.close()
-            flask.close()
             assert json.loads(answers[paths[0]][0])["decision"] in ("permit", "deny")
-            for name, minimal in (("floor", False), ("floor-minimal", True)):
-                answers_file = Path(tmp) / f"{name}.json"
-                answers_file.write_text(json.dumps({path: (body, MINIMAL_HEADERS if minimal else headers)
-                                                    for path, (body, headers) in answers.items()}))
-                port = free_port()
-                servers[name] = start(FLOOR, [str(args.threads), str(answers_file)], port, tmp), port
+            answers_file = Path(tmp) / "floor.json"
+            answers_file.write_text(json.dumps(answers))
+            port = free_port()
+            servers["floor"] = start(FLOOR, [str(args.threads), str(answers_file)], port, tmp), port
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
             for _ in range(args.rounds):
                 for name in names:
                     rounds[name].append(load(servers[name][1], paths, args.clients, args.seconds))
         finally:
             for process, _ in servers.values():
-                stop(process)
+                stop_process(process)
     results = {name: median_round(r) for name, r in rounds.items()}
     asked = "one question, repeated" if args.patients == 0 else f"{len(paths)} questions about {args.patients} young people, cycled"
     print(f"{args.clients} client processes, waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:.0f} s "

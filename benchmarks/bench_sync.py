@@ -30,8 +30,6 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,7 +48,7 @@ from fhir_adapter.mappings import codes  # noqa: E402
 from fhir_adapter.mappings.r4 import form_to_r4  # noqa: E402
 from fhir_adapter.store import Store  # noqa: E402
 from fhir_adapter.sync import SyncJob, SyncSummary  # noqa: E402
-from tests.support.fhir_server import SekmetServer, ensure_sekmet, sekmet_venv  # noqa: E402
+from tests.support.fhir_server import running_sekmet  # noqa: E402
 
 BATCH = 100
 PER_RESOURCE = 1
@@ -174,22 +172,12 @@ def fill_store(path: Path, forms: list[ConsentForm]) -> float:
     return time.perf_counter() - started
 
 
-@contextmanager
-def fresh_server(workdir: Path) -> Iterator[SekmetServer]:
-    server = SekmetServer(ensure_sekmet(sekmet_venv()), workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def run_child(template: Path, workdir: Path, *, consents: int, batch_size: int, push_only: bool) -> dict[str, Any]:
     """Copy the filled store, start a fresh server, and measure one sync in a child process."""
     workdir.mkdir(parents=True)
     store = workdir / "casus.sqlite3"
     shutil.copyfile(template, store)
-    with fresh_server(workdir / "sekmet") as server:
+    with running_sekmet(workdir / "sekmet") as server:
         command = [sys.executable, __file__, "--child", "--base-url", server.base_url, "--store", str(store),
                    "--batch-size", str(batch_size), "--consents", str(consents)] + (["--push-only"] if push_only else [])
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
@@ -221,7 +209,7 @@ def raw_push_seconds(forms: list[ConsentForm], batch_size: int, workdir: Path) -
          "request": {"method": "PUT", "url": "Consent?" + identifier_query(codes.ID_CONSENT_FORM, form.form_id)}}
         for form in forms[start:start + batch_size]]} for start in range(0, len(forms), batch_size)]
     bodies = [json.dumps(bundle, separators=(",", ":")).encode() for bundle in bundles]
-    with fresh_server(workdir) as server, requests.Session() as session:
+    with running_sekmet(workdir) as server, requests.Session() as session:
         started = time.perf_counter()
         for body in bodies:
             response = session.post(server.base_url, data=body, headers={"Content-Type": "application/fhir+json"}, timeout=600)

@@ -222,7 +222,7 @@ def _app_or_exit(settings: Any, setting: str) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .server import create_app
-    from .store import StoreError
+    from .store.engine import StoreError
 
     try:
         return create_app(settings)
@@ -270,7 +270,7 @@ def _demo_tokens(path: Path) -> dict[str, str]:
 
 
 def _load_demo_forms(app: Any, examples: Path) -> int:
-    from .store import AlreadyExists
+    from .store.forms import AlreadyExists
 
     paths = sorted(examples.glob("form-*.json"))
     if not paths:

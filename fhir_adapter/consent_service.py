@@ -9,16 +9,17 @@ never names or free text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from . import decision
 from .disclosure import Disclosure
-from .form import ConsentForm, parse_form
+from .form import ConsentForm
 from .mappings import r4, r5
-from .store import AuditDetail, FormVersion, NotFound, Store
+from .store import Store
+from .store.forms import FormVersion, NotFound
 
 Clock = Callable[[], datetime]
 
@@ -31,15 +32,11 @@ class FormIdMismatch(ValueError):
     """The body names a different form than the URL."""
 
 
-#: Verdicts kept for reuse (see ConsentService.decide); cleared whole when full, as every write outdates them anyway.
-VERDICT_MEMO_SIZE = 4096
-
 
 class ConsentService:
     def __init__(self, store: Store, clock: Clock = utc_now) -> None:
         self.store = store
         self.clock = clock
-        self._verdicts: dict[tuple[Any, Hashable], tuple[decision.Verdict, AuditDetail]] = {}
 
     # ------------------------------------------------------------------ writes
 
@@ -126,32 +123,14 @@ class ConsentService:
     # ------------------------------------------------------------------ decisions
 
     def decide(self, request: decision.DecisionRequest, *, actor: str) -> decision.Verdict:
-        verdict, detail = self._verdict(request)
-        self.store.audit(actor=actor, action="decision", resource=_verdict_ref(verdict), outcome=verdict.decision,
-                         subject=request.nhs_number, detail=detail)
-        return verdict
+        """The engine's verdict, returned only once its audit record is committed (AuditWriteFailed otherwise).
 
-    def _verdict(self, request: decision.DecisionRequest) -> tuple[decision.Verdict, AuditDetail]:
-        """The engine's answer and its audit detail, reused while the store's change marker and
-        decision.reuse_key are unchanged.
-
-        An EHR asks the same few questions about a patient many times a day; the answer can only change
-        when a version is stored (the marker moves) or the UK day turns (the key moves).  The audit record
-        is still written for every request; only its (redacted, serialised) detail is reused.
+        Raises ValueError, with nothing audited, for a question the engine rejects.
         """
-        snapshot = self.store.patient_versions(request.nhs_number)
-        now = self.clock()
-        key = decision.reuse_key(request, snapshot.versions, now=now)
-        if key is None:
-            return _with_detail(request, decision.decide(request, snapshot.versions, now=now))
-        memo_key = (snapshot.marker, key)
-        found = self._verdicts.get(memo_key)
-        if found is None:
-            found = _with_detail(request, decision.decide(request, snapshot.versions, now=now))
-            if len(self._verdicts) >= VERDICT_MEMO_SIZE:
-                self._verdicts.clear()
-            self._verdicts[memo_key] = found
-        return found
+        verdict = decision.decide(request, self.store.versions_for_patient(request.nhs_number), now=self.clock())
+        self.store.audit(actor=actor, action="decision", resource=_verdict_ref(verdict), outcome=verdict.decision,
+                         subject=request.nhs_number, detail=_decision_detail(request, verdict))
+        return verdict
 
     def summary(self, nhs_number: str, *, at: datetime | None, actor: str) -> list[Any]:
         result = decision.summary(nhs_number, self.store.versions_for_patient(nhs_number), at=at or self.clock())
@@ -174,16 +153,16 @@ def _verdict_ref(verdict: decision.Verdict) -> str | None:
     return f"Consent/{verdict.form_id}/_history/{verdict.version}"
 
 
-def _with_detail(request: decision.DecisionRequest, verdict: decision.Verdict) -> tuple[decision.Verdict, AuditDetail]:
-    """The verdict with what its audit record says about the question (codes and ids, never names)."""
-    return verdict, AuditDetail.of({
+def _decision_detail(request: decision.DecisionRequest, verdict: decision.Verdict) -> dict[str, Any]:
+    """What a decision's audit record says about the question and the answer (codes and ids, never names)."""
+    return {
         "recipient": _recipient_detail(request.recipient),
         "informationTypes": list(request.information_types),
         "purpose": request.purpose,
         "at": request.at.isoformat() if request.at else None,
         "basis": verdict.basis,
         "provision": verdict.provision,
-    })
+    }
 
 
 def _recipient_detail(recipient: decision.Recipient) -> dict[str, Any]:
@@ -192,7 +171,3 @@ def _recipient_detail(recipient: decision.Recipient) -> dict[str, Any]:
 
 def form_from_fhir(document: Any, version: str) -> ConsentForm:
     return (r5.r5_to_form if version == "r5" else r4.r4_to_form)(document)
-
-
-def form_from_json(document: Any) -> ConsentForm:
-    return parse_form(document)

@@ -66,7 +66,7 @@ provision holds everything its answer depends on): person i is
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
@@ -445,35 +445,6 @@ def decide(request: DecisionRequest, versions: Sequence[VersionLike], *, now: da
             f"has status {v.form.status}; only an active consent permits disclosure."
         ))
     return _choice_verdict(v, criteria, types, purpose, day)
-
-
-def reuse_key(request: DecisionRequest, versions: Sequence[VersionLike], *, now: datetime) -> Hashable | None:
-    """What ``decide``'s answer depends on besides ``versions``; None when it may not be reused.
-
-    ``decide`` reads t only to pick the versions recorded at or before it and to date the answer
-    (periods, ages and the reason's text all go by UK calendar day).  So for the same versions, the same
-    request asked about the same UK day gets the same answer -- with t given, always; with t = now, as
-    long as no version was recorded after ``now`` (writers' clocks out of step), since such a version
-    would come into force later in the day without the versions changing.
-
-    >>> from datetime import UTC
-    >>> asked = DecisionRequest("9434765919", Recipient(role="mother"), ("attendance",), "TREAT")
-    >>> morning, evening = datetime(2026, 5, 1, 8, tzinfo=UTC), datetime(2026, 5, 1, 20, tzinfo=UTC)
-    >>> reuse_key(asked, [], now=morning) == reuse_key(asked, [], now=evening)
-    True
-    >>> reuse_key(asked, [], now=morning) == reuse_key(asked, [], now=datetime(2026, 5, 1, 23, 30, tzinfo=UTC))
-    False
-    """
-    at = request.at if request.at is not None else now
-    if at.tzinfo is None or at.utcoffset() is None:
-        return None  # decide raises for it
-    if request.at is None and any(v.recorded_at > now for v in versions):
-        return None
-    try:
-        hash(request)
-    except TypeError:  # built with lists by a caller: still answerable, just not reusable
-        return None
-    return request, at.astimezone(_uk()).date()
 
 
 def _verdict(decision: Decision, types: tuple[str, ...], v: VersionLike | None, provision: str | None, basis: BasisCode,

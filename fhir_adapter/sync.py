@@ -67,8 +67,10 @@ from .form import ConsentForm, form_to_json
 from .mappings import MAPPING_VERSION, codes
 from .mappings.r4 import form_to_r4, r4_to_form, written_mapping_version
 from .outcome import InvalidInput, Issue, is_blocking, operation_outcome
-from .store import AlreadyExists, FormVersion, Store, SyncRecord, VersionConflict
-from .store import NotFound as FormNotFound
+from .store import Store
+from .store.forms import AlreadyExists, FormVersion, VersionConflict
+from .store.forms import NotFound as FormNotFound
+from .store.sync_state import SyncRecord
 from .validation import validate_consent
 
 log = logging.getLogger(__name__)

@@ -79,7 +79,8 @@ def open_store(env: Mapping[str, str]) -> Any:
     """The store named by CASUS_DATABASE_URL; failures are reported by type only (the URL may hold a password)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import Store, StoreError
+    from .store import Store
+    from .store.engine import StoreError
 
     try:
         return Store.open(env.get("CASUS_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL)
@@ -128,7 +129,7 @@ def run_sync(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, b
     """Everything the command does, returning its exit code (separate from click so it reads top to bottom)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import StoreError
+    from .store.engine import StoreError
     from .sync import SyncAborted, SyncJob, SyncLocked
 
     client = build_client(env)

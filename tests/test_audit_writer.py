@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.audit_writer import AuditWriteFailed, AuditWriter
+from fhir_adapter.store.audit import AuditWriteFailed, GroupCommit
 
 
 def test_rows_from_many_threads_are_all_committed_before_write_returns():
@@ -21,7 +21,7 @@ def test_rows_from_many_threads_are_all_committed_before_write_returns():
             committed.extend(rows)
             batches.append(len(rows))
 
-    writer = AuditWriter(write_batch)
+    writer = GroupCommit(write_batch)
     seen_after_return: list[bool] = []
 
     def worker(n: int) -> None:
@@ -45,7 +45,7 @@ def test_a_failed_commit_fails_every_caller_in_the_batch():
         raise OSError("disk full")
 
     with pytest.raises(AuditWriteFailed):
-        AuditWriter(write_batch).write({"action": "decision"})
+        GroupCommit(write_batch).write({"action": "decision"})
 
 
 def test_the_writer_recovers_after_a_failed_batch():
@@ -56,7 +56,7 @@ def test_the_writer_recovers_after_a_failed_batch():
         if calls["n"] == 1:
             raise OSError("transient")
 
-    writer = AuditWriter(write_batch)
+    writer = GroupCommit(write_batch)
     with pytest.raises(AuditWriteFailed):
         writer.write({"a": 1})
     writer.write({"a": 2})

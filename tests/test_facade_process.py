@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.support.facade import example_form
+from tests.support.processes import stop_process
 
 TOKEN = "process-test-token-0123456789"
 
@@ -50,12 +51,7 @@ def served(tmp_path: Path) -> Iterator[str]:
         wait_until_ready(base, process)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 def test_a_served_facade_records_a_form_answers_a_decision_and_serves_fhir(served):

@@ -13,22 +13,15 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, insert, text
 
-from fhir_adapter import migrations
+from fhir_adapter.disclosure import Disclosure
 from fhir_adapter.form import ConsentForm, parse_form
 from fhir_adapter.nhs_number import check_digit
 from fhir_adapter.outcome import InvalidInput
-from fhir_adapter.store import (
-    STORED_DISCLOSURE,
-    STORED_FORM_VERSION,
-    AlreadyExists,
-    Disclosure,
-    NotFound,
-    Store,
-    StoreError,
-    SyncRecord,
-    VersionConflict,
-    normalise_url,
-)
+from fhir_adapter.store import Store, schema
+from fhir_adapter.store.disclosures import STORED_DISCLOSURE
+from fhir_adapter.store.engine import StoreError, normalise_url
+from fhir_adapter.store.forms import STORED_FORM_VERSION, AlreadyExists, NotFound, VersionConflict
+from fhir_adapter.store.sync_state import SyncRecord
 from tests.support.facade import example_form
 
 SAMPLE: dict[str, Any] = example_form()  # the shipped example form, profiles/examples/form-competent-under-16.json
@@ -501,10 +494,10 @@ def test_opening_twice_migrates_once_and_keeps_the_data(database_url: str) -> No
     engine = create_engine(normalise_url(database_url))
     try:
         with engine.connect() as conn:
-            rows = conn.execute(migrations.schema_version.select()).all()
+            rows = conn.execute(schema.schema_version.select()).all()
     finally:
         engine.dispose()
-    assert [r.version for r in rows] == [m.version for m in migrations.MIGRATIONS]
+    assert [r.version for r in rows] == [m.version for m in schema.MIGRATIONS]
 
 
 def test_concurrent_opens_of_an_empty_database_all_succeed(database_url: str) -> None:
@@ -522,17 +515,17 @@ def test_migrated_schema_matches_the_tables_the_store_queries(store: Store, data
     engine = create_engine(normalise_url(database_url))
     try:
         with engine.connect() as conn:
-            actual = migrations.describe(conn)
+            actual = schema.describe(conn)
     finally:
         engine.dispose()
-    assert actual == migrations.table_columns()
+    assert actual == schema.table_columns()
 
 
 def test_sync_records_from_before_mapping_versions_read_as_unknown_after_the_upgrade(database_url: str) -> None:
     engine = create_engine(normalise_url(database_url))
     try:
         with engine.begin() as conn:
-            migrations.migrate(conn, migrations.MIGRATIONS[:2])
+            schema.migrate(conn, schema.MIGRATIONS[:3])
             conn.execute(text("INSERT INTO sync_records (form_id, pushed_version, remote_id, remote_version_id) "
                               "VALUES ('f-1', 1, 'srv-1', '1')"))
     finally:
@@ -556,10 +549,10 @@ def test_a_database_from_a_newer_adapter_is_refused(database_url: str) -> None:
     engine = create_engine(normalise_url(database_url))
     try:
         with engine.begin() as conn:
-            conn.execute(insert(migrations.schema_version).values(version=999, description="future", applied_at=START))
+            conn.execute(insert(schema.schema_version).values(version=999, description="future", applied_at=START))
     finally:
         engine.dispose()
-    with pytest.raises(migrations.SchemaTooNew):
+    with pytest.raises(schema.SchemaTooNew):
         Store.open(database_url)
 
 

@@ -25,7 +25,8 @@ from fhir_adapter.fhir_client import FhirClient
 from fhir_adapter.form import ConsentForm
 from fhir_adapter.mappings import codes
 from fhir_adapter.mappings.r4 import form_to_r4
-from fhir_adapter.store import Store, SyncRecord
+from fhir_adapter.store import Store
+from fhir_adapter.store.sync_state import SyncRecord
 from fhir_adapter.sync import (
     MAX_IDENTIFIER_QUERY_CHARS,
     PULL_CURSOR,

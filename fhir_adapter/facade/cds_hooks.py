@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import Blueprint
 
 from .. import decision
-from ..consent_service import ConsentService
 from .decisions_api import decision_request
-from .protocol import json_body, json_response, principal, problem, require
+from .protocol import json_body, json_response, principal, problem, require, service
 
 bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
 SERVICE_ID = "casus-consent"
@@ -36,10 +35,6 @@ class _Args(dict[str, Any]):
         if value is None:
             return []
         return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-
-
-def service() -> ConsentService:
-    return current_app.extensions["casus"]
 
 
 @bp.get("")

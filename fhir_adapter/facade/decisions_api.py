@@ -10,20 +10,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Flask, request
 
 from .. import decision
+from ..access import Principal
 from ..consent_service import ConsentService
 from ..disclosure import disclosure_to_json, parse_disclosure
 from ..mappings.disclosure import disclosure_to_audit_event
-from .forms_api import checked_nhs_number
-from .protocol import FHIR_JSON, json_body, json_response, principal, problem, require
+from .pipeline import LeanHandler, QueryArgs
+from .protocol import (
+    FHIR_JSON,
+    Answer,
+    checked_nhs_number,
+    flask_response,
+    json_answer,
+    json_body,
+    json_response,
+    principal,
+    problem,
+    require,
+    service,
+)
 
 bp = Blueprint("decisions", __name__, url_prefix="/api")
-
-
-def service() -> ConsentService:
-    return current_app.extensions["casus"]
 
 
 def wants_fhir(format_parameter: str | None, accept: str | None) -> bool:
@@ -80,17 +89,29 @@ def decision_request(args: Any) -> decision.DecisionRequest:
     )
 
 
+def decision_answer(args: Any, accept: str | None, caller: Principal, consent: ConsentService) -> Answer:
+    """The verdict for the question in ``args``, audited before it is returned (a failed audit raises: no answer)."""
+    req = decision_request(args)
+    try:
+        verdict = consent.decide(req, actor=caller.name)
+    except ValueError as exc:
+        raise problem(400, "value", "", str(exc)) from None
+    if wants_fhir(args.get("_format"), accept):
+        return json_answer(decision.to_parameters(verdict), fhir=True)
+    return json_answer(decision.to_json(verdict))
+
+
+def lean_decision(app: Flask) -> LeanHandler:
+    """``GET /api/decision`` as a lean route: the request pipeline calls it without Flask's dispatch."""
+    consent = service(app)
+    return lambda environ, caller: decision_answer(QueryArgs(environ), environ.get("HTTP_ACCEPT"), caller, consent)
+
+
 @bp.get("/decision")
 @require("decision.read")
 def decide() -> Any:
-    req = decision_request(request.args)
-    try:
-        verdict = service().decide(req, actor=principal().name)
-    except ValueError as exc:
-        raise problem(400, "value", "", str(exc)) from None
-    if request_wants_fhir():
-        return json_response(decision.to_parameters(verdict), fhir=True)
-    return json_response(decision.to_json(verdict))
+    """Reached through Flask only for HEAD: the request pipeline answers GET with ``lean_decision``."""
+    return flask_response(decision_answer(request.args, request.headers.get("Accept"), principal(), service()))
 
 
 @bp.get("/patients/<nhs_number>/summary")

@@ -16,10 +16,10 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, request
 
-from ..consent_service import ConsentService, form_from_fhir
+from ..consent_service import form_from_fhir
 from ..mappings import codes, r4, r5
 from ..outcome import Issue, operation_outcome
-from ..store import FormVersion
+from ..store.forms import FormVersion
 from ..validation import CONSENT_PROFILES, validate_consent
 from .protocol import (
     etag,
@@ -29,6 +29,7 @@ from .protocol import (
     principal,
     problem,
     require,
+    service,
     version_headers,
 )
 
@@ -39,10 +40,6 @@ STATUS_TO_FORM = {row.code: row.value for row in codes.STATUS_R4}
 SEARCH_PARAMS = {"patient:identifier", "patient.identifier", "subject:identifier", "identifier", "status", "_lastUpdated",
                  "_count", "_offset", "_format", "_pretty"}
 MAX_COUNT = 100
-
-
-def service() -> ConsentService:
-    return current_app.extensions["casus"]
 
 
 def fhir_version() -> str:

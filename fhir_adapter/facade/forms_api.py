@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, request, url_for
+from flask import Blueprint, request, url_for
 
-from ..consent_service import ConsentService
 from ..form import form_to_json, parse_form
-from ..nhs_number import is_valid as nhs_number_is_valid
-from ..store import FormVersion
-from .protocol import expected_version, json_body, json_response, principal, problem, require, version_headers
+from ..store.forms import FormVersion
+from .protocol import (
+    checked_nhs_number,
+    expected_version,
+    json_body,
+    json_response,
+    principal,
+    problem,
+    require,
+    service,
+    version_headers,
+)
 
 bp = Blueprint("forms", __name__, url_prefix="/api")
 FORM_STATUSES = ("draft", "active", "withdrawn", "entered-in-error")
-
-
-def service() -> ConsentService:
-    return current_app.extensions["casus"]
 
 
 def render(found: FormVersion) -> dict[str, Any]:
@@ -28,12 +32,6 @@ def render(found: FormVersion) -> dict[str, Any]:
         "source": found.source,
         "form": form_to_json(found.form),
     }
-
-
-def checked_nhs_number(value: str, where: str) -> str:
-    if not nhs_number_is_valid(value):
-        raise problem(400, "value", where, "not a valid NHS number (10 digits with a Modulus 11 check digit)")
-    return value
 
 
 @bp.post("/forms")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import Blueprint
 
-from .protocol import json_response
+from .protocol import json_response, service
 
 bp = Blueprint("health", __name__, url_prefix="/health")
 
@@ -18,6 +18,6 @@ def live() -> Any:
 
 @bp.get("/ready")
 def ready() -> Any:
-    if current_app.extensions["casus"].store.ping():
+    if service().store.ping():
         return json_response({"status": "ready"})
     return json_response({"status": "unavailable"}, 503)

@@ -1,27 +1,33 @@
-"""HTTP conventions shared by every blueprint: auth, JSON bodies, OperationOutcome errors, ETags.
+"""HTTP conventions shared by every blueprint: scopes, the service, JSON bodies, OperationOutcome errors, ETags.
 
 Every failure leaves as a FHIR OperationOutcome with a 4xx status naming the
-field; nothing here ever returns a traceback.
+field; nothing here ever returns a traceback.  Authentication itself happens
+once per request, in the request pipeline (``pipeline.py``), against the scope
+a view declares with ``require``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 
-from ..access import Principal, Refusal, authenticate, authorise
+from ..access import Principal
+from ..consent_service import ConsentService
 from ..fhir_structure import load_json
+from ..nhs_number import is_valid as nhs_number_is_valid
 from ..outcome import Issue, error, operation_outcome
 
 FHIR_JSON = "application/fhir+json"
-access_log = logging.getLogger("fhir_adapter.http")
+#: Where the app keeps its ConsentService (Flask's extension registry) ...
+SERVICE_EXTENSION = "casus"
+#: ... and where the request pipeline leaves the authenticated caller for the view.
+PRINCIPAL_KEY = "casus.principal"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -39,11 +45,42 @@ def problem(status: int, code: str, expression: str, diagnostics: str) -> HttpPr
     return HttpProblem(status, [error(code, expression, diagnostics)])
 
 
-def log_request(method: str, rule: str, status: int | str, elapsed_ms: float, who: str, request_id: str) -> None:
-    """The one access-log line, whichever path answered: the route *template* only (paths and queries can
-    hold NHS numbers), status, time, token name and request id."""
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info("%s %s -> %s %.1fms by=%s id=%s", method, rule, status, elapsed_ms, who, request_id)
+@dataclass(frozen=True)
+class Answer:
+    """A response before it is sent: what the pipeline writes for a lean route or an error, and Flask otherwise."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_answer(document: Any, status: int = 200, *, fhir: bool = False, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, serialise(document).encode(), (FHIR_JSON if fhir else "application/json") + "; charset=utf-8",
+                  tuple((headers or {}).items()))
+
+
+def outcome_answer(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Answer:
+    return json_answer(operation_outcome(issues), status, fhir=True, headers=headers)
+
+
+def flask_response(answer: Answer) -> Response:
+    response = Response(answer.body, status=answer.status)
+    response.headers["Content-Type"] = answer.content_type
+    for key, value in answer.headers:
+        response.headers[key] = value
+    return response
+
+
+def service(app: Flask | None = None) -> ConsentService:
+    """The app's consent service (the current app's unless one is given)."""
+    return (app or current_app).extensions[SERVICE_EXTENSION]
+
+
+def checked_nhs_number(value: str, where: str) -> str:
+    if not nhs_number_is_valid(value):
+        raise problem(400, "value", where, "not a valid NHS number (10 digits with a Modulus 11 check digit)")
+    return value
 
 
 def serialise(document: Any) -> str:
@@ -52,48 +89,25 @@ def serialise(document: Any) -> str:
 
 
 def json_response(document: Any, status: int = 200, *, fhir: bool = False, headers: dict[str, str] | None = None) -> Response:
-    body = serialise(document)
-    response = Response(body, status=status, mimetype=FHIR_JSON if fhir else "application/json")
-    response.headers["Content-Type"] = (FHIR_JSON if fhir else "application/json") + "; charset=utf-8"
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    return response
-
-
-def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
-    return json_response(operation_outcome(issues), status, fhir=True, headers=headers)
+    return flask_response(json_answer(document, status, fhir=fhir, headers=headers))
 
 
 def principal() -> Principal:
-    return g.principal
+    """The caller the request pipeline authenticated for this request."""
+    return request.environ[PRINCIPAL_KEY]  # type: ignore[no-any-return]
 
 
 def require(scope: str | None) -> Callable[[F], F]:
-    """Authenticate the bearer token and check one scope (None: any valid token)."""
+    """Declare that a view needs a valid bearer token with ``scope`` (None: any valid token).
+
+    The request pipeline checks it before the view runs; a view without this declaration is public.
+    """
 
     def decorate(view: F) -> F:
-        @wraps(view)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            result = authenticate(request.headers.get("Authorization"), current_app.config["CASUS_GRANTS"], datetime.now(UTC))
-            if isinstance(result, Refusal):
-                raise _refused(result)
-            if scope is not None and (refusal := authorise(result, scope)):
-                raise _refused(refusal)
-            g.principal = result
-            return view(*args, **kwargs)
-
-        guarded.required_scope = scope  # type: ignore[attr-defined]
-        return guarded  # type: ignore[return-value]
+        view.required_scope = scope  # type: ignore[attr-defined]
+        return view
 
     return decorate
-
-
-def _refused(refusal: Refusal) -> HttpProblem:
-    headers = {"WWW-Authenticate": 'Bearer realm="casus"'} if refusal.status == 401 else {}
-    if refusal.code == "expired":
-        headers["WWW-Authenticate"] = 'Bearer realm="casus", error="invalid_token", error_description="token expired"'
-    code = "login" if refusal.status == 401 else "forbidden"
-    return HttpProblem(refusal.status, [error(code, "", refusal.reason)], headers)
 
 
 def json_body() -> Any:

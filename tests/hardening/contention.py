@@ -20,7 +20,8 @@ from flask.testing import FlaskClient
 from fhir_adapter import decision
 from fhir_adapter.form import form_to_json, parse_form
 from fhir_adapter.mappings import codes
-from fhir_adapter.store import NotFound, Store
+from fhir_adapter.store import Store
+from fhir_adapter.store.forms import NotFound
 from tests.support.facade import bearer
 
 RECIPIENT_ROLE = "mother"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from fhir_adapter.store import AlreadyExists
+from fhir_adapter.store.forms import AlreadyExists
 from tests.hardening.conftest import MAX_BODY_BYTES, Facade
 from tests.hardening.corruption import Corrupted, corrupted
 from tests.hardening.figures import FigureBook, budget

@@ -26,6 +26,7 @@ import pytest
 from fhir_adapter import nhs_number
 from tests.hardening.figures import FigureBook, budget
 from tests.support.facade import example_form
+from tests.support.processes import stop_process
 from tests.test_facade_process import free_port, wait_until_ready
 
 TOKEN = "load-test-token-0123456789abcdef"
@@ -121,12 +122,7 @@ def test_decisions_under_sustained_load_with_a_concurrent_sync_have_no_errors(fh
             t.join(timeout=seconds * 4 + 120)
         assert not any(t.is_alive() for t in threads), "the load did not stop by itself"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop_process(server)
     p = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     figures.add(SECTION, "seconds of load", seconds)
     figures.add(SECTION, "decision requests", len(latencies) + errors["count"])

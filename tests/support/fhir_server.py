@@ -16,7 +16,6 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -29,11 +28,17 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.processes import stop_process
+
+try:
+    import fcntl  # POSIX: the install lock below; elsewhere parallel sessions are not guarded
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 SEKMET_REQUIREMENT = "sekmet-fhir==0.1.1"
 SEKMET_VERSION = "0.1.1"
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 INSTALL_TIMEOUT_S = 900.0
 
 
@@ -61,7 +66,8 @@ def ensure_sekmet(venv: Path) -> Path:
         return executable
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be installing: wait for it, then re-check
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be installing: wait for it, then re-check
         if _installed_version(python) != SEKMET_VERSION or not executable.exists():
             steps = [[sys.executable, "-m", "venv", str(venv)], [str(python), "-m", "pip", "install", "--quiet", SEKMET_REQUIREMENT]]
             for step in steps:
@@ -132,14 +138,7 @@ class SekmetServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process)
 
     def restart(self) -> None:
         """Stop and start again on the same port and data (sekmet persists data across restarts)."""

@@ -12,7 +12,7 @@ How it stays safe:
   never half-way (both engines have transactional DDL);
 * two processes opening the same PostgreSQL database at once serialise on a
   transaction-level advisory lock; on SQLite the transaction starts with
-  ``BEGIN IMMEDIATE`` (see ``store.py``), which takes the file's write lock;
+  ``BEGIN IMMEDIATE`` (see ``engine.py``), which takes the file's write lock;
 * running it again is a no-op, and a database newer than this code is refused
   rather than written with an older idea of the schema.
 
@@ -171,7 +171,7 @@ sync_records = Table(
     Column("mapping_version", Integer, nullable=True),
 )
 
-#: sync_records as migration 1 created it (frozen: migration 3 adds mapping_version).
+#: sync_records as migration 1 created it (frozen: migration 4 adds mapping_version).
 _sync_records_v1 = Table(
     "sync_records", MetaData(),
     Column("form_id", String(64), primary_key=True),
@@ -189,13 +189,6 @@ locks = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
-#: Audit journal segments (see audit_journal.py) whose rows are already in audit_log: the mark goes in with
-#: the rows, so a segment left on disk by a process that died before deleting it is never replayed twice.
-audit_journal_segments = Table(
-    "audit_journal_segments", metadata,
-    Column("name", String(100), primary_key=True),
-    Column("drained_at", UTCDateTime, nullable=False),
-)
 
 FORM_VERSION_COUNTER = "form_versions"
 
@@ -214,17 +207,25 @@ def _v1_initial_schema(conn: Connection) -> None:
 
 
 def _v2_audit_journal(conn: Connection) -> None:
-    audit_journal_segments.create(conn)
+    # Frozen copy: the table an earlier way of writing the audit trail kept, dropped again by version 3.
+    Table("audit_journal_segments", MetaData(),
+          Column("name", String(100), primary_key=True),
+          Column("drained_at", UTCDateTime, nullable=False)).create(conn)
 
 
-def _v3_sync_mapping_version(conn: Connection) -> None:
+def _v3_drop_audit_journal(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE IF EXISTS audit_journal_segments"))
+
+
+def _v4_sync_mapping_version(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE sync_records ADD COLUMN mapping_version INTEGER"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
     Migration(2, "drained audit journal segments", _v2_audit_journal),
-    Migration(3, "mapping version of each Consent sync pushed", _v3_sync_mapping_version),
+    Migration(3, "audit records committed directly: journal segments dropped", _v3_drop_audit_journal),
+    Migration(4, "mapping version of each Consent sync pushed", _v4_sync_mapping_version),
 )
 
 

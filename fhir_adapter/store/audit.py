@@ -1,0 +1,274 @@
+"""The audit trail: redaction, and the one way a record becomes durable.
+
+The promise is "no answer without its audit record": ``AuditTrail.write``
+returns only once the row is committed, and raises ``AuditWriteFailed``
+otherwise, so the caller answers with an error instead of an unaudited verdict.
+Records about a data change (a stored form version, a disclosure) go in with the
+change itself, in the same transaction (``AuditTrail.insert``).
+
+Request-level records (every decision, every read) sit on the EHR's hot path,
+so concurrent writers share a commit (group commit): whoever finds the commit
+lock free becomes the leader and commits every row queued so far, its own
+included, while the others wait for the lock and usually find their row already
+durable.  No extra thread, no files beside the database, nothing platform-specific.
+If the commit fails, every request in that batch fails (fail closed).
+
+Privacy: the trail keeps ids, actions, codes and outcomes only; ``redact``
+replaces anything that looks like an identifying field or an NHS number.  The
+``subject`` column alone holds the NHS number concerned, so "who looked at this
+young person's choices?" can be answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Row, insert, select
+
+from .. import nhs_number
+from . import schema
+from .engine import Database, dumps, page_bounds, require_actor
+
+log = logging.getLogger("fhir_adapter.store")
+
+
+class AuditWriteFailed(RuntimeError):
+    """The audit row could not be made durable; the caller must not answer as if it were."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit event: who did what to which resource, and how it ended. Never clinical content."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    resource: str | None
+    outcome: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    subject: str | None = None  # NHS number of the young person concerned, when there is one
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at.isoformat(), "actor": self.actor, "action": self.action, "resource": self.resource,
+                "outcome": self.outcome, "subject": self.subject, "detail": self.detail}
+
+
+# --------------------------------------------------------------------------- redaction
+
+_SENSITIVE_KEYS = frozenset({
+    "name", "names", "givenname", "familyname", "nhsnumber", "birthdate", "dateofbirth", "dob", "address",
+    "postcode", "phone", "telephone", "email", "reason", "recipient", "note", "notes", "text", "narrative",
+    "comment", "comments", "freetext", "form", "document", "body", "content",
+})
+_NHS_NUMBER_LIKE = re.compile(r"(?<!\d)(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?!\d)")
+_NOT_A_LETTER = re.compile(r"[^a-z]")
+REDACTED = "[redacted]"
+NHS_NUMBER_MASK = "[nhs-number]"
+
+
+def mask_nhs_numbers(value: str) -> str:
+    """Replace anything that is a valid NHS number (spaced or not) with a mask.
+
+    >>> mask_nhs_numbers("Patient/9434765919 and 943 476 5919, not 1234567890")
+    'Patient/[nhs-number] and [nhs-number], not 1234567890'
+    """
+    if len(value) < 10:
+        return value  # too short to hold ten digits (most audit values: codes)
+    return _NHS_NUMBER_LIKE.sub(lambda m: NHS_NUMBER_MASK if nhs_number.is_valid("".join(m.groups())) else m.group(0), value)
+
+
+def _is_sensitive_key(key: str) -> bool:
+    """Compared with punctuation, digits and case removed, so "Nhs_Number" and "nhs-number" are both caught."""
+    lowered = key.lower()
+    if lowered.isalpha():  # most keys callers use ("purpose", "informationTypes"): nothing more to normalise
+        return lowered in _SENSITIVE_KEYS
+    return _NOT_A_LETTER.sub("", lowered) in _SENSITIVE_KEYS
+
+
+def redact(value: Any) -> Any:
+    """An audit-safe copy of a value: identifying fields and NHS numbers removed, only JSON types kept.
+
+    The audit trail must never hold clinical content, yet callers build its
+    detail from live requests; redacting here means a careless caller leaks a
+    placeholder rather than a name.
+
+    >>> redact({"verdict": "permit", "name": "Alex", "nhs_number": "9434765919", "purposes": ["THREAT"], "ids": ["x 9434765919"]})
+    {'verdict': 'permit', 'name': '[redacted]', 'nhs_number': '[redacted]', 'purposes': ['THREAT'], 'ids': ['x [nhs-number]']}
+    """
+    if isinstance(value, str):
+        return mask_nhs_numbers(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict | Mapping):
+        return {str(k): REDACTED if _is_sensitive_key(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    return mask_nhs_numbers(str(value))
+
+
+def audit_row(at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
+              detail: Mapping[str, Any] | None, subject: str | None) -> dict[str, Any]:
+    """The audit_log row for one event, redacted; ``subject`` is kept only when it is a valid NHS number."""
+    return {"at": at, "actor": actor, "action": action, "resource": mask_nhs_numbers(resource) if resource is not None else None,
+            "outcome": outcome, "detail": dumps(redact(detail or {})),
+            "subject": subject if subject and nhs_number.is_valid(subject) else None}
+
+
+def _record_from_row(row: Row[Any]) -> AuditRecord:
+    return AuditRecord(row.id, row.at, row.actor, row.action, row.resource, row.outcome, json.loads(row.detail), row.subject)
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    committed: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Leader/follower group commit of rows from many threads: a row is committed before ``write`` returns."""
+
+    def __init__(self, write_batch: Callable[[Sequence[dict[str, Any]]], None], *, max_batch: int = 500) -> None:
+        self._write_batch = write_batch
+        self._max_batch = max_batch
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._queued: list[_Pending] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Commit a row (possibly together with other threads' rows); raise AuditWriteFailed if it was not."""
+        mine = _Pending(row)
+        with self._queue_lock:
+            self._queued.append(mine)
+        while True:
+            with self._commit_lock:
+                if not (mine.committed or mine.error):
+                    self._commit_queued()
+            if mine.error is not None:
+                raise AuditWriteFailed("the audit trail could not be written") from mine.error
+            if mine.committed:
+                return
+
+    def _commit_queued(self) -> None:
+        with self._queue_lock:
+            batch, self._queued = self._queued[: self._max_batch], self._queued[self._max_batch:]
+        if not batch:
+            return
+        try:
+            self._write_batch([p.row for p in batch])
+        except Exception as exc:
+            log.error("audit batch of %d rows failed: %s", len(batch), type(exc).__name__)
+            for p in batch:
+                p.error = exc
+            return
+        for p in batch:
+            p.committed = True
+
+
+_INSERT_AUDIT = insert(schema.audit_log)
+
+
+class _DriverInsert:
+    """The audit INSERT as the database driver takes it, each value converted by its column type as SQLAlchemy would.
+
+    Request-level records are written once per decision, and SQLAlchemy's per-statement machinery (events,
+    compiled-cache lookup, result set-up) cost more than the insert and the commit together; the statement
+    is compiled once here instead, and runs on a plain driver connection.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        names = [c.name for c in schema.audit_log.columns if not c.primary_key]
+        compiled = _INSERT_AUDIT.compile(dialect=dialect, column_keys=names)
+        self.sql = compiled.string
+        self._positional = compiled.positional
+        # (bind parameter name, column name, the column type's conversion for this dialect), in the statement's order
+        order = compiled.positiontup if compiled.positional else list(compiled.binds)
+        self._binds = [(key, compiled.binds[key].key, schema.audit_log.c[compiled.binds[key].key].type.bind_processor(dialect))
+                       for key in order or ()]
+
+    def params(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        values = [(bind, row[column] if convert is None else convert(row[column])) for bind, column, convert in self._binds]
+        return tuple(v for _, v in values) if self._positional else dict(values)
+
+
+class AuditTrail:
+    """Writes and reads the audit_log table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._commits = GroupCommit(self._write_batch)
+        self._insert = _DriverInsert(db.engine.dialect)
+        self._sqlite = db.backend == "sqlite"
+        self._conn: Any = None  # a driver connection, used only under the group commit's lock
+
+    def write(self, *, actor: str, action: str, resource: str | None, outcome: str,
+              detail: Mapping[str, Any] | None = None, subject: str | None = None) -> None:
+        """Append a record; returns once it is committed, or raises AuditWriteFailed.
+
+        ``detail`` is for codes and ids; identifying fields are redacted on the way in.
+        """
+        require_actor(actor)
+        self._commits.write(audit_row(self._db.now(), actor=actor, action=action, resource=resource, outcome=outcome,
+                                      detail=detail, subject=subject))
+
+    def insert(self, conn: Connection, at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
+               detail: Mapping[str, Any] | None, subject: str | None = None) -> None:
+        """Append a record inside the caller's transaction: it commits, or is rolled back, with the change it records."""
+        conn.execute(_INSERT_AUDIT.values(**audit_row(at, actor=actor, action=action, resource=resource, outcome=outcome,
+                                                      detail=detail, subject=subject)))
+
+    def _write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
+        """One transaction for the batch, on one connection kept for the purpose (the commit lock serialises its use).
+
+        On SQLite the connection is in autocommit mode (see engine.py): a lone row's INSERT is its own
+        transaction, committed when the statement completes; a batch is wrapped in BEGIN IMMEDIATE ... COMMIT.
+        A failure closes the connection: the next batch starts on a fresh one.
+        """
+        if self._conn is None:
+            self._conn = self._db.engine.raw_connection()
+        try:
+            cursor = self._conn.cursor()
+            try:
+                if self._sqlite and len(rows) == 1:
+                    cursor.execute(self._insert.sql, self._insert.params(rows[0]))
+                    return
+                if self._sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                cursor.executemany(self._insert.sql, [self._insert.params(row) for row in rows])
+            finally:
+                cursor.close()
+            self._conn.commit()
+        except Exception:
+            self.close()
+            raise
+
+    def records(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        """The most recent records, newest first, optionally for one actor and/or one subject."""
+        page_bounds(limit, 0)
+        t = schema.audit_log
+        query = select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        if actor is not None:
+            query = query.where(t.c.actor == actor)
+        if subject is not None:
+            query = query.where(t.c.subject == subject)
+        with self._db.read() as conn:
+            return [_record_from_row(r) for r in conn.execute(query).all()]
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # nothing to undo after a commit; after a failure, leave no open transaction
+                conn.rollback()
+            conn.close()
