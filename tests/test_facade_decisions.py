@@ -50,15 +50,15 @@ def test_several_types_permit_only_if_each_does(loaded):
     assert {t["informationType"]: t["decision"] for t in verdict["perType"]} == {"attendance": "permit", "medication": "deny"}
 
 
-def test_changing_the_form_changes_the_answer_and_as_of_uses_the_version_then(loaded):
+def test_changing_the_form_changes_the_answer_and_as_of_uses_the_choice_then(loaded):
     before = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json
     changed = example_form()
+    changed["recorded"]["date"] = "2026-11-25T09:00:00+00:00"  # the young person changed their mind five days later
     changed["people"][0] = {"id": "mum", "name": "Pat Example", "role": "mother", "sharing": "do-not-share"}
     assert loaded.put(f"/api/forms/{FORM_ID}", json=changed, headers={**bearer("clinician"), "If-Match": 'W/"1"'}).status_code == 200
     after = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json
     assert (before["decision"], after["decision"]) == ("permit", "deny")
-    first_stored = loaded.get(f"/api/forms/{FORM_ID}/versions/1", headers=bearer("ehr")).json["recordedAt"]
-    then = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance", "at": first_stored}).json
+    then = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance", "at": "2026-11-22T12:00:00+00:00"}).json
     assert then["decision"] == "permit" and then["consent"]["version"] == 1
 
 
