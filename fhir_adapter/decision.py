@@ -597,7 +597,8 @@ def summary(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime,
     every version given).
     """
     at = _aware(at, "the summary time")
-    v = version_in_force(_nhs_number(nhs_number), versions, at, known_at and _aware(known_at, "the known-at time"))
+    known = _aware(known_at, "the known-at time") if known_at is not None else None
+    v = version_in_force(_nhs_number(nhs_number), versions, at, known)
     if v is None or v.form.status != "active":
         return []
     day = at.astimezone(_uk()).date()
@@ -761,8 +762,7 @@ def for_decision_only_caller(verdict: Verdict, request: DecisionRequest) -> Verd
                        per_type_provisions=tuple((t, None) for t in types))
     if verdict.basis == "policy-exception":
         purpose = request.purpose.strip()
-        reason = (f"permit (policy exception): purpose {purpose} "
-                  f"({_EXCEPTION_LABELS.get(EXCEPTION_PURPOSES.get(purpose, ''), 'policy exception')}) is an exception under "
+        reason = (f"permit (policy exception): purpose {purpose} ({_EXCEPTION_LABELS[EXCEPTION_PURPOSES[purpose]]}) is an exception under "
                   f"the CASUS confidentiality policy ({codes.POLICY_URI}); the disclosure must be recorded and the young person "
                   "told what, to whom and the likely consequences, unless that would increase the risk.")
         obligations: tuple[Obligation, ...] = (RECORD_DISCLOSURE, INFORM_YOUNG_PERSON)

@@ -67,6 +67,30 @@ def test_a_withdrawn_consent_permits_nothing(loaded):
     assert ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json["decision"] == "deny"
 
 
+def test_a_court_not_on_the_form_may_be_asked_about_under_a_court_order(loaded):
+    verdict = ask(loaded, **{"recipient-role": "court", "information-type": "substance-use", "purpose": "HLEGAL"})
+    assert (verdict.status_code, verdict.json["decision"], verdict.json["basis"]) == (200, "permit", "policy-exception")
+
+
+def test_a_court_receives_nothing_for_treatment(loaded):
+    verdict = ask(loaded, **{"recipient-role": "court", "information-type": "attendance"})
+    assert (verdict.status_code, verdict.json["decision"]) == (200, "deny")
+
+
+def test_asking_about_a_parent_matches_the_mother_and_the_father(loaded):
+    verdict = ask(loaded, **{"recipient-role": "parent", "information-type": "attendance"}).json
+    assert (verdict["decision"], verdict["matchedPeople"]) == ("deny", ["mum", "dad"])
+
+
+def test_a_team_draft_leaves_the_active_consent_deciding(loaded):
+    draft = example_form()
+    draft["status"] = "draft"
+    draft["people"][0] = {"id": "mum", "name": "Pat Example", "role": "mother", "sharing": "do-not-share"}
+    assert loaded.put(f"/api/forms/{FORM_ID}", json=draft, headers={**bearer("clinician"), "If-Match": 'W/"1"'}).status_code == 200
+    verdict = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json
+    assert (verdict["decision"], verdict["consent"]["version"]) == ("permit", 1)
+
+
 def test_risk_of_significant_harm_permits_with_obligations_despite_do_not_share(loaded):
     verdict = ask(loaded, purpose="THREAT", **{"recipient-role": "father", "information-type": "risk-safety"}).json
     assert verdict["decision"] == "permit" and verdict["basis"] == "policy-exception"
