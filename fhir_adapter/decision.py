@@ -6,17 +6,20 @@ store hands in the stored versions of a patient's forms; the facade renders the
 
 Precedence, applied in this order and restated in every answer's ``reason``:
 
-1. **The request must make sense.**  Unknown information types, roles or
-   identifier systems, a recipient with no criterion, a malformed NHS number or
-   a time without a zone raise ``ValueError`` (the facade answers 400).  Nothing
-   about the patient has been looked at yet.
+1. **The request must make sense.**  Unknown information types or identifier
+   systems, a role that is neither a form role nor an exception recipient
+   (``codes.EXCEPTION_RECIPIENT_ROLES``), a recipient with no criterion, a
+   malformed NHS number or a time without a zone raise ``ValueError`` (the
+   facade answers 400).  Nothing about the patient has been looked at yet.
 2. **Policy exceptions, for their own purpose only.**  Purpose ``THREAT`` (risk
    of significant harm) or ``HLEGAL`` (court order) permits every information
-   type to any recipient, whatever the young person chose and even with no,
-   draft or withdrawn consent: the law forces it.  It always carries the
-   obligations ``record-disclosure`` and ``inform-young-person``.  An exception
-   never permits for any other purpose (not even its override reason codes
-   such as OVRTPS).
+   type to any recipient -- on the form or not: a court, the police, children's
+   social care, anyone named by a role or an identifier -- whatever the young
+   person chose and even with no, draft or withdrawn consent: the law forces
+   it.  It always carries the obligations ``record-disclosure`` and
+   ``inform-young-person``.  An exception never permits for any other purpose
+   (not even its override reason codes such as OVRTPS), so a recipient only an
+   exception reaches gets nothing for care.
 3. **Only care purposes are covered by a choice.**  The young person agreed to
    share with people who help and support them, so a choice permits only
    ``CARE_PURPOSES`` (TREAT, ETREAT, COC, CAREMGT).  Anything else (HOPERAT,
@@ -24,19 +27,26 @@ Precedence, applied in this order and restated in every answer's ``reason``:
    so no consent is consulted or cited.  HOPERAT is excluded on purpose: it
    covers administration, training, fraud and legal work that the young person
    never agreed to, and HLEGAL is one of its children.
-4. **The version in force at t.**  For each form of the patient, the highest
-   version recorded (``recorded_at``) at or before t; if several forms, the one
-   whose version in force was recorded last (ties: the larger form id, so the
-   answer never depends on input order).  Versions recorded after t do not
-   exist yet.  No version in force and an unknown patient give the *same*
-   verdict, word for word: answers never reveal whether a young person is known
-   to CASUS.
+4. **The version in force at t, as known at k.**  A choice takes effect from
+   when it was made: a version governs from its form's ``recorded.date``, not
+   from when the adapter stored it (``recorded_at``), so a paper form signed in
+   September and typed in in November answers about October.  Among the
+   patient's versions stored at or before k (*known at*, default now: what we
+   knew then), the one with the latest ``recorded.date`` at or before t is in
+   force; storage order breaks ties (later stored wins), so an older paper form
+   entered after a newer choice does not override it.  Drafts are proposals
+   and are never in force: the active version keeps deciding until a newer
+   version is active, withdrawn or entered in error.  No version in force and
+   an unknown patient give the *same* verdict, word for word.
 5. **Only an active consent permits.**  Draft, withdrawn and entered-in-error
    versions permit nothing; the verdict cites the version and its status code.
 6. **The young person's choice overrides the default.**  The recipient matches
    the people on the form by every criterion given (person id, identifier, role)
    -- giving more criteria narrows the match and never widens it, so an unknown
-   GMC number is not rescued by a matching role.  A person's choice applies only
+   GMC number is not rescued by a matching role.  A role matches every person
+   whose role falls under it (``codes.ROLE_FAMILIES``: ``parent`` covers the
+   mother, the father, a step-parent and a foster parent); the verdict lists
+   the people matched.  A person's choice applies only
    on the UK calendar days of its period.  For each information type asked: if
    any applicable matched person is ``do-not-share``, or any does not list the
    type, it is denied (at the same level deny beats permit); otherwise it is
@@ -45,6 +55,10 @@ Precedence, applied in this order and restated in every answer's ``reason``:
 7. **Default deny.**  Nothing matched, or every matched choice is outside its
    period: the base rule decides (``Consent.policyRule``, opt-in: nothing is
    disclosed unless a provision permits it).
+
+Callers who may only ask for decisions get ``for_decision_only_caller(verdict,
+request)``: every deny reads the same (unknown patient, no consent, not on the
+form, refused), and no answer cites a consent, provision or person.
 
 Ages move (on the UK calendar date of t): a consent given by a person with
 parental responsibility is flagged ``review-due-turned-16`` once the young
@@ -67,7 +81,7 @@ provision holds everything its answer depends on): person i is
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Literal, Protocol
@@ -107,7 +121,12 @@ def _uk() -> ZoneInfo:
 
 
 class VersionLike(Protocol):
-    """What the engine needs from a stored form version (the store's FormVersion satisfies it)."""
+    """What the engine needs from a stored form version (the store's FormVersion satisfies it).
+
+    Two times: ``form.recorded.date`` is when the young person (or the decider) made the choice and decides from
+    when the version governs; ``recorded_at`` is when the adapter stored the version and decides only what was
+    known at a moment (*known at*) and, for equal choice times, which came later.
+    """
 
     @property
     def form_id(self) -> str: ...
@@ -121,7 +140,7 @@ class VersionLike(Protocol):
 
 @dataclass(frozen=True)
 class StoredVersion:
-    """A stored form version; ``recorded_at`` is when the store kept it (UTC), which decides what was in force."""
+    """A stored form version; ``recorded_at`` is when the store kept it (UTC), not when the choice was made."""
 
     form_id: str
     version: int
@@ -141,11 +160,14 @@ class Recipient:
 
 @dataclass(frozen=True)
 class DecisionRequest:
+    """The question.  ``at``: the moment it is about; ``known_at``: answer with what was stored then (both default now)."""
+
     nhs_number: str
     recipient: Recipient
     information_types: tuple[str, ...]
     purpose: str
     at: datetime | None = None
+    known_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +178,11 @@ class Obligation:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The answer and why.  ``per_type_provisions`` gives the deciding provision for each type asked."""
+    """The answer and why.  ``per_type_provisions`` gives the deciding provision for each type asked.
+
+    ``matched_people`` are the ids of the people on the form the recipient matched; ids may be made up from
+    names, so they are for callers who may read consents (``for_decision_only_caller`` drops them).
+    """
 
     decision: Decision
     reason: str
@@ -168,6 +194,7 @@ class Verdict:
     per_type: tuple[tuple[str, Decision], ...] = ()
     flags: tuple[str, ...] = ()
     per_type_provisions: tuple[tuple[str, str | None], ...] = ()
+    matched_people: tuple[str, ...] = ()
 
     @property
     def consent_reference(self) -> str | None:
@@ -281,8 +308,8 @@ def _criteria(recipient: Recipient) -> _Criteria:
             raise ValueError("the recipient identifier value is empty")
         kind = _identifier_kind(recipient.identifier_system)
         identifier = (kind, value.upper() if kind == _ODS else value)
-    if recipient.role is not None and recipient.role not in codes.PERSON_ROLES.values():
-        raise ValueError(f"unknown recipient role {recipient.role!r}; valid roles: {', '.join(codes.PERSON_ROLES.values())}")
+    if recipient.role is not None and recipient.role not in codes.EXCEPTION_RECIPIENT_ROLES.values():
+        raise ValueError(f"unknown recipient role {recipient.role!r}; valid roles: {', '.join(codes.EXCEPTION_RECIPIENT_ROLES.values())}")
     criteria = _Criteria(recipient.person_id or None, identifier, recipient.role)
     if criteria.person_id is None and criteria.identifier is None and criteria.role is None:
         raise ValueError("the recipient needs a person id, an identifier or a role")
@@ -305,18 +332,25 @@ def _purpose(value: str) -> str:
 # --------------------------------------------------------------------------- the version in force
 
 
-def version_in_force(nhs_number: str, versions: Iterable[VersionLike], at: datetime) -> VersionLike | None:
-    """The patient's form version in force at ``at`` (rule 4 of the module docstring), in one pass."""
-    latest: dict[str, VersionLike] = {}
-    for v in versions:
-        if v.recorded_at > at or v.form.young_person.nhs_number != nhs_number:
-            continue
-        held = latest.get(v.form_id)
-        if held is None or v.version > held.version:
-            latest[v.form_id] = v
-    if not latest:
-        return None
-    return max(latest.values(), key=lambda v: (v.recorded_at, v.form_id))
+def _in_force_order(v: VersionLike) -> tuple[datetime, datetime, int, str]:
+    """Latest choice first; for equal choice times the later stored (then, for equal store times, a total order)."""
+    return v.form.recorded.date, v.recorded_at, v.version, v.form_id
+
+
+def _known(v: VersionLike, nhs_number: str, known_at: datetime | None) -> bool:
+    return v.form.young_person.nhs_number == nhs_number and (known_at is None or v.recorded_at <= known_at)
+
+
+def version_in_force(nhs_number: str, versions: Iterable[VersionLike], at: datetime,
+                     known_at: datetime | None = None) -> VersionLike | None:
+    """The patient's version in force at ``at`` with what was stored by ``known_at`` (rule 4; None: all given).
+
+    Across all the patient's forms and versions alike: a choice recorded later replaces an earlier one whichever
+    form holds it.  Drafts are skipped: a proposal never changes what is in force.
+    """
+    candidates = [v for v in versions
+                  if _known(v, nhs_number, known_at) and v.form.status != "draft" and v.form.recorded.date <= at]
+    return max(candidates, key=_in_force_order, default=None)
 
 
 def _ref(v: VersionLike) -> str:
@@ -345,12 +379,16 @@ def _review_note(flags: tuple[str, ...]) -> str:
 
 
 def _matches(form: ConsentForm, criteria: _Criteria) -> list[tuple[int, Person]]:
-    """People on the form who satisfy every criterion given, with their index (their provision position)."""
+    """People on the form who satisfy every criterion given, with their index (their provision position).
+
+    A role stands for its family: asking about a parent matches the mother and the father too.
+    """
+    roles = codes.roles_covered_by(criteria.role) if criteria.role is not None else None
     out = []
     for i, p in enumerate(form.people):
         if criteria.person_id is not None and p.id != criteria.person_id:
             continue
-        if criteria.role is not None and p.role != criteria.role:
+        if roles is not None and p.role not in roles:
             continue
         if criteria.identifier is not None and not _has_identifier(p, *criteria.identifier):
             continue
@@ -422,6 +460,7 @@ def decide(request: DecisionRequest, versions: Sequence[VersionLike], *, now: da
     Raises ValueError for a request that does not make sense (the facade's 400).
     """
     at = _aware(request.at if request.at is not None else now, "the decision time")
+    known_at = _aware(request.known_at if request.known_at is not None else now, "the known-at time")
     types = _information_types(request.information_types)
     criteria = _criteria(request.recipient)
     patient = _nhs_number(request.nhs_number)
@@ -429,19 +468,19 @@ def decide(request: DecisionRequest, versions: Sequence[VersionLike], *, now: da
     day = at.astimezone(_uk()).date()
 
     if purpose in EXCEPTION_PURPOSES:
-        return _exception_verdict(purpose, types, version_in_force(patient, versions, at), day)
+        return _exception_verdict(purpose, types, version_in_force(patient, versions, at, known_at), day)
     if purpose not in CARE_PURPOSES:
         return _verdict("deny", types, None, None, "default", (
             f"deny (default): purpose {purpose} is not one a young person's choice covers "
             f"(care purposes: {', '.join(sorted(CARE_PURPOSES))}) and is not a policy exception (THREAT, HLEGAL); "
             f"CASUS does not disclose for it ({codes.POLICY_URI})."
         ))
-    v = version_in_force(patient, versions, at)
+    v = version_in_force(patient, versions, at, known_at)
     if v is None:
         return _verdict("deny", types, None, None, "default", NO_CONSENT_REASON)
     if v.form.status != "active":
         return _verdict("deny", types, v, None, "default", (
-            f"deny (default): the consent version in force on {day.isoformat()} ({_ref(v)}, the newest recorded by then) "
+            f"deny (default): the consent version in force on {day.isoformat()} ({_ref(v)}, the latest choice made by then) "
             f"has status {v.form.status}; only an active consent permits disclosure."
         ))
     return _choice_verdict(v, criteria, types, purpose, day)
@@ -466,7 +505,8 @@ def _exception_verdict(purpose: str, types: tuple[str, ...], v: VersionLike | No
     where = f"the exception provision {path} of {_ref(v)}" if v is not None and path else f"the CASUS confidentiality policy ({codes.POLICY_URI})"
     reason = (
         f"permit (policy exception): purpose {purpose} ({_EXCEPTION_LABELS[kind]}) is an exception under {where}; "
-        "the law requires disclosure whatever the young person chose, and it overrides a choice only for this purpose. "
+        "the law requires disclosure to this recipient, on the form or not, whatever the young person chose, "
+        "and it overrides a choice only for this purpose. "
         "The disclosure must be recorded and the young person told what, to whom and the likely consequences, "
         "unless that would increase the risk." + _review_note(flags)
     )
@@ -477,8 +517,18 @@ def _choice_verdict(v: VersionLike, criteria: _Criteria, types: tuple[str, ...],
     form = v.form
     flags = review_flags(form, day)
     obligations = (REVIEW_CONSENT,) if flags else ()
-    in_force = f"active consent {_ref(v)} is the newest version in force on {day.isoformat()}"
+    in_force = f"active consent {_ref(v)} is the version in force on {day.isoformat()}"
     matched = _matches(form, criteria)
+    return _with_matched(_choice_answer(v, matched, types, purpose, day, flags, obligations, in_force), matched)
+
+
+def _with_matched(verdict: Verdict, matched: list[tuple[int, Person]]) -> Verdict:
+    return replace(verdict, matched_people=tuple(p.id for _, p in matched))
+
+
+def _choice_answer(v: VersionLike, matched: list[tuple[int, Person]], types: tuple[str, ...], purpose: str, day: date,
+                   flags: tuple[str, ...], obligations: tuple[Obligation, ...], in_force: str) -> Verdict:
+    form = v.form
     if not matched:
         return _verdict("deny", types, v, DEFAULT_RULE, "default", (
             f"deny (default): {in_force}, but no person on it matches the recipient, "
@@ -512,16 +562,19 @@ def _choice_verdict(v: VersionLike, criteria: _Criteria, types: tuple[str, ...],
 # --------------------------------------------------------------------------- summary
 
 
-def summary(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime) -> list[RecipientSummary]:
+def summary(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime,
+            known_at: datetime | None = None) -> list[RecipientSummary]:
     """Who may receive which information types (care purposes) under the form in force at ``at``.
 
     Empty when no active consent is in force -- the same for an unknown patient,
-    no consent, and a draft, withdrawn or entered-in-error version, so the
+    no consent, only drafts, and a withdrawn or entered-in-error version, so the
     summary reveals no more than a decision does.  Names are left out: the
-    EHR matches on identifiers and role.
+    EHR matches on identifiers and role.  ``known_at`` as for a decision (None:
+    every version given).
     """
     at = _aware(at, "the summary time")
-    v = version_in_force(_nhs_number(nhs_number), versions, at)
+    known = _aware(known_at, "the known-at time") if known_at is not None else None
+    v = version_in_force(_nhs_number(nhs_number), versions, at, known)
     if v is None or v.form.status != "active":
         return []
     day = at.astimezone(_uk()).date()
@@ -549,9 +602,153 @@ def summary_to_json(entries: Sequence[RecipientSummary]) -> list[dict[str, Any]]
             "identifiers": [{"system": s, "value": val} for s, val in e.identifiers],
         }
         if e.period is not None:
-            doc["period"] = {k: d.isoformat() for k, d in (("start", e.period.start), ("end", e.period.end)) if d is not None}
+            doc["period"] = _period_json(e.period)
         out.append(doc)
     return out
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+@dataclass(frozen=True)
+class PersonChange:
+    """How one person's choice would change if a proposal were agreed (``gains``/``losses``: care-purpose types)."""
+
+    person_id: str
+    role: str
+    change: Literal["added", "removed", "changed"]
+    sharing_before: str | None
+    sharing_after: str | None
+    gains: tuple[str, ...]
+    losses: tuple[str, ...]
+    period_before: Period | None = None
+    period_after: Period | None = None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A draft waiting for the young person (or the decider) to agree, against the version in force it would replace."""
+
+    form_id: str
+    version: int
+    proposed_at: datetime  # the draft's recorded.date
+    in_force: tuple[str, int] | None  # (form id, version) in force now, or None
+    changes: tuple[PersonChange, ...]
+
+    @property
+    def reference(self) -> str:
+        return f"Consent/{self.form_id}/_history/{self.version}"
+
+
+def pending_proposals(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime,
+                      known_at: datetime | None = None) -> list[Proposal]:
+    """Drafts still pending at ``at`` (as known at ``known_at``), each with what it would change.
+
+    A draft is pending while it is the newest version of its form that was stored by ``known_at``
+    and proposed (``recorded.date``) by ``at``; a later active, withdrawn or entered-in-error version of
+    the form settles it.  Changes are against the version in force at ``at``; a version in force that is
+    not active permits nothing, so against it every proposed person is ``added``.
+    """
+    at = _aware(at, "the summary time")
+    known = _aware(known_at, "the known-at time") if known_at is not None else None
+    patient = _nhs_number(nhs_number)
+    newest: dict[str, VersionLike] = {}
+    for v in versions:
+        if _known(v, patient, known) and (v.form_id not in newest or v.version > newest[v.form_id].version):
+            newest[v.form_id] = v
+    drafts = sorted((v for v in newest.values() if v.form.status == "draft" and v.form.recorded.date <= at),
+                    key=_in_force_order)
+    if not drafts:
+        return []
+    current = version_in_force(patient, versions, at, known)
+    before = current.form.people if current is not None and current.form.status == "active" else ()
+    return [Proposal(d.form_id, d.version, d.form.recorded.date,
+                     None if current is None else (current.form_id, current.version), person_changes(before, d.form.people))
+            for d in drafts]
+
+
+def _may_receive(person: Person | None) -> tuple[str, ...]:
+    return person.information_types if person is not None and person.sharing == "share" else ()
+
+
+def person_changes(before: Sequence[Person], after: Sequence[Person]) -> tuple[PersonChange, ...]:
+    """Per person (by id, in the proposal's order, then removed people): what would change; unchanged people omitted."""
+    old = {p.id: p for p in before}
+    new_ids = {p.id for p in after}
+    out = []
+    for p in (*after, *(q for q in before if q.id not in new_ids)):
+        was, will = old.get(p.id), (p if p.id in new_ids else None)
+        if was is not None and will is not None and (was.role, was.sharing, was.information_types, was.period) == (
+                will.role, will.sharing, will.information_types, will.period):
+            continue
+        gains = tuple(t for t in _may_receive(will) if t not in _may_receive(was))
+        losses = tuple(t for t in _may_receive(was) if t not in _may_receive(will))
+        out.append(PersonChange(
+            person_id=p.id, role=p.role, change="added" if was is None else "removed" if will is None else "changed",
+            sharing_before=was.sharing if was else None, sharing_after=will.sharing if will else None,
+            gains=gains, losses=losses, period_before=was.period if was else None, period_after=will.period if will else None,
+        ))
+    return tuple(out)
+
+
+def _period_json(period: Period | None) -> dict[str, str] | None:
+    if period is None:
+        return None
+    return {k: d.isoformat() for k, d in (("start", period.start), ("end", period.end)) if d is not None}
+
+
+def proposals_to_json(proposals: Sequence[Proposal]) -> list[dict[str, Any]]:
+    """Pending proposals as plain JSON for the summary: marked as proposals, never as what is in force."""
+    return [{
+        "status": "proposed",
+        "consent": p.reference,
+        "proposedAt": p.proposed_at.isoformat(),
+        "inForce": None if p.in_force is None else f"Consent/{p.in_force[0]}/_history/{p.in_force[1]}",
+        "changes": [{
+            "personId": c.person_id, "role": c.role, "change": c.change,
+            "sharing": {"before": c.sharing_before, "after": c.sharing_after},
+            "wouldReceive": list(c.gains), "wouldNoLongerReceive": list(c.losses),
+            "period": {"before": _period_json(c.period_before), "after": _period_json(c.period_after)},
+        } for c in p.changes],
+    } for p in proposals]
+
+
+# --------------------------------------------------------------------------- callers who may only ask for decisions
+
+#: The one reason every deny gives a caller who may not read consents: it must not hint whether CASUS knows the patient.
+UNDISCLOSED_DENY_REASON = (
+    "deny (default): CASUS information of the types asked may not go to this recipient for this purpose at the time asked "
+    f"({codes.POLICY_URI})."
+)
+
+
+def for_decision_only_caller(verdict: Verdict, request: DecisionRequest) -> Verdict:
+    """The answer as a caller allowed only to ask for decisions may see it.
+
+    Every deny becomes the same body whatever its cause -- unknown patient, no consent, recipient not on the
+    form, refused, outside a period, a purpose no choice covers -- so that only the echo of the question
+    (the information types asked) differs.  A permit keeps what the EHR must act on: the decision, the basis and
+    the obligations.  No answer cites a consent, version, provision or person; an exception permit reads the
+    same with and without a consent on file (so it drops a review obligation, which only a consent could raise).
+    """
+    types = tuple(dict.fromkeys(request.information_types))
+    if verdict.decision == "deny":
+        return Verdict(decision="deny", reason=UNDISCLOSED_DENY_REASON, form_id=None, version=None, provision=None,
+                       basis="default", per_type=tuple((t, "deny") for t in types),
+                       per_type_provisions=tuple((t, None) for t in types))
+    if verdict.basis == "policy-exception":
+        purpose = request.purpose.strip()
+        reason = (f"permit (policy exception): purpose {purpose} ({_EXCEPTION_LABELS[EXCEPTION_PURPOSES[purpose]]}) is an exception under "
+                  f"the CASUS confidentiality policy ({codes.POLICY_URI}); the disclosure must be recorded and the young person "
+                  "told what, to whom and the likely consequences, unless that would increase the risk.")
+        obligations: tuple[Obligation, ...] = (RECORD_DISCLOSURE, INFORM_YOUNG_PERSON)
+        flags: tuple[str, ...] = ()
+    else:
+        reason = "permit (choice): the choice on the consent in force permits every type asked for this recipient and purpose."
+        obligations, flags = verdict.obligations, verdict.flags
+    return Verdict(decision="permit", reason=reason + _review_note(flags), form_id=None, version=None, provision=None,
+                   basis=verdict.basis, obligations=obligations, flags=flags, per_type=tuple((t, "permit") for t in types),
+                   per_type_provisions=tuple((t, None) for t in types))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -570,6 +767,7 @@ def to_json(verdict: Verdict) -> dict[str, Any]:
         "obligations": [{"code": o.code, "text": o.text} for o in verdict.obligations],
         "perType": [{"informationType": t, "decision": d, "provision": provisions.get(t)} for t, d in verdict.per_type],
         "flags": list(verdict.flags),
+        "matchedPeople": list(verdict.matched_people),
     }
 
 
@@ -594,4 +792,5 @@ def to_parameters(verdict: Verdict) -> dict[str, Any]:
             parts.append(_part("provision", "String", provisions[t]))
         params.append({"name": "informationType", "part": parts})
     params += [_part("flag", "Code", f) for f in verdict.flags]
+    params += [_part("matchedPerson", "String", person_id) for person_id in verdict.matched_people]
     return {"resourceType": "Parameters", "parameter": params}

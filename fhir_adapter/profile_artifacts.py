@@ -88,6 +88,9 @@ def terminology() -> list[dict[str, Any]]:
         code_system(codes.CS_PERSON_ROLE, codes.PERSON_ROLES,
                     "Roles of people involved in a young person's care that HL7 v3 RoleCode does not name "
                     "(carer, GP, school, social worker, youth justice, other professionals)."),
+        code_system(codes.CS_RECIPIENT_ROLE, codes.EXCEPTION_ONLY_RECIPIENTS,
+                    "Recipients that are never on a CASUS form but that a policy exception (risk of significant harm, "
+                    "court order) may require CASUS to inform: a court, the police, children's social care."),
         code_system(codes.CS_DECISION_BASIS, codes.DECISION_BASIS,
                     "On what basis the person who made the confidentiality decisions decides (age, Gillick competence, "
                     "parental responsibility)."),

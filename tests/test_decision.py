@@ -2,7 +2,9 @@
 
 Timeline of the sample young person (born 2011-03-04): the form is recorded on
 2026-11-20 aged 15; they turn 16 on 2027-03-04 and 18 on 2029-03-04.  The
-mother's choice runs from 2026-11-20 to 2027-05-20.
+mother's choice runs from 2026-11-20 to 2027-05-20.  Unless a test says
+otherwise a version is stored when its choice is made, and questions are
+asked ``NOW``, after everything was stored.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from fhir.resources.R4B.parameters import Parameters
 from fhir_adapter.decision import (
     CARE_PURPOSES,
     DecisionRequest,
+    PersonChange,
     Recipient,
     StoredVersion,
     Verdict,
     decide,
     exception_provision_path,
+    for_decision_only_caller,
     information_type_provision_path,
+    pending_proposals,
     person_provision_path,
+    proposals_to_json,
     summary,
     summary_to_json,
     to_json,
@@ -48,11 +54,13 @@ NAMES = ("Alex Example", "Pat Example", "Dr A Patel", "Chris Example", "Jo Clini
 BIRTH_DATE = SAMPLE["youngPerson"]["birthDate"]
 
 RECORDED = datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
+NOW = datetime(2029, 6, 1, 12, 0, tzinfo=UTC)
 DEC_2026 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 JAN_2027 = datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
 FEB_2027 = datetime(2027, 2, 1, 12, 0, tzinfo=UTC)
 DAY_BEFORE_16 = datetime(2027, 3, 3, 12, 0, tzinfo=UTC)
 AFTER_16 = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
+APRIL_2027 = datetime(2027, 4, 1, 12, 0, tzinfo=UTC)
 JUNE_2027 = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 AFTER_18 = datetime(2029, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -77,9 +85,10 @@ def people(*replacements: dict[str, Any], extra: tuple[dict[str, Any], ...] = ()
     return [by_id.get(p["id"], p) for p in copy.deepcopy(SAMPLE["people"])] + list(extra)
 
 
-def stored(document: dict[str, Any], version: int = 1, at: datetime = RECORDED) -> StoredVersion:
-    form = parse_form(document)
-    return StoredVersion(form.form_id, version, form, at)
+def stored(document: dict[str, Any], version: int = 1, at: datetime = RECORDED, stored_at: datetime | None = None) -> StoredVersion:
+    """A version whose choice was made ``at`` (its recorded.date) and stored ``stored_at`` (default: at once)."""
+    form = parse_form({**document, "recorded": {**document["recorded"], "date": at.isoformat()}})
+    return StoredVersion(form.form_id, version, form, stored_at or at)
 
 
 PARENTAL = {"basis": "parental-responsibility", "personId": "mum"}
@@ -99,12 +108,54 @@ TWO_FORMS = (stored(doc()), stored(doc(formId=FORM_B, people=people(MUM_DOES_NOT
 OTHER_PATIENT = (stored(doc(formId=FORM_B, youngPerson={**SAMPLE["youngPerson"], "nhsNumber": OTHER_NHS})),)
 
 
+# role families
+MUM_ONLY = (stored(doc(people=people()[:2])),)
+STEP_PARENT = {"id": "step", "name": "Chris Example", "role": "step-parent", "sharing": "share", "informationTypes": ["attendance"]}
+FOSTER_PARENT = {"id": "foster", "name": "Chris Example", "role": "foster-parent", "sharing": "share", "informationTypes": ["attendance"]}
+GUARDIAN = {"id": "guardian", "name": "Chris Example", "role": "guardian", "sharing": "share", "informationTypes": ["attendance"]}
+STEP_PARENT_ONLY = (stored(doc(people=[STEP_PARENT, SAMPLE["people"][1]])),)
+FOSTER_PARENT_ONLY = (stored(doc(people=[FOSTER_PARENT, SAMPLE["people"][1]])),)
+GUARDIAN_ONLY = (stored(doc(people=[GUARDIAN, SAMPLE["people"][1]])),)
+
+# two times: when the choice was made, when it was stored
+SEPT_1 = datetime(2026, 9, 1, 11, 0, tzinfo=UTC)
+OCT_2026 = datetime(2026, 10, 15, 12, 0, tzinfo=UTC)
+NOV_1 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+NOV_30 = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
+DEC_10 = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+
+
+def signed_on_paper(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as a paper form signed on 1 September: competence and explanation that day, no period on the mother."""
+    out = copy.deepcopy(document)
+    out["decisionMaker"]["competence"]["assessedOn"] = out["exceptions"]["explainedOn"] = SEPT_1.date().isoformat()
+    for person in out["people"]:
+        person.pop("period", None)
+    return out
+
+
+PAPER_FORM = (stored(signed_on_paper(doc()), at=SEPT_1, stored_at=NOV_30),)
+OLD_PAPER_AFTER_NEW = (stored(doc()), stored(signed_on_paper(doc(people=people(MUM_DOES_NOT_SHARE))), version=2, at=SEPT_1, stored_at=NOV_30))
+WITHDRAWN_SAME_CHOICE = (stored(doc()), stored(doc(status="withdrawn"), version=2, stored_at=JAN_2027))
+
+# drafts are proposals
+DRAFT_AFTER_ACTIVE = (stored(doc()), stored(doc(status="draft", people=people(MUM_DOES_NOT_SHARE)), version=2, at=JAN_2027))
+DRAFT_AFTER_WITHDRAWAL = (*WITHDRAWN_LATER, stored(doc(status="draft"), version=3, at=FEB_2027))
+DRAFT_THEN_AGREED = (*DRAFT_AFTER_ACTIVE, stored(doc(people=people(MUM_DOES_NOT_SHARE)), version=3, at=FEB_2027))
+
+ALL_TYPES = codes.INFORMATION_TYPES.values()
+COURT_ORDER = exception_provision_path(ACTIVE[0].form, "court-order")
+RISK_OF_HARM = exception_provision_path(ACTIVE[0].form, "risk-of-significant-harm")
+ODS_ELSEWHERE = {"identifier_system": codes.ODS_ORGANIZATION, "identifier_value": "X26001"}
+
+
 def with_status(status: str) -> tuple[StoredVersion, ...]:
     return (stored(doc(status=status)),)
 
 
-def ask(*types: str, purpose: str = "TREAT", at: datetime | None = DEC_2026, nhs: str = NHS, **recipient: str) -> DecisionRequest:
-    return DecisionRequest(nhs, Recipient(**recipient), tuple(types), purpose, at)
+def ask(*types: str, purpose: str = "TREAT", at: datetime | None = DEC_2026, nhs: str = NHS, known_at: datetime | None = None,
+        **recipient: str) -> DecisionRequest:
+    return DecisionRequest(nhs, Recipient(**recipient), tuple(types), purpose, at, known_at)
 
 
 # --------------------------------------------------------------------------- the rule table
@@ -135,7 +186,8 @@ CASES = [
     case("time before the first version: deny by default like no consent", ACTIVE,
          ask("attendance", role="mother", at=datetime(2026, 11, 20, 10, 0, tzinfo=UTC)), "deny", "default", None, None),
     # only an active consent permits
-    case("draft consent permits nothing", with_status("draft"), ask("attendance", role="mother"), "deny", "default", None, (FORM_A, 1)),
+    case("a draft alone is a proposal, not a consent: deny like no consent", with_status("draft"), ask("attendance", role="mother"),
+         "deny", "default", None, None),
     case("withdrawn consent permits nothing", with_status("withdrawn"), ask("attendance", role="mother"), "deny", "default", None, (FORM_A, 1)),
     case("entered-in-error consent permits nothing", with_status("entered-in-error"), ask("attendance", role="mother"),
          "deny", "default", None, (FORM_A, 1)),
@@ -165,6 +217,29 @@ CASES = [
          "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
     case("newest form wins: the second form's do-not-share denies", TWO_FORMS, ask("attendance", role="mother", at=FEB_2027),
          "deny", "choice", MUM, (FORM_B, 1)),
+    # choices take effect from when they were made; known-at answers with what was stored then
+    case("a paper form signed 1 September and entered 30 November answers about October", PAPER_FORM,
+         ask("attendance", role="mother", at=OCT_2026), "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
+    case("known-at before the entry answers as we would have then", PAPER_FORM,
+         ask("attendance", role="mother", at=OCT_2026, known_at=NOV_1), "deny", "default", None, None),
+    case("a paper form does not answer about the time before it was signed", PAPER_FORM,
+         ask("attendance", role="mother", at=datetime(2026, 8, 31, 12, 0, tzinfo=UTC)), "deny", "default", None, None),
+    case("an older paper form entered after a newer choice does not override it", OLD_PAPER_AFTER_NEW,
+         ask("attendance", role="mother", at=DEC_10), "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
+    case("an older paper form entered after a newer choice answers about the time between them", OLD_PAPER_AFTER_NEW,
+         ask("attendance", role="mother", at=OCT_2026), "deny", "choice", MUM, (FORM_A, 2)),
+    case("storage order breaks a tie: a withdrawal stored later with the same choice time decides", WITHDRAWN_SAME_CHOICE,
+         ask("attendance", role="mother"), "deny", "default", None, (FORM_A, 2)),
+    case("known-at before the withdrawal was stored: the active version answers", WITHDRAWN_LATER,
+         ask("attendance", role="mother", at=FEB_2027, known_at=DEC_2026), "permit", "choice", information_type_provision_path(0, 0),
+         (FORM_A, 1)),
+    # drafts are proposals
+    case("a draft leaves the active consent deciding", DRAFT_AFTER_ACTIVE, ask("attendance", role="mother", at=FEB_2027),
+         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
+    case("a draft after a withdrawal revives nothing", DRAFT_AFTER_WITHDRAWAL, ask("attendance", role="mother", at=APRIL_2027),
+         "deny", "default", None, (FORM_A, 2)),
+    case("an agreed proposal, made active, decides", DRAFT_THEN_AGREED, ask("attendance", role="mother", at=APRIL_2027),
+         "deny", "choice", MUM, (FORM_A, 3)),
     # recipient matching
     case("two people match by role: deny beats permit", SCHOOLS_DISAGREE, ask("attendance", role="school"),
          "deny", "choice", person_provision_path(4), (FORM_A, 1)),
@@ -204,6 +279,41 @@ CASES = [
          "deny", "choice", DAD, (FORM_A, 1)),
     case("exception does not leak: its override code OVRTPS is not an exception", ACTIVE,
          ask("attendance", role="father", purpose="OVRTPS"), "deny", "default", None, None),
+    # exception recipients need not be on the form
+    case("court order: a court not on the form may receive every type under HLEGAL", ACTIVE, ask(*ALL_TYPES, role="court", purpose="HLEGAL"),
+         "permit", "policy-exception", COURT_ORDER, (FORM_A, 1), EXCEPTION_OBLIGATIONS),
+    case("risk of harm: the police may receive under THREAT", ACTIVE, ask("risk-safety", "substance-use", role="police", purpose="THREAT"),
+         "permit", "policy-exception", RISK_OF_HARM, (FORM_A, 1), EXCEPTION_OBLIGATIONS),
+    case("risk of harm: children's social care may receive under THREAT with no consent on file", (),
+         ask("risk-safety", role="childrens-social-care", purpose="THREAT"), "permit", "policy-exception", None, None, EXCEPTION_OBLIGATIONS),
+    case("court order: an organisation not on the form, named by its ODS code, may receive under HLEGAL", ACTIVE,
+         ask("treatment-plan", purpose="HLEGAL", **ODS_ELSEWHERE), "permit", "policy-exception", COURT_ORDER, (FORM_A, 1),
+         EXCEPTION_OBLIGATIONS),
+    case("court order: a professional not on the form, named by GMC number, may receive under HLEGAL", ACTIVE,
+         ask("medication", purpose="HLEGAL", identifier_system="gmc", identifier_value="9999999"), "permit", "policy-exception",
+         COURT_ORDER, (FORM_A, 1), EXCEPTION_OBLIGATIONS),
+    case("a court receives nothing for treatment", ACTIVE, ask("attendance", role="court"), "deny", "default", ROOT, (FORM_A, 1)),
+    case("the police receive nothing for care coordination with no consent on file", (), ask("attendance", role="police", purpose="COC"),
+         "deny", "default", None, None),
+    case("children's social care receives nothing for research", ACTIVE, ask("attendance", role="childrens-social-care", purpose="HRESCH"),
+         "deny", "default", None, None),
+    case("an organisation not on the form receives nothing for treatment", ACTIVE, ask("attendance", **ODS_ELSEWHERE),
+         "deny", "default", ROOT, (FORM_A, 1)),
+    # role families
+    case("asking about a parent matches the mother and the father; the father's refusal denies", ACTIVE, ask("attendance", role="parent"),
+         "deny", "choice", DAD, (FORM_A, 1)),
+    case("asking about a parent with only the mother on the form: her choice permits", MUM_ONLY, ask("attendance", role="parent"),
+         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
+    case("asking about a parent matches a step-parent", STEP_PARENT_ONLY, ask("attendance", role="parent"),
+         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
+    case("asking about a parent matches a foster parent", FOSTER_PARENT_ONLY, ask("attendance", role="parent"),
+         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
+    case("asking about a mother does not match a step-parent", STEP_PARENT_ONLY, ask("attendance", role="mother"),
+         "deny", "default", ROOT, (FORM_A, 1)),
+    case("asking about a family member matches every family role; the father's refusal denies", ACTIVE,
+         ask("attendance", role="other-family"), "deny", "choice", DAD, (FORM_A, 1)),
+    case("a guardian is not a family member", GUARDIAN_ONLY, ask("attendance", role="other-family"), "deny", "default", ROOT, (FORM_A, 1)),
+    case("asking about a parent does not match the GP", MUM_ONLY, ask("medication", role="parent"), "deny", "choice", MUM, (FORM_A, 1)),
     # purposes
     case("non-care purpose HMARKT denied despite a share choice", ACTIVE, ask("attendance", role="mother", purpose="HMARKT"),
          "deny", "default", None, None),
@@ -234,7 +344,7 @@ CASES = [
 
 
 def _decide(c: Case) -> Verdict:
-    return decide(c.request, c.versions, now=DEC_2026)
+    return decide(c.request, c.versions, now=NOW)
 
 
 @pytest.mark.parametrize("c", CASES)
@@ -267,9 +377,9 @@ def test_reason_starts_with_the_answer_and_its_basis(c: Case) -> None:
 def test_unknown_patient_no_consent_and_not_yet_recorded_read_identically() -> None:
     early = datetime(2026, 11, 1, tzinfo=UTC)
     answers = [
-        decide(ask("attendance", role="mother"), (), now=DEC_2026),
-        decide(ask("attendance", role="mother", nhs=OTHER_NHS), ACTIVE, now=DEC_2026),
-        decide(ask("attendance", role="mother", at=early), ACTIVE, now=DEC_2026),
+        decide(ask("attendance", role="mother"), (), now=NOW),
+        decide(ask("attendance", role="mother", nhs=OTHER_NHS), ACTIVE, now=NOW),
+        decide(ask("attendance", role="mother", at=early), ACTIVE, now=NOW),
     ]
     assert len({json.dumps(to_parameters(a)) for a in answers}) == 1
     assert len({json.dumps(to_json(a)) for a in answers}) == 1
@@ -277,47 +387,47 @@ def test_unknown_patient_no_consent_and_not_yet_recorded_read_identically() -> N
 
 def test_exception_reads_the_same_with_no_consent_and_with_an_inactive_one() -> None:
     request = ask("substance-use", role="youth-justice", purpose="HLEGAL")
-    answers = [decide(request, versions, now=DEC_2026) for versions in ((), with_status("withdrawn"), with_status("draft"), OTHER_PATIENT)]
+    answers = [decide(request, versions, now=NOW) for versions in ((), with_status("withdrawn"), with_status("draft"), OTHER_PATIENT)]
     assert len({json.dumps(to_json(a)) for a in answers}) == 1
 
 
 def test_exception_without_consent_cites_the_policy_and_says_the_law_forces_it() -> None:
-    verdict = decide(ask("risk-safety", role="social-worker", purpose="THREAT"), (), now=DEC_2026)
+    verdict = decide(ask("risk-safety", role="social-worker", purpose="THREAT"), (), now=NOW)
     assert codes.POLICY_URI in verdict.reason
     assert "law requires" in verdict.reason
 
 
 def test_exception_with_active_consent_cites_the_versioned_consent_and_provision() -> None:
-    verdict = decide(ask("attendance", role="father", purpose="HLEGAL"), ACTIVE, now=DEC_2026)
+    verdict = decide(ask("attendance", role="father", purpose="HLEGAL"), ACTIVE, now=NOW)
     assert f"Consent/{FORM_A}/_history/1" in verdict.reason
     assert verdict.provision == exception_provision_path(ACTIVE[0].form, "court-order")
     assert verdict.provision in verdict.reason
 
 
 def test_exception_obligation_tells_what_to_whom_and_consequences_unless_riskier() -> None:
-    verdict = decide(ask("attendance", role="father", purpose="THREAT"), ACTIVE, now=DEC_2026)
+    verdict = decide(ask("attendance", role="father", purpose="THREAT"), ACTIVE, now=NOW)
     inform = next(o.text for o in verdict.obligations if o.code == "inform-young-person")
     for words in ("what will be shared", "with whom", "what might happen", "increase the risk"):
         assert words in inform
 
 
 def test_deny_beats_permit_is_explained_in_the_reason() -> None:
-    verdict = decide(ask("attendance", role="school"), SCHOOLS_DISAGREE, now=DEC_2026)
+    verdict = decide(ask("attendance", role="school"), SCHOOLS_DISAGREE, now=NOW)
     assert "deny beats permit" in verdict.reason
 
 
 def test_reason_names_who_chose_when_a_parent_decided() -> None:
-    verdict = decide(ask("medication", role="gp"), PARENTAL_CONSENT, now=DEC_2026)
+    verdict = decide(ask("medication", role="gp"), PARENTAL_CONSENT, now=NOW)
     assert "the person with parental responsibility agreed" in verdict.reason
 
 
 def test_reason_names_the_young_person_when_they_decided() -> None:
-    verdict = decide(ask("medication", role="gp"), ACTIVE, now=DEC_2026)
+    verdict = decide(ask("medication", role="gp"), ACTIVE, now=NOW)
     assert "the young person agreed" in verdict.reason
 
 
 def test_several_types_report_each_deciding_provision() -> None:
-    verdict = decide(ask("attendance", "medication", role="mother"), ACTIVE, now=DEC_2026)
+    verdict = decide(ask("attendance", "medication", role="mother"), ACTIVE, now=NOW)
     assert verdict.per_type_provisions == (("attendance", information_type_provision_path(0, 0)), ("medication", MUM))
 
 
@@ -327,7 +437,7 @@ def test_several_types_report_each_deciding_provision() -> None:
 def test_input_order_of_versions_does_not_change_the_answer() -> None:
     versions = (*TWO_FORMS, *WITHDRAWN_LATER[1:])
     request = ask("attendance", role="mother", at=FEB_2027)
-    assert decide(request, versions, now=DEC_2026) == decide(request, tuple(reversed(versions)), now=DEC_2026)
+    assert decide(request, versions, now=NOW) == decide(request, tuple(reversed(versions)), now=NOW)
 
 
 def test_highest_version_of_a_form_recorded_by_t_is_in_force() -> None:
@@ -338,12 +448,12 @@ def test_highest_version_of_a_form_recorded_by_t_is_in_force() -> None:
 def test_versions_of_other_patients_are_ignored() -> None:
     other_newer = stored(doc(formId=FORM_B, people=people(MUM_DOES_NOT_SHARE),
                              youngPerson={**SAMPLE["youngPerson"], "nhsNumber": OTHER_NHS}), at=JAN_2027)
-    verdict = decide(ask("attendance", role="mother", at=FEB_2027), (*ACTIVE, other_newer), now=DEC_2026)
+    verdict = decide(ask("attendance", role="mother", at=FEB_2027), (*ACTIVE, other_newer), now=NOW)
     assert (verdict.decision, verdict.form_id) == ("permit", FORM_A)
 
 
 def test_nhs_number_with_spaces_is_the_same_patient() -> None:
-    assert decide(ask("attendance", role="mother", nhs="943 476 5919"), ACTIVE, now=DEC_2026).decision == "permit"
+    assert decide(ask("attendance", role="mother", nhs="943 476 5919"), ACTIVE, now=NOW).decision == "permit"
 
 
 def test_no_time_given_means_now() -> None:
@@ -355,8 +465,8 @@ def test_no_time_given_means_now() -> None:
 def test_period_end_is_an_inclusive_uk_calendar_day() -> None:
     last_evening_bst = datetime(2027, 5, 20, 22, 30, tzinfo=UTC)  # 23:30 on 20 May in London
     next_day_bst = datetime(2027, 5, 20, 23, 30, tzinfo=UTC)  # 00:30 on 21 May in London
-    assert decide(ask("attendance", role="mother", at=last_evening_bst), ACTIVE, now=DEC_2026).decision == "permit"
-    assert decide(ask("attendance", role="mother", at=next_day_bst), ACTIVE, now=DEC_2026).decision == "deny"
+    assert decide(ask("attendance", role="mother", at=last_evening_bst), ACTIVE, now=NOW).decision == "permit"
+    assert decide(ask("attendance", role="mother", at=next_day_bst), ACTIVE, now=NOW).decision == "deny"
 
 
 def test_any_object_with_the_version_attributes_is_accepted() -> None:
@@ -369,12 +479,191 @@ def test_any_object_with_the_version_attributes_is_accepted() -> None:
         etag: str
 
     row = FormVersion(FORM_A, 1, ACTIVE[0].form, RECORDED, 'W/"1"')
-    assert decide(ask("attendance", role="mother"), [row], now=DEC_2026).decision == "permit"
+    assert decide(ask("attendance", role="mother"), [row], now=NOW).decision == "permit"
 
 
 def test_a_type_asked_twice_is_answered_once() -> None:
-    verdict = decide(ask("attendance", "attendance", role="mother"), ACTIVE, now=DEC_2026)
+    verdict = decide(ask("attendance", "attendance", role="mother"), ACTIVE, now=NOW)
     assert verdict.per_type == (("attendance", "permit"),)
+
+
+def test_a_later_stored_paper_form_is_not_in_force_before_it_was_stored_even_about_later_times() -> None:
+    assert version_in_force(NHS, PAPER_FORM, DEC_10, known_at=NOV_1) is None
+
+
+def test_known_at_defaults_to_now() -> None:
+    request = ask("attendance", role="mother", at=OCT_2026)
+    assert decide(request, PAPER_FORM, now=NOV_1).decision == "deny"
+    assert decide(request, PAPER_FORM, now=DEC_10).decision == "permit"
+
+
+def test_known_at_without_a_zone_is_rejected() -> None:
+    with pytest.raises(ValueError, match="known-at"):
+        decide(ask("attendance", role="mother", known_at=datetime(2026, 12, 1, 12, 0)), ACTIVE, now=NOW)
+
+
+# --------------------------------------------------------------------------- who was matched
+
+
+@pytest.mark.parametrize("request_, versions, matched", [
+    pytest.param(ask("attendance", role="parent"), ACTIVE, ("mum", "dad"), id="a parent: the mother and the father"),
+    pytest.param(ask("attendance", role="other-family"), ACTIVE, ("mum", "dad"), id="a family member: every family role"),
+    pytest.param(ask("medication", role="gp"), ACTIVE, ("gp",), id="the GP alone"),
+    pytest.param(ask("attendance", role="mother", at=JUNE_2027), ACTIVE, ("mum",), id="the mother outside her period"),
+    pytest.param(ask("attendance", role="school"), ACTIVE, (), id="nobody"),
+    pytest.param(ask("attendance", role="court", purpose="HLEGAL"), ACTIVE, (), id="an exception does not match people"),
+])
+def test_the_verdict_lists_the_people_matched(request_: DecisionRequest, versions: tuple[StoredVersion, ...], matched: tuple[str, ...]) -> None:
+    assert decide(request_, versions, now=NOW).matched_people == matched
+
+
+def test_matched_people_are_rendered_for_consent_readers() -> None:
+    verdict = decide(ask("attendance", role="parent"), ACTIVE, now=NOW)
+    assert to_json(verdict)["matchedPeople"] == ["mum", "dad"]
+    assert [p["valueString"] for p in _param(to_parameters(verdict), "matchedPerson")] == ["mum", "dad"]
+
+
+def test_the_reason_says_that_several_family_members_matched() -> None:
+    verdict = decide(ask("attendance", role="parent"), ACTIVE, now=NOW)
+    assert "2 people on it match the recipient (roles father, mother)" in verdict.reason
+
+
+def test_a_role_only_an_exception_reaches_is_still_checked_against_the_list() -> None:
+    with pytest.raises(ValueError, match="unknown recipient role 'judge'"):
+        decide(ask("attendance", role="judge", purpose="HLEGAL"), ACTIVE, now=NOW)
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+def test_a_pending_proposal_shows_what_it_would_change_per_person_and_type() -> None:
+    school = {**SCHOOL_SHARE, "name": "Ms Head"}
+    gp_more = {**SAMPLE["people"][1], "informationTypes": ["medication", "attendance"]}
+    proposal_doc = doc(status="draft", people=[MUM_DOES_NOT_SHARE, gp_more, school])
+    versions = (stored(doc()), stored(proposal_doc, version=2, at=JAN_2027))
+    (proposal,) = pending_proposals(NHS, versions, at=FEB_2027)
+    assert (proposal.form_id, proposal.version, proposal.in_force) == (FORM_A, 2, (FORM_A, 1))
+    assert proposal.changes == (
+        PersonChange("mum", "mother", "changed", "share", "do-not-share", (), ("attendance", "treatment-plan"),
+                     ACTIVE[0].form.people[0].period, None),
+        PersonChange("gp", "gp", "changed", "share", "share", ("attendance",), ()),
+        PersonChange("school-a", "school", "added", None, "share", ("attendance",), ()),
+        PersonChange("dad", "father", "removed", "do-not-share", None, (), ()),
+    )
+
+
+def test_a_pending_proposal_leaves_the_summary_of_what_is_in_force_unchanged() -> None:
+    assert summary(NHS, DRAFT_AFTER_ACTIVE, at=FEB_2027) == summary(NHS, DRAFT_AFTER_ACTIVE[:1], at=FEB_2027)
+
+
+def test_an_agreed_proposal_is_no_longer_pending() -> None:
+    assert pending_proposals(NHS, DRAFT_THEN_AGREED, at=APRIL_2027) == []
+
+
+def test_a_proposal_with_no_consent_in_force_adds_every_person() -> None:
+    (proposal,) = pending_proposals(NHS, with_status("draft"), at=DEC_2026)
+    assert proposal.in_force is None
+    assert [(c.person_id, c.change, c.gains) for c in proposal.changes] == [
+        ("mum", "added", ("attendance", "treatment-plan")), ("gp", "added", ("medication",)), ("dad", "added", ())]
+
+
+def test_a_proposal_after_a_withdrawal_is_compared_with_nothing_shared() -> None:
+    (proposal,) = pending_proposals(NHS, DRAFT_AFTER_WITHDRAWAL, at=APRIL_2027)
+    assert proposal.in_force == (FORM_A, 2)
+    assert {c.change for c in proposal.changes} == {"added"}
+
+
+def test_a_proposal_made_after_the_time_asked_is_not_shown() -> None:
+    assert pending_proposals(NHS, DRAFT_AFTER_ACTIVE, at=DEC_2026) == []
+
+
+def test_a_proposal_stored_after_known_at_is_not_shown() -> None:
+    assert pending_proposals(NHS, DRAFT_AFTER_ACTIVE, at=FEB_2027, known_at=DEC_2026) == []
+
+
+def test_proposals_of_other_patients_are_not_shown() -> None:
+    assert pending_proposals(OTHER_NHS, DRAFT_AFTER_ACTIVE, at=FEB_2027) == []
+
+
+def test_proposals_json_marks_them_as_proposals_and_holds_no_names() -> None:
+    rendered = proposals_to_json(pending_proposals(NHS, DRAFT_AFTER_ACTIVE, at=FEB_2027))
+    assert [(p["status"], p["consent"], p["inForce"]) for p in rendered] == [
+        ("proposed", f"Consent/{FORM_A}/_history/2", f"Consent/{FORM_A}/_history/1")]
+    assert rendered[0]["changes"][0] == {
+        "personId": "mum", "role": "mother", "change": "changed", "sharing": {"before": "share", "after": "do-not-share"},
+        "wouldReceive": [], "wouldNoLongerReceive": ["attendance", "treatment-plan"],
+        "period": {"before": {"start": "2026-11-20", "end": "2027-05-20"}, "after": None},
+    }
+    assert not any(name in json.dumps(rendered) for name in NAMES)
+
+
+# --------------------------------------------------------------------------- callers who may only ask for decisions
+
+REFUSED_QUESTION = ask("attendance", role="father")
+NOT_ON_FORM = (stored(doc(people=people()[:2])),)
+
+
+@pytest.mark.parametrize("versions, request_", [
+    pytest.param((), REFUSED_QUESTION, id="no consent on file"),
+    pytest.param(ACTIVE, ask("attendance", role="father", nhs=OTHER_NHS), id="unknown patient"),
+    pytest.param(NOT_ON_FORM, REFUSED_QUESTION, id="recipient not on the form"),
+    pytest.param(with_status("withdrawn"), REFUSED_QUESTION, id="withdrawn consent"),
+    pytest.param(with_status("draft"), REFUSED_QUESTION, id="only a draft"),
+    pytest.param(ACTIVE, ask("attendance", role="father", purpose="HMARKT"), id="a purpose no choice covers"),
+    pytest.param(ACTIVE, ask("attendance", role="father", at=AFTER_18), id="refused, on a consent due for review"),
+    pytest.param(ACTIVE, ask("attendance", role="parent"), id="refused by one of several people matched"),
+    pytest.param(MUM_LATER_PERIOD, ask("attendance", role="father", at=DEC_2026), id="refused, with another choice outside its period"),
+])
+def test_every_deny_reads_the_same_to_a_decision_only_caller(versions: tuple[StoredVersion, ...], request_: DecisionRequest) -> None:
+    baseline = for_decision_only_caller(decide(REFUSED_QUESTION, ACTIVE, now=NOW), REFUSED_QUESTION)
+    verdict = for_decision_only_caller(decide(request_, versions, now=NOW), request_)
+    assert (to_json(verdict), to_parameters(verdict)) == (to_json(baseline), to_parameters(baseline))
+
+
+def test_a_deny_to_a_decision_only_caller_echoes_only_the_types_asked() -> None:
+    question = ask("attendance", "medication", role="gp")
+    rendered = to_json(for_decision_only_caller(decide(question, ACTIVE, now=NOW), question))
+    assert rendered == {
+        "decision": "deny", "reason": rendered["reason"], "consent": None, "provision": None, "basis": "default", "obligations": [],
+        "perType": [{"informationType": "attendance", "decision": "deny", "provision": None},
+                    {"informationType": "medication", "decision": "deny", "provision": None}],
+        "flags": [], "matchedPeople": [],
+    }
+    assert "Consent/" not in rendered["reason"]
+
+
+def test_an_exception_permit_reads_the_same_to_a_decision_only_caller_with_or_without_a_consent() -> None:
+    question = ask("substance-use", role="court", purpose="HLEGAL", at=AFTER_16)
+    answers = [to_json(for_decision_only_caller(decide(question, versions, now=NOW), question))
+               for versions in ((), PARENTAL_CONSENT, with_status("withdrawn"), OTHER_PATIENT)]
+    assert all(a == answers[0] for a in answers)
+    assert [o["code"] for o in answers[0]["obligations"]] == list(EXCEPTION_OBLIGATIONS)
+
+
+def test_a_choice_permit_keeps_its_obligations_for_a_decision_only_caller() -> None:
+    question = ask("medication", role="gp", at=AFTER_18)
+    verdict = for_decision_only_caller(decide(question, ACTIVE, now=NOW), question)
+    assert (verdict.decision, verdict.basis, [o.code for o in verdict.obligations]) == ("permit", "choice", ["review-consent"])
+
+
+def test_a_permit_to_a_decision_only_caller_cites_no_consent_provision_or_person() -> None:
+    question = ask("attendance", role="parent", at=DEC_2026)
+    verdict = for_decision_only_caller(decide(question, MUM_ONLY, now=NOW), question)
+    assert (verdict.consent_reference, verdict.provision, verdict.matched_people) == (None, None, ())
+    assert set(dict(verdict.per_type_provisions).values()) == {None}
+    assert "Consent" not in verdict.reason and "provision[" not in verdict.reason
+
+
+@pytest.mark.parametrize("c", CASES)
+def test_decision_only_answers_keep_the_decision(c: Case) -> None:
+    verdict = _decide(c)
+    assert for_decision_only_caller(verdict, c.request).decision == verdict.decision
+
+
+def test_a_deny_to_a_decision_only_caller_hides_which_types_a_consent_would_permit() -> None:
+    question = ask("attendance", "medication", role="mother")
+    verdict = for_decision_only_caller(decide(question, ACTIVE, now=NOW), question)
+    assert verdict.per_type == (("attendance", "deny"), ("medication", "deny"))
 
 
 # --------------------------------------------------------------------------- bad requests
@@ -394,12 +683,12 @@ def test_a_type_asked_twice_is_answered_once() -> None:
 ])
 def test_a_request_that_makes_no_sense_is_rejected(request_: DecisionRequest) -> None:
     with pytest.raises(ValueError, match=r"\w"):
-        decide(request_, ACTIVE, now=DEC_2026)
+        decide(request_, ACTIVE, now=NOW)
 
 
 def test_unknown_type_is_rejected_even_for_an_exception_purpose() -> None:
     with pytest.raises(ValueError, match="gossip"):
-        decide(ask("gossip", role="father", purpose="THREAT"), ACTIVE, now=DEC_2026)
+        decide(ask("gossip", role="father", purpose="THREAT"), ACTIVE, now=NOW)
 
 
 # --------------------------------------------------------------------------- provision paths match the R4 mapping
@@ -478,7 +767,7 @@ def _param(parameters: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def test_parameters_carry_decision_reason_versioned_consent_provision_basis_and_obligations() -> None:
-    verdict = decide(ask("attendance", role="father", purpose="THREAT"), ACTIVE, now=DEC_2026)
+    verdict = decide(ask("attendance", role="father", purpose="THREAT"), ACTIVE, now=NOW)
     params = to_parameters(verdict)
     assert _param(params, "decision") == [{"name": "decision", "valueCode": "permit"}]
     assert _param(params, "reason")[0]["valueString"] == verdict.reason
@@ -491,24 +780,24 @@ def test_parameters_carry_decision_reason_versioned_consent_provision_basis_and_
 
 
 def test_parameters_list_each_information_type_as_a_coding_with_its_answer() -> None:
-    params = to_parameters(decide(ask("attendance", "medication", role="mother"), ACTIVE, now=DEC_2026))
+    params = to_parameters(decide(ask("attendance", "medication", role="mother"), ACTIVE, now=NOW))
     answers = [{part["name"]: part for part in p["part"]} for p in _param(params, "informationType")]
     assert [(a["code"]["valueCoding"]["code"], a["decision"]["valueCode"]) for a in answers] == [("attendance", "permit"), ("medication", "deny")]
     assert answers[0]["code"]["valueCoding"]["system"] == codes.CS_INFORMATION_TYPE
 
 
 def test_parameters_without_a_consent_omit_the_reference_and_provision() -> None:
-    params = to_parameters(decide(ask("attendance", role="mother"), (), now=DEC_2026))
+    params = to_parameters(decide(ask("attendance", role="mother"), (), now=NOW))
     assert _param(params, "consent") == [] and _param(params, "provision") == []
 
 
 def test_parameters_carry_review_flags() -> None:
-    params = to_parameters(decide(ask("medication", role="gp", at=AFTER_18), ACTIVE, now=DEC_2026))
+    params = to_parameters(decide(ask("medication", role="gp", at=AFTER_18), ACTIVE, now=NOW))
     assert [p["valueCode"] for p in _param(params, "flag")] == ["review-due-turned-18"]
 
 
 def test_json_shape() -> None:
-    verdict = decide(ask("attendance", "medication", role="mother", at=AFTER_18), ACTIVE, now=DEC_2026)
+    verdict = decide(ask("attendance", "medication", role="mother", at=AFTER_18), ACTIVE, now=NOW)
     assert to_json(verdict) == {
         "decision": "deny",
         "reason": verdict.reason,
@@ -519,11 +808,12 @@ def test_json_shape() -> None:
         "perType": [{"informationType": "attendance", "decision": "deny", "provision": ROOT},
                     {"informationType": "medication", "decision": "deny", "provision": ROOT}],
         "flags": ["review-due-turned-18"],
+        "matchedPeople": ["mum"],
     }
 
 
 def test_json_without_a_consent_has_null_consent_and_provision() -> None:
-    rendered = to_json(decide(ask("attendance", role="mother"), (), now=DEC_2026))
+    rendered = to_json(decide(ask("attendance", role="mother"), (), now=NOW))
     assert (rendered["consent"], rendered["provision"], rendered["basis"]) == (None, None, "default")
 
 

@@ -50,21 +50,45 @@ def test_several_types_permit_only_if_each_does(loaded):
     assert {t["informationType"]: t["decision"] for t in verdict["perType"]} == {"attendance": "permit", "medication": "deny"}
 
 
-def test_changing_the_form_changes_the_answer_and_as_of_uses_the_version_then(loaded):
+def test_changing_the_form_changes_the_answer_and_as_of_uses_the_choice_then(loaded):
     before = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json
     changed = example_form()
+    changed["recorded"]["date"] = "2026-11-25T09:00:00+00:00"  # the young person changed their mind five days later
     changed["people"][0] = {"id": "mum", "name": "Pat Example", "role": "mother", "sharing": "do-not-share"}
     assert loaded.put(f"/api/forms/{FORM_ID}", json=changed, headers={**bearer("clinician"), "If-Match": 'W/"1"'}).status_code == 200
     after = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json
     assert (before["decision"], after["decision"]) == ("permit", "deny")
-    first_stored = loaded.get(f"/api/forms/{FORM_ID}/versions/1", headers=bearer("ehr")).json["recordedAt"]
-    then = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance", "at": first_stored}).json
+    then = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance", "at": "2026-11-22T12:00:00+00:00"}).json
     assert then["decision"] == "permit" and then["consent"]["version"] == 1
 
 
 def test_a_withdrawn_consent_permits_nothing(loaded):
     loaded.post(f"/api/forms/{FORM_ID}/withdraw", headers={**bearer("clinician"), "If-Match": 'W/"1"'})
     assert ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json["decision"] == "deny"
+
+
+def test_a_court_not_on_the_form_may_be_asked_about_under_a_court_order(loaded):
+    verdict = ask(loaded, **{"recipient-role": "court", "information-type": "substance-use", "purpose": "HLEGAL"})
+    assert (verdict.status_code, verdict.json["decision"], verdict.json["basis"]) == (200, "permit", "policy-exception")
+
+
+def test_a_court_receives_nothing_for_treatment(loaded):
+    verdict = ask(loaded, **{"recipient-role": "court", "information-type": "attendance"})
+    assert (verdict.status_code, verdict.json["decision"]) == (200, "deny")
+
+
+def test_asking_about_a_parent_matches_the_mother_and_the_father(loaded):
+    verdict = ask(loaded, **{"recipient-role": "parent", "information-type": "attendance"}).json
+    assert (verdict["decision"], verdict["matchedPeople"]) == ("deny", ["mum", "dad"])
+
+
+def test_a_team_draft_leaves_the_active_consent_deciding(loaded):
+    draft = example_form()
+    draft["status"] = "draft"
+    draft["people"][0] = {"id": "mum", "name": "Pat Example", "role": "mother", "sharing": "do-not-share"}
+    assert loaded.put(f"/api/forms/{FORM_ID}", json=draft, headers={**bearer("clinician"), "If-Match": 'W/"1"'}).status_code == 200
+    verdict = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json
+    assert (verdict["decision"], verdict["consent"]["version"]) == ("permit", 1)
 
 
 def test_risk_of_significant_harm_permits_with_obligations_despite_do_not_share(loaded):

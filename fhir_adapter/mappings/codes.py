@@ -16,6 +16,7 @@ CASUS_BASE = "https://fhir.cpft.nhs.uk/casus"
 CS_INFORMATION_TYPE = f"{CASUS_BASE}/CodeSystem/casus-information-type"
 CS_PERSON_ROLE = f"{CASUS_BASE}/CodeSystem/casus-person-role"
 CS_DECISION_BASIS = f"{CASUS_BASE}/CodeSystem/casus-decision-basis"
+CS_RECIPIENT_ROLE = f"{CASUS_BASE}/CodeSystem/casus-recipient-role"
 ID_CONSENT_FORM = f"{CASUS_BASE}/Id/consent-form"
 ID_LOCAL_PATIENT = f"{CASUS_BASE}/Id/local-patient-id"
 ID_PERSON = f"{CASUS_BASE}/Id/form-person"
@@ -136,6 +137,31 @@ PERSON_ROLES = CodeTable("person role", [
     Row("other-professional", CS_PERSON_ROLE, "other-professional", "Other professional or agency", "professional"),
 ])
 
+# Recipients only a policy exception reaches: bodies never on a form that the law may require CASUS to tell (no v3
+# RoleCode names a court, the police or a local authority's children's social care, so they are CASUS codes).
+EXCEPTION_ONLY_RECIPIENTS = CodeTable("exception-only recipient role", [
+    Row("court", CS_RECIPIENT_ROLE, "court", "Court (under a court order)"),
+    Row("police", CS_RECIPIENT_ROLE, "police", "Police"),
+    Row("childrens-social-care", CS_RECIPIENT_ROLE, "childrens-social-care", "Children's social care (local authority)"),
+])
+#: Every role a recipient may be named by: the form's roles, then those only a policy exception reaches.
+EXCEPTION_RECIPIENT_ROLES = CodeTable("exception recipient role", [*PERSON_ROLES, *EXCEPTION_ONLY_RECIPIENTS])
+
+# Role families: a general role covers these narrower form roles, following v3 RoleCode's is-a hierarchy limited to the
+# roles a form records (MTH, FTH, STPPRN and PRNFOST are each a PRN; PRN, GRPRN (via EXT) and SIB are each a FAMMEMB).
+# Guardian (GUARD) and friend (FRND) are not under FAMMEMB, and carer is a CASUS role outside the family, so no family
+# covers them.  A role covers itself; a role not listed covers only itself.
+ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "parent": ("mother", "father", "step-parent", "foster-parent"),
+    "other-family": ("parent", "mother", "father", "step-parent", "foster-parent", "grandparent", "sibling"),
+}
+
+
+def roles_covered_by(role: str) -> frozenset[str]:
+    """The form roles a recipient named by ``role`` stands for: itself and its family (``ROLE_FAMILIES``)."""
+    return frozenset((role, *ROLE_FAMILIES.get(role, ())))
+
+
 DECISION_BASIS = CodeTable("decision basis", [
     Row("aged-16-17", CS_DECISION_BASIS, "aged-16-17", "Young person aged 16 or 17 decides"),
     Row("competent-under-16", CS_DECISION_BASIS, "competent-under-16",
@@ -201,7 +227,8 @@ def identifier_alias(uri: str) -> str | None:
     return next((r.value for r in IDENTIFIER_SYSTEMS if r.system == uri), None)
 
 
-ALL_TABLES = (INFORMATION_TYPES, PERSON_ROLES, DECISION_BASIS, CARE_PURPOSES, EXCEPTIONS, SHARING_R4, STATUS_R4, IDENTIFIER_SYSTEMS)
+ALL_TABLES = (INFORMATION_TYPES, PERSON_ROLES, EXCEPTION_ONLY_RECIPIENTS, DECISION_BASIS, CARE_PURPOSES, EXCEPTIONS, SHARING_R4,
+              STATUS_R4, IDENTIFIER_SYSTEMS)
 
 
 def markdown_tables() -> str:
