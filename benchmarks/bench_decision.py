@@ -9,12 +9,12 @@ Three servers, all waitress with the same thread count, started as subprocesses:
     store) -- the same body and the same headers, security headers and request id included, because the
     load generator shares the machine's two cores and parsing ten headers instead of two costs it (and so
     every server measured) about a tenth of its throughput;
-  * for reference, the same floor sending only a Content-Type header (what this benchmark's floor sent
-    before the comparison was made like for like).
+  * for reference, the same floor sending only a Content-Type header (shows what the response headers alone
+    cost the load generator).
 The load generator runs in separate processes, each with persistent HTTP/1.1 connections, for a fixed
 time, and records every request's latency.  The servers take turns for ``--rounds`` rounds, so a noisy
 neighbour on the machine hits all of them alike; the table gives each server's median round (by rate).
-Targets (issue 3): the facade's p99 under 10 ms (over every request of every round) and its median round
+Targets: the facade's p99 under 10 ms (over every request of every round) and its median round
 at least 60% of the floor's median round, in requests per second.
 
 With ``--patients N`` the store also holds N synthetic young people (the mapping benchmark's six-person
@@ -83,7 +83,7 @@ FLOOR = textwrap.dedent("""
         return [payload]
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
 """)
-#: The headers the first version of this benchmark's floor sent (no security headers, no request id).
+#: A floor with only a Content-Type header (no security headers, no request id): what the headers alone cost.
 MINIMAL_HEADERS = [("Content-Type", "application/json")]
 #: Added by waitress itself to every response, the floor's included.
 SERVER_HEADERS = {"content-length", "date", "server", "connection"}
