@@ -18,3 +18,10 @@ def test_every_table_maps_each_coding_back_to_its_value():
     for table in codes.ALL_TABLES:
         for row in table:
             assert table.from_coding(table.to_coding(row.value)) == row.value
+
+
+def test_the_integration_engineers_doc_shows_the_code_tables_the_code_has():
+    from scripts.update_doc_tables import DOC, with_tables
+
+    text = DOC.read_text(encoding="utf-8")
+    assert with_tables(text) == text, "docs/integration-engineers.md drifted from the code tables: run python scripts/update_doc_tables.py"
