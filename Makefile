@@ -2,7 +2,7 @@
 VENV ?= .venv
 export CASUS_VENV := $(VENV)
 
-.PHONY: demo test hardening bench install
+.PHONY: demo test hardening bench install doc-tables
 
 install:
 	bash scripts/bootstrap.sh
@@ -21,3 +21,6 @@ bench: install
 hardening:
 	bash scripts/bootstrap.sh --with-postgres
 	CASUS_HARDENING_BUDGET=large $(VENV)/bin/python -m pytest tests/hardening -m hardening
+
+doc-tables: install
+	$(VENV)/bin/python scripts/update_doc_tables.py
