@@ -1,6 +1,6 @@
 """CASUS form <-> FHIR R4 (4.0.1) Consent.
 
-Shape (see the README's mapping table for every element):
+Shape (docs/integration-engineers.md maps every element):
 the root provision is ``deny`` (nothing leaves the team by default); under it,
 one provision per person carries their choice (permit/deny) with the person as
 IRCP actor, and a share person's provision nests one permit per information
