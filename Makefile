@@ -3,7 +3,7 @@ VENV ?= .venv
 PORT ?= 8080
 export CASUS_VENV := $(VENV)
 
-.PHONY: demo test hardening bench install package package-tools
+.PHONY: demo test hardening bench install package package-tools doc-tables
 
 install:
 	bash scripts/bootstrap.sh
@@ -31,3 +31,6 @@ package-tools:
 
 package: install package-tools
 	$(VENV)/bin/fhir-adapter profiles package
+
+doc-tables: install
+	$(VENV)/bin/python scripts/update_doc_tables.py

@@ -3,7 +3,7 @@
 Floors, measured in the same run on the same Consent JSON:
   * fhir.resources parsing the Consent JSON alone (R4B Consent.model_validate_json);
   * plain json.loads + json.dumps of it.
-Target (issue 2): each full mapping direction within 3x of the fhir.resources floor.
+Target: each full mapping direction within 3x of the fhir.resources floor.
 
 Run:  python benchmarks/bench_mapping.py [--forms 300] [--repeat 5]
 """

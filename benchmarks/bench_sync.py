@@ -10,7 +10,7 @@ Measured in one run, each measurement on a fresh server and a fresh copy of the 
   its own ``VmHWM`` from /proc/self/status; the store is filled beforehand by the parent so filling it does not
   count).  Target: memory flat in the number of consents.
 
-Target (issue 4): batched push at least 5x faster than per-resource.
+Target: batched push at least 5x faster than per-resource.
 
 Run:  python benchmarks/bench_sync.py [--consents 5000] [--per-resource-consents 5000] [--rss-sizes 1000,5000]
 (needs sekmet-fhir; installed on first use into $CASUS_SEKMET_VENV or .cache/sekmet-venv, like the test suite).

@@ -103,7 +103,7 @@ CARE_PURPOSES: frozenset[str] = frozenset(codes.CARE_PURPOSES.values())
 #: Purpose of use -> the form's exception kind, from the same table the mappings use (THREAT, HLEGAL).
 EXCEPTION_PURPOSES: dict[str, str] = {row.code: row.value for row in codes.EXCEPTIONS}
 _EXCEPTION_LABELS = {"risk-of-significant-harm": "risk of significant harm", "court-order": "court order"}
-#: ODS organisation code systems accepted from callers: the UK Core URI, the HL7 UK URI in DESIGN.md, and the alias.
+#: ODS organisation code systems accepted from callers: the UK Core URI, the older HL7 UK URI some senders still use, and the alias.
 ODS_SYSTEMS: frozenset[str] = frozenset({codes.ODS_ORGANIZATION, "https://fhir.hl7.org.uk/Id/ods-organization-code", "ods"})
 _ODS = "ods"
 

@@ -1,6 +1,6 @@
 """Keep the adapter's store and the trust FHIR server in step: push local form versions, pull remote Consents.
 
-Why it is shaped this way (DESIGN.md section 7):
+Why it is shaped this way:
 
 * **Idempotent writes.** Every Consent carries the business identifier
   ``https://fhir.cpft.nhs.uk/casus/Id/consent-form|<formId>``.  A form the server has not seen from us is

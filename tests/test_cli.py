@@ -1,4 +1,4 @@
-"""The engineers' CLI: validate and map, with the exit codes the README promises."""
+"""The engineers' CLI: validate and map, with the exit codes docs/integration-engineers.md promises."""
 
 from __future__ import annotations
 

@@ -53,3 +53,10 @@ def test_every_form_role_may_be_named_for_an_exception_and_the_rest_are_casus_co
     assert set(codes.PERSON_ROLES.values()) < set(codes.EXCEPTION_RECIPIENT_ROLES.values())
     assert {"court", "police", "childrens-social-care"} <= set(codes.EXCEPTION_ONLY_RECIPIENTS.values())
     assert {r.system for r in codes.EXCEPTION_ONLY_RECIPIENTS} == {codes.CS_RECIPIENT_ROLE}
+
+
+def test_the_integration_engineers_doc_shows_the_code_tables_the_code_has():
+    from scripts.update_doc_tables import DOC, with_tables
+
+    text = DOC.read_text(encoding="utf-8")
+    assert with_tables(text) == text, "docs/integration-engineers.md drifted from the code tables: run python scripts/update_doc_tables.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlencode
 
 import pytest
@@ -229,3 +230,11 @@ def test_cds_hooks_context_values_of_the_wrong_type_get_400_naming_them(loaded):
 
 def test_listing_forms_with_an_unknown_status_gets_400(loaded):
     assert loaded.get(f"/api/patients/{NHS}/forms?status=bogus", headers=bearer("ehr")).status_code == 400
+
+
+@pytest.mark.parametrize("moment", ["2026-13-45T00:00:00Z", "0000-00-00T00:00:00Z"])
+def test_a_disclosure_time_that_is_no_calendar_date_is_rejected_naming_the_field(loaded, moment):
+    response = loaded.post(f"/api/patients/{NHS}/disclosures", json={**DISCLOSURE, "disclosedAt": moment}, headers=bearer("clinician"))
+    assert response.status_code == 400
+    assert "disclosedAt" in json.dumps(response.json)
+    assert loaded.get(f"/api/patients/{NHS}/disclosures", headers=bearer("ehr")).json["disclosures"] == []

@@ -11,7 +11,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir_adapter.form import parse_form
 from fhir_adapter.mappings import codes
 from fhir_adapter.mappings.r4 import form_to_r4
-from fhir_adapter.mappings.r5 import r5_to_form
+from fhir_adapter.mappings.r5 import form_to_r5, r5_to_form
 from tests.support.facade import EXAMPLES, bearer, example_form
 
 FORM_ID = "0b6c3f4e-2d1a-4c8b-9e7f-1a2b3c4d5e6f"
@@ -199,4 +199,20 @@ def test_an_unknown_route_gets_404_as_operation_outcome(client):
 def test_a_wrong_method_gets_405_as_operation_outcome(client):
     response = client.delete(f"/fhir/Consent/{FORM_ID}", headers=bearer("admin"))
     assert response.status_code == 405
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_a_consent_version_beyond_64_bits_is_not_found(loaded):
+    response = loaded.get(f"/fhir/Consent/{FORM_ID}/_history/9223372036854775808", headers=bearer("ehr"))
+    assert response.status_code == 404
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("path", ["/fhir/Consent", "/fhir/R5/Consent"])
+def test_a_contained_resource_of_no_fhir_type_is_refused_with_an_operation_outcome(client, path):
+    render = form_to_r5 if "R5" in path else form_to_r4
+    consent = render(parse_form(example_form()))
+    consent["contained"][0]["resourceType"] = "NotAResource"
+    response = client.post(path, json=consent, headers=bearer("clinician"))
+    assert response.status_code == 400
     assert response.json["resourceType"] == "OperationOutcome"

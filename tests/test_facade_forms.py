@@ -171,3 +171,20 @@ def test_a_non_json_media_type_gets_415(client):
 def test_deeply_nested_json_gets_400(client):
     response = client.post("/api/forms", data="[" * 200 + "]" * 200, content_type="application/json", headers=bearer("clinician"))
     assert response.status_code == 400
+
+
+BEYOND_BIGINT = "9223372036854775808"  # one more than the largest 64-bit version number a column can hold
+
+
+def test_a_form_version_beyond_64_bits_is_not_found(client):
+    create(client)
+    response = client.get(f"/api/forms/{FORM_ID}/versions/{BEYOND_BIGINT}", headers=bearer("clinician"))
+    assert response.status_code == 404
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_an_if_match_beyond_64_bits_is_a_stale_version(client):
+    create(client)
+    response = client.put(f"/api/forms/{FORM_ID}", json=example_form(), headers={**bearer("clinician"), "If-Match": f'W/"{BEYOND_BIGINT}"'})
+    assert response.status_code == 412
+    assert response.json["resourceType"] == "OperationOutcome"

@@ -1,4 +1,4 @@
-"""The facade as a real server process: `fhir-adapter serve` (waitress) and the README's `fhir-adapter demo`."""
+"""The facade as a real server process: `fhir-adapter serve` (waitress) and `fhir-adapter demo`, which `make demo` runs."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def document() -> dict[str, Any]:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
-    """The app exactly as the brief builds it: no grants, a fresh SQLite store."""
+    """The app with no grants on a fresh SQLite store: the routes alone, as the OpenAPI document describes them."""
     store = Store.open(f"sqlite:///{tmp_path}/x.db")
     yield create_app(Settings(grants=()), store=store)
     store.close()

@@ -2,8 +2,8 @@
 
 Each table is written once as rows; ``to_coding`` and ``from_coding`` are both
 derived from those rows, so the two directions cannot drift apart.  The
-README's mapping table is generated from these same rows (``python -m
-fhir_adapter.mappings.codes``).
+code tables in docs/integration-engineers.md are generated from these same rows
+(``python scripts/update_doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ ALL_TABLES = (INFORMATION_TYPES, PERSON_ROLES, EXCEPTION_ONLY_RECIPIENTS, DECISI
 
 
 def markdown_tables() -> str:
-    """The tables as Markdown for the README, so the documentation is generated, never retyped."""
+    """The tables as Markdown for the integration engineers' guide, so the documentation is generated, never retyped."""
     out = []
     for table in ALL_TABLES:
         out.append(f"**{table.name}**\n\n| CASUS value | FHIR system | code | display |\n| --- | --- | --- | --- |")

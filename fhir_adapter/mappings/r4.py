@@ -1,7 +1,7 @@
 """CASUS form <-> FHIR R4 (4.0.1) Consent.
 
 Written so that a reader following only the specification reads what the
-young person chose (mapping version 2): ``policyRule`` OPTIN is the base rule
+young person chose (mapping version 2; docs/integration-engineers.md maps every element): ``policyRule`` OPTIN is the base rule
 (nothing is disclosed unless a provision permits it) and the root provision
 carries no type, as R4 requires.  Each nested provision is one complete
 exception to that base: a share person is a permit naming the person (IRCP

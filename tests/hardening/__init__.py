@@ -1,1 +1,1 @@
-"""Hardening checks (issue 5): fuzzed input, concurrency, privacy of logs, security; each reports figures."""
+"""Hardening checks: fuzzed input, concurrency, privacy of logs, security; each reports figures."""

@@ -17,7 +17,7 @@ from tests.hardening.figures import BOOK, FIGURES_PATH, FigureBook
 from tests.support.facade import grants
 
 HERE = Path(__file__).resolve().parent
-MARKER = "hardening: issue-5 hardening checks that report figures (budget from CASUS_HARDENING_BUDGET: small or large)"
+MARKER = "hardening: fuzzing, concurrency, log-privacy, security and load checks that report figures (CASUS_HARDENING_BUDGET: small or large)"
 
 
 def pytest_configure(config: pytest.Config) -> None:

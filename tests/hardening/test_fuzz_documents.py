@@ -8,9 +8,7 @@ OperationOutcome, and a rejected request must leave form_versions and disclosure
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -19,7 +17,6 @@ from fhir_adapter.store.forms import AlreadyExists
 from tests.hardening.conftest import MAX_BODY_BYTES, Facade
 from tests.hardening.corruption import Corrupted, corrupted
 from tests.hardening.figures import FigureBook, budget
-from tests.hardening.known_bugs import Sent, known_bug
 from tests.hardening.probes import RowCounter, is_operation_outcome, leaks_traceback
 from tests.support.facade import bearer
 
@@ -49,16 +46,9 @@ TARGETS = (
 )
 
 
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _failures(status: int, body: bytes, wrote: int, excused: bool) -> list[str]:
+def _failures(status: int, body: bytes, wrote: int) -> list[str]:
     found = []
-    if status >= 500 and not excused:
+    if status >= 500:
         found.append(str(status))
     if leaks_traceback(body):
         found.append("traceback in body")
@@ -71,7 +61,7 @@ def _failures(status: int, body: bytes, wrote: int, excused: bool) -> list[str]:
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.label)
 def test_corrupted_documents_are_refused_cleanly_and_write_nothing(target: Target, facade: Facade, figures: FigureBook) -> None:
-    figures.ensure(SECTION, "requests", "5xx (new)", "5xx from known bugs", "tracebacks returned", "4xx not OperationOutcome",
+    figures.ensure(SECTION, "requests", "5xx", "tracebacks returned", "4xx not OperationOutcome",
                    "rows written by rejected requests", "rejected (4xx)", "accepted (corruption left it valid)")
     failures: list[str] = []
     counter = RowCounter(facade.url)
@@ -89,16 +79,14 @@ def test_corrupted_documents_are_refused_cleanly_and_write_nothing(target: Targe
         before = sum(counter.counts().values())
         response = facade.client.open(path, method=target.method, data=sample.body, headers=headers)
         wrote = sum(counter.counts().values()) - before if 400 <= response.status_code < 500 else 0
-        bug = known_bug(Sent(target.method, path, headers, _json_or_none(sample.body)))
         figures.add(SECTION, "requests")
-        figures.add(SECTION, "5xx (new)", response.status_code >= 500 and bug is None)
-        figures.add(SECTION, "5xx from known bugs", response.status_code >= 500 and bug is not None)
+        figures.add(SECTION, "5xx", response.status_code >= 500)
         figures.add(SECTION, "tracebacks returned", leaks_traceback(response.data))
         figures.add(SECTION, "4xx not OperationOutcome", 400 <= response.status_code < 500 and not is_operation_outcome(response.data))
         figures.add(SECTION, "rows written by rejected requests", wrote)
         figures.add(SECTION, "rejected (4xx)", 400 <= response.status_code < 500)
         figures.add(SECTION, "accepted (corruption left it valid)", response.status_code < 400)
-        failures.extend(f"{target.label} {sample.kind}: {p}" for p in _failures(response.status_code, response.data, wrote, bug is not None))
+        failures.extend(f"{target.label} {sample.kind}: {p}" for p in _failures(response.status_code, response.data, wrote))
 
     try:
         send()

@@ -1,4 +1,4 @@
-"""Part 5: the decision endpoint under sustained load on 127.0.0.1 while sync runs push and pull on the same store.
+"""The decision endpoint under sustained load on 127.0.0.1 while sync runs push and pull on the same store.
 
 A real `fhir-adapter serve` process (waitress) answers decisions for many young people; meanwhile
 `fhir-adapter sync` runs back to back against the real FHIR server started by the suite, on the same

@@ -34,7 +34,7 @@ CASES: dict[str, dict[str, str]] = {
     "expired": {"Authorization": f"Bearer {EXPIRED_TOKEN}"},
     "under-scoped": {"Authorization": f"Bearer {NARROW_TOKEN}"},
 }
-#: README "Security headers": on every response.
+#: The security headers docs/operators.md promises on every response.
 REQUIRED_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

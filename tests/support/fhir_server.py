@@ -2,7 +2,7 @@
 
 Nothing is needed by hand on a fresh machine: the first use installs ``sekmet-fhir`` into its own
 virtualenv (``$CASUS_SEKMET_VENV`` or ``<repo>/.cache/sekmet-venv``), guarded by a file lock so
-parallel sessions do not install twice.  Each server gets a free port on 127.0.0.1, a fresh data
+test runs in parallel do not install twice.  Each server gets a free port on 127.0.0.1, a fresh data
 directory and the built-in simulator switched off; it is stopped by the fixture that started it.
 
 Fixtures:

@@ -1,12 +1,12 @@
 """The whole test suite runs with DEBUG logging captured, and the log is scanned for identifying values at the end.
 
-Issue 5's privacy check, in its literal form: every record at DEBUG and above from the adapter and the
-frameworks it runs in (Flask/werkzeug, waitress, SQLAlchemy) during the whole session is kept, then searched
+The privacy-of-logs check over everything the suite does: every record at DEBUG and above from the adapter and the
+frameworks it runs in (Flask/werkzeug, waitress, SQLAlchemy) during the whole test run is kept, then searched
 for every name, NHS number (plain and spaced), date of birth, local id and free-text value of the example
 forms and the hardening workload's disclosure.  Records of urllib3/requests are left out: the *tests'* own
 HTTP clients log their request lines there, and those carry NHS numbers in decision queries by design (the
 adapter's outbound FHIR client never puts patient data in a URL: it searches by the form's business id).
-A hit fails the session.
+A hit fails the test run.
 """
 
 from __future__ import annotations
