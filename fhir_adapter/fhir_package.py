@@ -126,7 +126,7 @@ def with_narrative(resource: Resource) -> Resource:
     if "text" in resource:
         return resource
     head = [k for k in ("resourceType", "id", "meta", "implicitRules", "language") if k in resource]
-    out = {k: resource[k] for k in head}
+    out: dict[str, Any] = {k: resource[k] for k in head}
     out["text"] = narrative(resource)
     out.update((k, v) for k, v in resource.items() if k not in out)
     return out

@@ -28,7 +28,7 @@ from fhir.resources.R4B.consent import Consent as ConsentR4
 from .outcome import Issue, error
 
 FhirVersion = Literal["r4", "r5"]
-MODELS = {"r4": ConsentR4, "r5": ConsentR5}
+MODELS: dict[str, type[pydantic.BaseModel]] = {"r4": ConsentR4, "r5": ConsentR5}
 MAX_DOCUMENT_BYTES = 1_000_000
 MAX_DEPTH = 40
 

@@ -163,7 +163,7 @@ class RemoteState:
 
 def remote_state(resource: dict[str, Any]) -> RemoteState:
     """The server identity of a Consent from a search or read; sync cannot work without id and versionId."""
-    meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    meta: dict[str, Any] = resource["meta"] if isinstance(resource.get("meta"), dict) else {}
     resource_id, version_id = resource.get("id"), meta.get("versionId")
     if not isinstance(resource_id, str) or not isinstance(version_id, str):
         raise MalformedResponse(None, None, "a Consent from the server has no id or meta.versionId")
@@ -187,7 +187,7 @@ def _id_from_location(location: str) -> str | None:
 
 def committed_state(entry: dict[str, Any]) -> RemoteState:
     """Server id, version and time of one transaction-response entry (from the resource, else the response headers)."""
-    response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    response: dict[str, Any] = entry["response"] if isinstance(entry.get("response"), dict) else {}
     if not str(response.get("status", "")).startswith("2"):
         raise MalformedResponse(None, None, "a committed transaction reported a non-2xx entry")
     resource = entry.get("resource")

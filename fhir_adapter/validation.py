@@ -643,7 +643,8 @@ def _profile_to_apply(document: dict[str, Any], version: Version, asked: str | N
     A Consent claiming the CASUS profile of the other FHIR version is checked against its own version's profile,
     with a warning: the published profiles are per version and a mislabelled claim would otherwise go unchecked.
     """
-    own, other_version = CONSENT_PROFILES[version], "r5" if version == "r4" else "r4"
+    other_version: Version = "r5" if version == "r4" else "r4"
+    own = CONSENT_PROFILES[version]
     other = CONSENT_PROFILES[other_version]
     if asked is None and _claims(document, own):
         return own, []

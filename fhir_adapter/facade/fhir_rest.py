@@ -20,7 +20,7 @@ from ..consent_service import form_from_fhir
 from ..mappings import codes, r4, r5
 from ..outcome import Issue, operation_outcome
 from ..store.forms import FormVersion
-from ..validation import CONSENT_PROFILES, validate_consent
+from ..validation import CONSENT_PROFILES, Version, validate_consent
 from .protocol import (
     etag,
     expected_version,
@@ -34,7 +34,7 @@ from .protocol import (
 )
 
 bp = Blueprint("fhir", __name__)
-FHIR_VERSIONS = {"fhir": "r4", "fhir_r4": "r4", "fhir_r5": "r5"}
+FHIR_VERSIONS: dict[str, Version] = {"fhir": "r4", "fhir_r4": "r4", "fhir_r5": "r5"}
 WRITERS: dict[str, Callable[[Any], dict[str, Any]]] = {"r4": r4.form_to_r4, "r5": r5.form_to_r5}
 STATUS_TO_FORM = {row.code: row.value for row in codes.STATUS_R4}
 SEARCH_PARAMS = {"patient:identifier", "patient.identifier", "subject:identifier", "identifier", "status", "_lastUpdated",
@@ -42,7 +42,7 @@ SEARCH_PARAMS = {"patient:identifier", "patient.identifier", "subject:identifier
 MAX_COUNT = 100
 
 
-def fhir_version() -> str:
+def fhir_version() -> Version:
     return FHIR_VERSIONS[request.blueprint or "fhir"]
 
 
@@ -77,7 +77,7 @@ def metadata() -> Any:
     return json_response(capability_statement(version, base_url()), fhir=True)
 
 
-def capability_statement(version: str, url: str) -> dict[str, Any]:
+def capability_statement(version: Version, url: str) -> dict[str, Any]:
     interactions = ["read", "vread", "history-instance", "search-type", "create", "update"]
     return {
         "resourceType": "CapabilityStatement",

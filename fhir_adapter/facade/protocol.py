@@ -94,7 +94,7 @@ def json_response(document: Any, status: int = 200, *, fhir: bool = False, heade
 
 def principal() -> Principal:
     """The caller the request pipeline authenticated for this request."""
-    return request.environ[PRINCIPAL_KEY]  # type: ignore[no-any-return]
+    return request.environ[PRINCIPAL_KEY]
 
 
 def require(scope: str | None) -> Callable[[F], F]:

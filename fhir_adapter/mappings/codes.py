@@ -79,7 +79,7 @@ class CodeTable:
         self.name = name
         self.rows: tuple[Row, ...] = tuple(rows)
         self._by_value = {r.value: r for r in self.rows}
-        self._by_coding = {(r.system, r.code): r for r in self.rows}
+        self._by_coding: dict[tuple[str | None, str | None], Row] = {(r.system, r.code): r for r in self.rows}
         if len(self._by_value) != len(self.rows) or len(self._by_coding) != len(self.rows):
             raise ValueError(f"code table {name} is not one-to-one")
 
