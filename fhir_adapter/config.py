@@ -32,6 +32,7 @@ class Settings:
     max_body_bytes: int = 1_000_000
     public_base_url: str | None = None  # for absolute links in Bundles when behind a proxy
     page_size: int = 20
+    backdated_days: int = 90  # a version recorded this many days before it is stored is flagged in the audit
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -42,6 +43,7 @@ class Settings:
             grants=grants_from_env(env),
             max_body_bytes=_positive_int(env.get("CASUS_MAX_BODY_BYTES", "1000000"), "CASUS_MAX_BODY_BYTES"),
             public_base_url=env.get("CASUS_PUBLIC_BASE_URL") or None,
+            backdated_days=_positive_int(env.get("CASUS_BACKDATED_DAYS", "90"), "CASUS_BACKDATED_DAYS"),
         )
 
 

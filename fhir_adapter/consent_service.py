@@ -9,19 +9,26 @@ never names or free text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import decision
 from .disclosure import Disclosure
-from .form import ConsentForm
+from .form import ConsentForm, Recorded
 from .mappings import r4, r5
+from .outcome import InvalidInput, error
 from .store import Store
 from .store.forms import FormVersion, NotFound
 
 Clock = Callable[[], datetime]
+#: How far ahead of the server's clock a form's recorded time may be: the clocks of the recording device and the server differ.
+CLOCK_SKEW = timedelta(minutes=5)
+#: A version recorded this long before it is stored is accepted and flagged in the audit (``CASUS_BACKDATED_DAYS``).
+DEFAULT_BACKDATED_AFTER = timedelta(days=90)
+#: The audit flag of a version entered long after the choice it records was made.
+FLAG_BACKDATED = "backdated"
 
 
 def utc_now() -> datetime:
@@ -32,21 +39,46 @@ class FormIdMismatch(ValueError):
     """The body names a different form than the URL."""
 
 
+class RecordedInFuture(InvalidInput):
+    """A version whose choice is dated after now: a choice cannot govern before it is made, so it is refused (422)."""
+
+
+class NotADraft(ValueError):
+    """Only a draft (a proposal) can be made active; the form's latest version is something else."""
+
+
 
 class ConsentService:
-    def __init__(self, store: Store, clock: Clock = utc_now) -> None:
+    def __init__(self, store: Store, clock: Clock = utc_now, *, backdated_after: timedelta = DEFAULT_BACKDATED_AFTER) -> None:
         self.store = store
         self.clock = clock
+        self.backdated_after = backdated_after
 
     # ------------------------------------------------------------------ writes
 
     def create(self, form: ConsentForm, *, actor: str) -> FormVersion:
-        return self.store.create_form(form, actor=actor)  # the store audits every version it writes
+        flags = self._time_flags(form)
+        return self.store.create_form(form, actor=actor, flags=flags)  # the store audits every version it writes
 
     def update(self, form: ConsentForm, *, form_id: str, expected_version: int, actor: str) -> FormVersion:
         if form.form_id != form_id:
             raise FormIdMismatch(f"the body's formId does not match the form {form_id} being updated")
-        return self.store.update_form(form, expected_version=expected_version, actor=actor)
+        flags = self._time_flags(form)
+        return self.store.update_form(form, expected_version=expected_version, actor=actor, flags=flags)
+
+    def _time_flags(self, form: ConsentForm) -> tuple[str, ...]:
+        """Refuse a choice dated in the future; flag one entered long after it was made (the store audits the flag).
+
+        A version governs from its recorded date, so a future date would make it decide before it exists, and a
+        very late entry changes past answers: that is allowed (paper forms are typed in late) but must be visible.
+        """
+        now = self.clock()
+        recorded = form.recorded.date
+        if recorded > now + CLOCK_SKEW:
+            raise RecordedInFuture([error("processing", "$.recorded.date",
+                                          "the form is recorded in the future; a choice takes effect from when it was made, "
+                                          "so record it once it has been made")])
+        return (FLAG_BACKDATED,) if now - recorded > self.backdated_after else ()
 
     def put(self, form: ConsentForm, *, expected_version: int | None, actor: str) -> tuple[FormVersion, bool]:
         """FHIR update-as-create: create when the form is new, else a version-checked update. True when created."""
@@ -61,9 +93,25 @@ class ConsentService:
         return self.update(form, form_id=form.form_id, expected_version=expected_version, actor=actor), False
 
     def withdraw(self, form_id: str, *, expected_version: int, actor: str) -> FormVersion:
+        """A withdrawal recorded now: it takes effect from its own moment, never back to when the consent was given."""
         current = self.store.get(form_id)
-        withdrawn = replace(current.form, status="withdrawn")
+        withdrawn = replace(current.form, status="withdrawn", recorded=Recorded(self.clock(), current.form.recorded.by))
         return self.store.update_form(withdrawn, expected_version=expected_version, actor=actor)
+
+    def activate(self, form_id: str, *, expected_version: int, actor: str) -> FormVersion:
+        """Make the draft the active version, recorded now: the young person (or the decider) agreed to the proposal.
+
+        Raises NotADraft when the latest version is not a draft (nothing is stored); the agreement is audited
+        beside the stored version, naming the draft it agreed to.
+        """
+        current = self.store.get(form_id)
+        if current.form.status != "draft":
+            raise NotADraft(f"version {current.version} of the form is {current.form.status}, not a draft; only a proposal can be made active")
+        active = replace(current.form, status="active", recorded=Recorded(self.clock(), current.form.recorded.by))
+        saved = self.store.update_form(active, expected_version=expected_version, actor=actor)
+        self.store.audit(actor=actor, action="form.activate", resource=_ref(saved), outcome="ok", subject=_subject(saved),
+                         detail={"proposal": _ref(current), "governsFrom": active.recorded.date.isoformat()})
+        return saved
 
     def record_disclosure(self, disclosure: Disclosure, *, actor: str) -> Disclosure:
         return self.store.record_disclosure(disclosure, actor=actor)
@@ -109,8 +157,8 @@ class ConsentService:
             return [], 0
         keep = ((nhs_number is None or latest.form.young_person.nhs_number == nhs_number)
                 and (status is None or latest.form.status == status)
-                and (updated_since is None or latest.recorded_at >= updated_since)
-                and (updated_before is None or latest.recorded_at < updated_before))
+                and (updated_since is None or latest.stored_at >= updated_since)
+                and (updated_before is None or latest.stored_at < updated_before))
         matches = [latest] if keep else []
         return matches[offset:offset + limit], len(matches)
 
@@ -125,18 +173,30 @@ class ConsentService:
     def decide(self, request: decision.DecisionRequest, *, actor: str) -> decision.Verdict:
         """The engine's verdict, returned only once its audit record is committed (AuditWriteFailed otherwise).
 
-        Raises ValueError, with nothing audited, for a question the engine rejects.
+        The audit keeps the question's two times as answered (``at`` and ``known-at``, now when not asked) and the
+        deciding version's two times, so a past answer can be explained and replayed.  Raises ValueError, with
+        nothing audited, for a question the engine rejects.
         """
-        verdict = decision.decide(request, self.store.versions_for_patient(request.nhs_number), now=self.clock())
+        now = self.clock()
+        asked = replace(request, at=request.at or now, known_at=request.known_at or now)
+        versions = self.store.versions_for_patient(request.nhs_number)
+        verdict = decision.decide(asked, versions, now=now)
         self.store.audit(actor=actor, action="decision", resource=_verdict_ref(verdict), outcome=verdict.decision,
-                         subject=request.nhs_number, detail=_decision_detail(request, verdict))
+                         subject=request.nhs_number, detail=_decision_detail(asked, verdict, versions, self.backdated_after))
         return verdict
 
-    def summary(self, nhs_number: str, *, at: datetime | None, actor: str) -> list[Any]:
-        result = decision.summary(nhs_number, self.store.versions_for_patient(nhs_number), at=at or self.clock())
+    def summary(self, nhs_number: str, *, at: datetime | None, known_at: datetime | None = None,
+                actor: str) -> tuple[list[decision.RecipientSummary], list[decision.Proposal]]:
+        """Who may receive what under the version in force, and the pending proposals with what each would change."""
+        now = self.clock()
+        versions = self.store.versions_for_patient(nhs_number)
+        moment, known = at or now, known_at or now
+        result = decision.summary(nhs_number, versions, at=moment, known_at=known)
+        proposals = decision.pending_proposals(nhs_number, versions, at=moment, known_at=known)
         self.store.audit(actor=actor, action="decision.summary", resource="Consent", outcome="ok", subject=nhs_number,
-                         detail={"at": at.isoformat() if at else None, "recipients": len(result)})
-        return result
+                         detail={"at": moment.isoformat(), "knownAt": known.isoformat(), "recipients": len(result),
+                                 "proposals": len(proposals)})
+        return result, proposals
 
 
 def _subject(found: FormVersion) -> str:
@@ -153,20 +213,37 @@ def _verdict_ref(verdict: decision.Verdict) -> str | None:
     return f"Consent/{verdict.form_id}/_history/{verdict.version}"
 
 
-def _decision_detail(request: decision.DecisionRequest, verdict: decision.Verdict) -> dict[str, Any]:
+def _decision_detail(request: decision.DecisionRequest, verdict: decision.Verdict, versions: Sequence[FormVersion],
+                     backdated_after: timedelta) -> dict[str, Any]:
     """What a decision's audit record says about the question and the answer (codes and ids, never names)."""
-    return {
-        "recipient": _recipient_detail(request.recipient),
+    detail: dict[str, Any] = {
+        **_recipient_detail(request.recipient),
         "informationTypes": list(request.information_types),
         "purpose": request.purpose,
         "at": request.at.isoformat() if request.at else None,
+        "knownAt": request.known_at.isoformat() if request.known_at else None,
         "basis": verdict.basis,
         "provision": verdict.provision,
     }
+    deciding = next((v for v in versions if (v.form_id, v.version) == (verdict.form_id, verdict.version)), None)
+    if deciding is not None:
+        detail["consentGovernsFrom"] = deciding.form.recorded.date.isoformat()
+        detail["consentStoredAt"] = deciding.stored_at.isoformat()
+        if deciding.stored_at - deciding.form.recorded.date > backdated_after:
+            detail["flags"] = [FLAG_BACKDATED]
+    return detail
 
 
 def _recipient_detail(recipient: decision.Recipient) -> dict[str, Any]:
-    return {k: v for k, v in vars(recipient).items() if v is not None}
+    """The recipient as asked, by role and by identifier; a person id may be made up from a name, so only its presence."""
+    detail: dict[str, Any] = {}
+    if recipient.role is not None:
+        detail["recipientRole"] = recipient.role
+    if recipient.identifier_system is not None and recipient.identifier_value is not None:
+        detail["recipientIdentifier"] = {"system": recipient.identifier_system, "value": recipient.identifier_value}
+    if recipient.person_id is not None:
+        detail["recipientPersonGiven"] = True
+    return detail
 
 
 def form_from_fhir(document: Any, version: str) -> ConsentForm:

@@ -29,7 +29,7 @@ Precedence, applied in this order and restated in every answer's ``reason``:
    never agreed to, and HLEGAL is one of its children.
 4. **The version in force at t, as known at k.**  A choice takes effect from
    when it was made: a version governs from its form's ``recorded.date``, not
-   from when the adapter stored it (``recorded_at``), so a paper form signed in
+   from when the adapter stored it (``stored_at``), so a paper form signed in
    September and typed in in November answers about October.  Among the
    patient's versions stored at or before k (*known at*, default now: what we
    knew then), the one with the latest ``recorded.date`` at or before t is in
@@ -124,7 +124,7 @@ class VersionLike(Protocol):
     """What the engine needs from a stored form version (the store's FormVersion satisfies it).
 
     Two times: ``form.recorded.date`` is when the young person (or the decider) made the choice and decides from
-    when the version governs; ``recorded_at`` is when the adapter stored the version and decides only what was
+    when the version governs; ``stored_at`` is when the adapter stored the version and decides only what was
     known at a moment (*known at*) and, for equal choice times, which came later.
     """
 
@@ -135,17 +135,17 @@ class VersionLike(Protocol):
     @property
     def form(self) -> ConsentForm: ...
     @property
-    def recorded_at(self) -> datetime: ...
+    def stored_at(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
 class StoredVersion:
-    """A stored form version; ``recorded_at`` is when the store kept it (UTC), not when the choice was made."""
+    """A stored form version; ``stored_at`` is when the store kept it (UTC), not when the choice was made."""
 
     form_id: str
     version: int
     form: ConsentForm
-    recorded_at: datetime
+    stored_at: datetime
 
 
 @dataclass(frozen=True)
@@ -334,11 +334,11 @@ def _purpose(value: str) -> str:
 
 def _in_force_order(v: VersionLike) -> tuple[datetime, datetime, int, str]:
     """Latest choice first; for equal choice times the later stored (then, for equal store times, a total order)."""
-    return v.form.recorded.date, v.recorded_at, v.version, v.form_id
+    return v.form.recorded.date, v.stored_at, v.version, v.form_id
 
 
 def _known(v: VersionLike, nhs_number: str, known_at: datetime | None) -> bool:
-    return v.form.young_person.nhs_number == nhs_number and (known_at is None or v.recorded_at <= known_at)
+    return v.form.young_person.nhs_number == nhs_number and (known_at is None or v.stored_at <= known_at)
 
 
 def version_in_force(nhs_number: str, versions: Iterable[VersionLike], at: datetime,

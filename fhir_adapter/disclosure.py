@@ -39,7 +39,7 @@ class Disclosure:
     form_id: str | None
     exception: str  # 'risk-of-significant-harm' | 'court-order'
     information_types: tuple[str, ...]
-    recipient: Mapping[str, str]  # name, role, organisation, odsCode
+    recipient: Mapping[str, Any]  # name, role, organisation, odsCode, identifier {system, value}
     reason: str  # the order reference or a summary of the risk
     disclosed_at: datetime
     young_person_told: bool
@@ -62,8 +62,8 @@ def disclosure_issues(d: Disclosure) -> list[Issue]:
     for n, code in enumerate(d.information_types):
         if code not in known:
             issues.append(error("code-invalid", f"$.informationTypes[{n}]", f"'{code}' is not a CASUS information type"))
-    recipient_keys = {"name", "role", "organisation", "odsCode"}
-    if not isinstance(d.recipient, Mapping) or not any(isinstance(d.recipient.get(k), str) and d.recipient.get(k) for k in recipient_keys):
+    recipient_keys = {"name", "role", "organisation", "odsCode", "identifier"}
+    if not isinstance(d.recipient, Mapping) or not any(d.recipient.get(k) for k in recipient_keys):
         issues.append(error("required", "$.recipient", "the recipient needs at least a name, role, organisation or identifier"))
     elif set(d.recipient) - recipient_keys:
         issues.append(error("structure", "$.recipient", f"the recipient has only {', '.join(sorted(recipient_keys))}"))

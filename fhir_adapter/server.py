@@ -10,6 +10,7 @@ field, or a 500 carrying an incident id and nothing else).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     if store is None:
         _ensure_sqlite_directory(settings.database_url)
         store = Store.open(settings.database_url)
-    app.extensions[SERVICE_EXTENSION] = ConsentService(store)
+    app.extensions[SERVICE_EXTENSION] = ConsentService(store, backdated_after=timedelta(days=settings.backdated_days))
     app.register_blueprint(health.bp)
     app.register_blueprint(forms_api.bp)
     app.register_blueprint(decisions_api.bp)

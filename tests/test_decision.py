@@ -475,7 +475,7 @@ def test_any_object_with_the_version_attributes_is_accepted() -> None:
         form_id: str
         version: int
         form: ConsentForm
-        recorded_at: datetime
+        stored_at: datetime
         etag: str
 
     row = FormVersion(FORM_A, 1, ACTIVE[0].form, RECORDED, 'W/"1"')

@@ -79,6 +79,6 @@ def test_known_at_answers_from_exactly_the_versions_stored_by_then(history: list
                                                                  known_after: int) -> None:
     versions = entered(history, data.draw(st.permutations(range(len(history)))), first_entry)
     known_at = first_entry + timedelta(days=known_after, hours=12)
-    stored_by_then = tuple(v for v in versions if v.recorded_at <= known_at)
+    stored_by_then = tuple(v for v in versions if v.stored_at <= known_at)
     as_known = decide(replace(question, known_at=known_at), versions, now=NOW)
     assert as_known == decide(question, stored_by_then, now=NOW)

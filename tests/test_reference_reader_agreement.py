@@ -74,7 +74,7 @@ Writer = Callable[[ConsentForm], dict[str, object]]
 
 def cases(form: ConsentForm, to_r4: Writer = form_to_r4, to_r5: Writer = form_to_r5) -> Iterator[Case]:
     r4_doc, r5_doc = to_r4(form), to_r5(form)
-    version = StoredVersion(form_id=form.form_id, version=1, form=form, recorded_at=form.recorded.date)
+    version = StoredVersion(form_id=form.form_id, version=1, form=form, stored_at=form.recorded.date)
     for person in form.people:
         for info_type in codes.INFORMATION_TYPES.values():
             coding = Coding.of(codes.INFORMATION_TYPES.to_coding(info_type))

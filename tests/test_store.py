@@ -122,14 +122,14 @@ def test_create_stores_version_1_that_reads_back_unchanged(store: Store, clock: 
     got = store.get(form.form_id)
     assert (created.version, got.version) == (1, 1)
     assert got.form == form
-    assert (got.actor, got.source, got.recorded_at) == ("clinician-1", "local", clock.now)
+    assert (got.actor, got.source, got.stored_at) == ("clinician-1", "local", clock.now)
 
 
-def test_recorded_at_is_the_store_time_in_utc(database_url: str) -> None:
+def test_stored_at_is_the_store_time_in_utc(database_url: str) -> None:
     local_time = datetime(2027, 6, 1, 14, 30, tzinfo=timezone(timedelta(hours=1)))
     with Store.open(database_url, clock=lambda: local_time) as s:
         s.create_form(make_form(), actor="clinician-1")
-        recorded = s.get(SAMPLE["formId"]).recorded_at
+        recorded = s.get(SAMPLE["formId"]).stored_at
     assert recorded == local_time
     assert recorded.utcoffset() == timedelta(0)
 
@@ -150,7 +150,7 @@ def test_update_appends_a_version_and_keeps_every_earlier_one(store: Store, cloc
     history = store.history(SAMPLE["formId"])
     assert [(v.version, v.form.status, v.actor) for v in history] == [
         (1, "active", "clinician-1"), (2, "withdrawn", "clinician-2"), (3, "active", "clinician-1")]
-    assert [v.recorded_at for v in history] == [START, START + timedelta(seconds=60), START + timedelta(seconds=120)]
+    assert [v.stored_at for v in history] == [START, START + timedelta(seconds=60), START + timedelta(seconds=120)]
     assert store.get(SAMPLE["formId"]) == third
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint
 
 from .. import decision
-from .decisions_api import decision_request
+from .decisions_api import decision_request, verdict_for
 from .protocol import json_body, json_response, principal, problem, require, service
 
 bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
@@ -24,6 +24,7 @@ HOOK = "casus-consent-consult"
 CONTEXT_FIELDS = {
     "patient": "patient", "recipient-identifier": "recipientIdentifier", "recipient-role": "recipientRole",
     "recipient-person": "recipientPerson", "information-type": "informationTypes", "purpose": "purpose", "at": "at",
+    "known-at": "knownAt",
 }
 
 
@@ -45,7 +46,8 @@ def discovery() -> Any:
         "id": SERVICE_ID,
         "title": "CASUS consent consult",
         "description": "May CASUS information of these types about this patient go to this recipient for this purpose?",
-        "usageRequirements": "context: patient (NHS number), recipientIdentifier (system|value) or recipientRole, informationTypes, purpose",
+        "usageRequirements": ("context: patient (NHS number), recipientIdentifier (system|value), recipientRole or recipientPerson, "
+                              "informationTypes, purpose; optional at and knownAt (ISO 8601 with a time zone)"),
     }]})
 
 
@@ -69,11 +71,8 @@ def consult() -> Any:
         elif not isinstance(value, str):
             raise problem(400, "value", f"context.{field}", "must be a string")
         args[arg] = value
-    req = decision_request(args)
-    try:
-        verdict = service().decide(req, actor=principal().name)
-    except ValueError as exc:
-        raise problem(400, "value", "context", str(exc)) from None
+    verdict = verdict_for(decision_request(args), principal(), service(),
+                          {arg: f"context.{field}" for arg, field in CONTEXT_FIELDS.items()})
     return json_response({"cards": [card(verdict)]})
 
 

@@ -86,16 +86,39 @@ def decision_request(args: Any) -> decision.DecisionRequest:
         information_types=types,
         purpose=purpose,
         at=parse_time(args.get("at"), "at"),
+        known_at=parse_time(args.get("known-at"), "known-at"),
     )
 
 
-def decision_answer(args: Any, accept: str | None, caller: Principal, consent: ConsentService) -> Answer:
-    """The verdict for the question in ``args``, audited before it is returned (a failed audit raises: no answer)."""
-    req = decision_request(args)
+#: Words of the engine's rejection -> the query parameter it is about, so the 400 names the field.
+REJECTED_PARAMETERS: tuple[tuple[str, str], ...] = (
+    ("information type", "information-type"), ("identifier", "recipient-identifier"), ("role", "recipient-role"),
+    ("recipient", "recipient-identifier"), ("NHS number", "patient"), ("purpose", "purpose"),
+    ("known-at", "known-at"), ("decision time", "at"),
+)
+
+
+def rejected_parameter(message: str) -> str:
+    return next((name for words, name in REJECTED_PARAMETERS if words in message), "")
+
+
+def verdict_for(req: decision.DecisionRequest, caller: Principal, consent: ConsentService,
+                fields: dict[str, str] | None = None) -> decision.Verdict:
+    """The verdict as this caller may see it, audited in full before it is returned (a failed audit raises: no answer).
+
+    A caller who may not read consents gets ``decision.for_decision_only_caller``: every deny reads the same.
+    """
     try:
         verdict = consent.decide(req, actor=caller.name)
     except ValueError as exc:
-        raise problem(400, "value", "", str(exc)) from None
+        name = rejected_parameter(str(exc))
+        raise problem(400, "value", (fields or {}).get(name, name), str(exc)) from None
+    return verdict if caller.may("consent.read") else decision.for_decision_only_caller(verdict, req)
+
+
+def decision_answer(args: Any, accept: str | None, caller: Principal, consent: ConsentService) -> Answer:
+    """The verdict for the question in ``args``, rendered as plain JSON or FHIR Parameters."""
+    verdict = verdict_for(decision_request(args), caller, consent)
     if wants_fhir(args.get("_format"), accept):
         return json_answer(decision.to_parameters(verdict), fhir=True)
     return json_answer(decision.to_json(verdict))
@@ -117,10 +140,16 @@ def decide() -> Any:
 @bp.get("/patients/<nhs_number>/summary")
 @require("decision.read")
 def patient_summary(nhs_number: str) -> Any:
+    """Who may receive what under the version in force; callers who may read consents also see pending proposals."""
     checked_nhs_number(nhs_number, "nhs_number")
     at = parse_time(request.args.get("at"), "at")
-    entries = service().summary(nhs_number, at=at, actor=principal().name)
-    return json_response({"recipients": decision.summary_to_json(entries)})
+    known_at = parse_time(request.args.get("known-at"), "known-at")
+    caller = principal()
+    entries, proposals = service().summary(nhs_number, at=at, known_at=known_at, actor=caller.name)
+    document: dict[str, Any] = {"recipients": decision.summary_to_json(entries)}
+    if caller.may("consent.read"):
+        document["proposals"] = decision.proposals_to_json(proposals)
+    return json_response(document)
 
 
 @bp.post("/patients/<nhs_number>/disclosures")

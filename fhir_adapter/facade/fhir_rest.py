@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, request
 
-from ..consent_service import form_from_fhir
+from ..consent_service import RecordedInFuture, form_from_fhir
 from ..mappings import codes, r4, r5
 from ..outcome import Issue, operation_outcome
 from ..store.forms import FormVersion
@@ -58,13 +58,18 @@ def bp_prefix(name: str | None) -> str:
 
 def render_consent(found: FormVersion) -> dict[str, Any]:
     resource = WRITERS[fhir_version()](found.form)
-    meta = {"versionId": str(found.version), "lastUpdated": found.recorded_at.isoformat(), **resource.get("meta", {})}
+    meta = {"versionId": str(found.version), "lastUpdated": found.stored_at.isoformat(), **resource.get("meta", {})}
     return {"resourceType": "Consent", "id": found.form_id, "meta": meta,
             **{k: v for k, v in resource.items() if k not in ("resourceType", "meta")}}
 
 
+def recorded_time_field() -> str:
+    """Where a Consent carries when the choice was made (a CASUS form's recorded.date): R5's date is only a day."""
+    return "Consent.dateTime" if fhir_version() == "r4" else f"Consent.extension.where(url='{codes.EXT_RECORDED_AT}').valueDateTime"
+
+
 def consent_response(found: FormVersion, status: int = 200) -> Any:
-    headers = version_headers(found.version, found.recorded_at)
+    headers = version_headers(found.version, found.stored_at)
     if status == 201:
         headers["Location"] = f"{base_url()}/Consent/{found.form_id}/_history/{found.version}"
     return json_response(render_consent(found), status, fhir=True, headers=headers)
@@ -142,7 +147,7 @@ def history_entry(found: FormVersion) -> dict[str, Any]:
         "resource": render_consent(found),
         "request": {"method": method, "url": "Consent" if method == "POST" else f"Consent/{found.form_id}"},
         "response": {"status": "201 Created" if method == "POST" else "200 OK", "etag": etag(found.version),
-                     "lastModified": found.recorded_at.isoformat()},
+                     "lastModified": found.stored_at.isoformat()},
     }
 
 
@@ -228,7 +233,10 @@ def searchset(found: list[FormVersion], total: int, count: int, offset: int) -> 
 @require("form.write")
 def create() -> Any:
     form = form_from_fhir(json_body(), fhir_version())
-    return consent_response(service().create(form, actor=principal().name), 201)
+    try:
+        return consent_response(service().create(form, actor=principal().name), 201)
+    except RecordedInFuture as exc:
+        raise problem(422, "processing", recorded_time_field(), exc.issues[0].diagnostics) from None
 
 
 @bp.put("/Consent/<form_id>")
@@ -240,7 +248,10 @@ def update(form_id: str) -> Any:
     form = form_from_fhir(body, fhir_version())
     if form.form_id != form_id:
         raise problem(400, "invariant", "Consent.identifier", "the CASUS form identifier must equal the Consent id in the URL")
-    saved, created = service().put(form, expected_version=expected_version(required=False), actor=principal().name)
+    try:
+        saved, created = service().put(form, expected_version=expected_version(required=False), actor=principal().name)
+    except RecordedInFuture as exc:
+        raise problem(422, "processing", recorded_time_field(), exc.issues[0].diagnostics) from None
     return consent_response(saved, 201 if created else 200)
 
 

@@ -1,4 +1,8 @@
-"""The CASUS-shaped JSON API for the form: create, read, list per patient, update, withdraw, history."""
+"""The CASUS-shaped JSON API for the form: create, read, list per patient, update, withdraw, activate, history.
+
+Every version carries two times: ``governsFrom`` (the form's ``recorded.date``, when the choice was made and
+from when it decides) and ``storedAt`` (when this adapter stored it, which is also its Last-Modified).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ def render(found: FormVersion) -> dict[str, Any]:
     return {
         "formId": found.form_id,
         "version": found.version,
-        "recordedAt": found.recorded_at.isoformat(),
+        "governsFrom": found.form.recorded.date.isoformat(),
+        "storedAt": found.stored_at.isoformat(),
         "source": found.source,
         "form": form_to_json(found.form),
     }
@@ -39,7 +44,7 @@ def render(found: FormVersion) -> dict[str, Any]:
 def create_form() -> Any:
     form = parse_form(json_body())
     saved = service().create(form, actor=principal().name)
-    headers = {**version_headers(saved.version, saved.recorded_at), "Location": url_for(".read_form", form_id=saved.form_id)}
+    headers = {**version_headers(saved.version, saved.stored_at), "Location": url_for(".read_form", form_id=saved.form_id)}
     return json_response(render(saved), 201, headers=headers)
 
 
@@ -47,14 +52,14 @@ def create_form() -> Any:
 @require("consent.read")
 def read_form(form_id: str) -> Any:
     found = service().read(form_id, actor=principal().name)
-    return json_response(render(found), headers=version_headers(found.version, found.recorded_at))
+    return json_response(render(found), headers=version_headers(found.version, found.stored_at))
 
 
 @bp.get("/forms/<form_id>/versions/<int:version>")
 @require("consent.read")
 def read_form_version(form_id: str, version: int) -> Any:
     found = service().read(form_id, version, actor=principal().name)
-    return json_response(render(found), headers=version_headers(found.version, found.recorded_at))
+    return json_response(render(found), headers=version_headers(found.version, found.stored_at))
 
 
 @bp.get("/forms/<form_id>/history")
@@ -70,7 +75,7 @@ def update_form(form_id: str) -> Any:
     version = expected_version(required=True)
     form = parse_form(json_body())
     saved = service().update(form, form_id=form_id, expected_version=version, actor=principal().name)  # type: ignore[arg-type]
-    return json_response(render(saved), headers=version_headers(saved.version, saved.recorded_at))
+    return json_response(render(saved), headers=version_headers(saved.version, saved.stored_at))
 
 
 @bp.post("/forms/<form_id>/withdraw")
@@ -78,7 +83,15 @@ def update_form(form_id: str) -> Any:
 def withdraw_form(form_id: str) -> Any:
     version = expected_version(required=True)
     saved = service().withdraw(form_id, expected_version=version, actor=principal().name)  # type: ignore[arg-type]
-    return json_response(render(saved), headers=version_headers(saved.version, saved.recorded_at))
+    return json_response(render(saved), headers=version_headers(saved.version, saved.stored_at))
+
+
+@bp.post("/forms/<form_id>/activate")
+@require("form.write")
+def activate_form(form_id: str) -> Any:
+    version = expected_version(required=True)
+    saved = service().activate(form_id, expected_version=version, actor=principal().name)  # type: ignore[arg-type]
+    return json_response(render(saved), headers=version_headers(saved.version, saved.stored_at))
 
 
 @bp.get("/patients/<nhs_number>/forms")

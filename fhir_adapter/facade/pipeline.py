@@ -38,7 +38,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from ..access import Principal, Refusal, authenticate, authorise
-from ..consent_service import FormIdMismatch
+from ..consent_service import FormIdMismatch, NotADraft
 from ..outcome import InvalidInput, error
 from ..store.forms import AlreadyExists, NotFound, VersionConflict
 from .protocol import PRINCIPAL_KEY, Answer, HttpProblem, etag, outcome_answer
@@ -109,6 +109,8 @@ def render_error(exc: BaseException, rule: str = "-") -> Answer:
                               {"ETag": etag(current)} if current else None)
     if isinstance(exc, FormIdMismatch):
         return outcome_answer(400, [error("invariant", "formId", str(exc))])
+    if isinstance(exc, NotADraft):
+        return outcome_answer(409, [error("business-rule", "status", str(exc))])
     if isinstance(exc, HTTPException):
         status = exc.code or 500
         code = {404: "not-found", 405: "not-supported", 413: "too-long", 415: "not-supported"}.get(status, "processing")

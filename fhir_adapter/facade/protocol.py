@@ -149,5 +149,5 @@ def last_modified(moment: datetime) -> str:
     return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
-def version_headers(version: int, recorded_at: datetime) -> dict[str, str]:
-    return {"ETag": etag(version), "Last-Modified": last_modified(recorded_at)}
+def version_headers(version: int, stored_at: datetime) -> dict[str, str]:
+    return {"ETag": etag(version), "Last-Modified": last_modified(stored_at)}

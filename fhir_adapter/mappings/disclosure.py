@@ -9,6 +9,7 @@ therefore carried as entity details of the same AuditEvent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..disclosure import Disclosure
@@ -28,10 +29,25 @@ def _detail(kind: str, value: str) -> dict[str, str]:
     return {"type": kind, "valueString": value}
 
 
+def recipient_agent(recipient: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipient named as the decision endpoint names one: by role (coded from the exception-recipient roles) and by
+    identifier (a professional identifier, else the organisation's ODS code), so a disclosure and the decision that
+    allowed it can be matched."""
+    who: dict[str, Any] = {"display": recipient.get("name") or recipient.get("organisation") or recipient.get("role")}
+    identifier = recipient.get("identifier")
+    if isinstance(identifier, Mapping):
+        who["identifier"] = {"system": identifier["system"], "value": identifier["value"]}
+    elif recipient.get("odsCode"):
+        who["identifier"] = {"system": codes.ODS_ORGANIZATION, "value": recipient["odsCode"]}
+    agent: dict[str, Any] = {"type": {"coding": [codes.RECIPIENT_ROLE_CODING]}, "who": who,
+                             "name": recipient.get("role", "recipient"), "requestor": False}
+    role = recipient.get("role")
+    if role in codes.EXCEPTION_RECIPIENT_ROLES.values():
+        agent["role"] = [{"coding": [codes.EXCEPTION_RECIPIENT_ROLES.to_coding(role)]}]
+    return agent
+
+
 def disclosure_to_audit_event(d: Disclosure) -> dict[str, Any]:
-    recipient: dict[str, Any] = {"display": d.recipient.get("name") or d.recipient.get("organisation") or d.recipient.get("role")}
-    if d.recipient.get("odsCode"):
-        recipient["identifier"] = {"system": codes.ODS_ORGANIZATION, "value": d.recipient["odsCode"]}
     details = [_detail("information-type", t) for t in d.information_types]
     details += [_detail("reason", d.reason), _detail("young-person-told", "true" if d.young_person_told else "false")]
     if d.told_at:
@@ -64,7 +80,7 @@ def disclosure_to_audit_event(d: Disclosure) -> dict[str, Any]:
         "agent": [
             {"type": {"coding": [{"system": codes.V3_PARTICIPATION, "code": "CST", "display": "custodian"}]},
              "who": _trust(), "requestor": True},
-            {"type": {"coding": [codes.RECIPIENT_ROLE_CODING]}, "who": recipient, "name": d.recipient.get("role", "recipient"), "requestor": False},
+            recipient_agent(d.recipient),
         ],
         "source": {"site": "CASUS", "observer": _trust(),
                    "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]},

@@ -49,7 +49,7 @@ class Store:
     def open(cls, url: str, *, clock: Clock | None = None) -> Store:
         """Connect to ``url`` and bring the schema up to date (safe to run from several processes at once).
 
-        ``clock`` supplies "now" for recorded_at, audit times and lease expiry (tests pass a fake one).
+        ``clock`` supplies "now" for a version's stored_at, audit times and lease expiry (tests pass a fake one).
         """
         return cls(Database.open(url, clock=clock))
 
@@ -74,11 +74,12 @@ class Store:
 
     # ----------------------------------------------------------------------- forms (see forms.py)
 
-    def create_form(self, form: ConsentForm, *, actor: str, source: str = "local") -> FormVersion:
-        return self.forms.create(form, actor=actor, source=source)
+    def create_form(self, form: ConsentForm, *, actor: str, source: str = "local", flags: tuple[str, ...] = ()) -> FormVersion:
+        return self.forms.create(form, actor=actor, source=source, flags=flags)
 
-    def update_form(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local") -> FormVersion:
-        return self.forms.update(form, expected_version=expected_version, actor=actor, source=source)
+    def update_form(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local",
+                    flags: tuple[str, ...] = ()) -> FormVersion:
+        return self.forms.update(form, expected_version=expected_version, actor=actor, source=source, flags=flags)
 
     def get(self, form_id: str, version: int | None = None) -> FormVersion:
         return self.forms.get(form_id, version)

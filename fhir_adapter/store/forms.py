@@ -79,7 +79,7 @@ class FormVersion:
     form_id: str
     version: int
     form: ConsentForm
-    recorded_at: datetime  # server time (UTC) the version was stored
+    stored_at: datetime  # server time (UTC) the version was stored; the choice governs from form.recorded.date
     actor: str
     source: str  # 'local' (API) or 'remote' (pulled by sync)
 
@@ -162,8 +162,11 @@ class Forms:
 
     # ----------------------------------------------------------------------- writes
 
-    def create(self, form: ConsentForm, *, actor: str, source: str = "local") -> FormVersion:
-        """Store a new form as version 1. Raises AlreadyExists, or InvalidInput with nothing stored."""
+    def create(self, form: ConsentForm, *, actor: str, source: str = "local", flags: tuple[str, ...] = ()) -> FormVersion:
+        """Store a new form as version 1. Raises AlreadyExists, or InvalidInput with nothing stored.
+
+        ``flags`` go into the version's audit record (e.g. ``backdated``: entered long after the choice was made).
+        """
         require_actor(actor)
         _require_source(source)
         document, parsed = checked_document(form)
@@ -175,9 +178,10 @@ class Forms:
                     status=parsed.status, updated_at=now))
             except IntegrityError as exc:
                 raise AlreadyExists(f"form {parsed.form_id} already exists") from exc
-            return self._append_version(conn, parsed, document, version=1, now=now, actor=actor, source=source)
+            return self._append_version(conn, parsed, document, version=1, now=now, actor=actor, source=source, flags=flags)
 
-    def update(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local") -> FormVersion:
+    def update(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local",
+               flags: tuple[str, ...] = ()) -> FormVersion:
         """Store a new version of a form, provided ``expected_version`` is still the latest.
 
         Raises NotFound, VersionConflict (nothing changed; re-read and retry), or InvalidInput.
@@ -204,12 +208,13 @@ class Forms:
                 log.debug("version conflict on form %s: expected %s, latest %s", parsed.form_id, expected_version, current)
                 raise VersionConflict(current, form_id=parsed.form_id, expected_version=expected_version)
             try:
-                return self._append_version(conn, parsed, document, version=expected_version + 1, now=now, actor=actor, source=source)
+                return self._append_version(conn, parsed, document, version=expected_version + 1, now=now, actor=actor,
+                                            source=source, flags=flags)
             except IntegrityError as exc:  # the unique (form_id, version) backstop: someone else made this version
                 raise VersionConflict(expected_version + 1, form_id=parsed.form_id, expected_version=expected_version) from exc
 
     def _append_version(self, conn: Connection, form: ConsentForm, document: str, *, version: int, now: datetime,
-                        actor: str, source: str) -> FormVersion:
+                        actor: str, source: str, flags: tuple[str, ...]) -> FormVersion:
         seq = self._next_number(conn, schema.FORM_VERSION_COUNTER)
         conn.execute(insert(schema.form_versions).values(
             seq=seq, form_id=form.form_id, version=version, nhs_number=form.young_person.nhs_number, status=form.status,
@@ -218,7 +223,9 @@ class Forms:
         self._audit.insert(conn, now, actor=actor, action=STORED_FORM_VERSION,
                            resource=f"form/{form.form_id}", outcome="created" if version == 1 else "updated",
                            subject=form.young_person.nhs_number,
-                           detail={"version": version, "status": form.status, "source": source})
+                           detail={"version": version, "status": form.status, "source": source,
+                                   "governsFrom": form.recorded.date.isoformat(), "storedAt": now.isoformat(),
+                                   **({"flags": list(flags)} if flags else {})})
         return FormVersion(form.form_id, version, form, now, actor, source)
 
     @staticmethod
