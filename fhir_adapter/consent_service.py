@@ -10,7 +10,7 @@ never names or free text.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,18 +185,27 @@ class ConsentService:
                          subject=request.nhs_number, detail=_decision_detail(asked, verdict, versions, self.backdated_after))
         return verdict
 
-    def summary(self, nhs_number: str, *, at: datetime | None, known_at: datetime | None = None,
-                actor: str) -> tuple[list[decision.RecipientSummary], list[decision.Proposal]]:
+    def summary(self, nhs_number: str, *, at: datetime | None, known_at: datetime | None = None, actor: str) -> Summary:
         """Who may receive what under the version in force, and the pending proposals with what each would change."""
         now = self.clock()
         versions = self.store.versions_for_patient(nhs_number)
         moment, known = at or now, known_at or now
         result = decision.summary(nhs_number, versions, at=moment, known_at=known)
         proposals = decision.pending_proposals(nhs_number, versions, at=moment, known_at=known)
-        self.store.audit(actor=actor, action="decision.summary", resource="Consent", outcome="ok", subject=nhs_number,
-                         detail={"at": moment.isoformat(), "knownAt": known.isoformat(), "recipients": len(result),
-                                 "proposals": len(proposals)})
-        return result, proposals
+        in_force = next((v for v in versions if result and (v.form_id, v.version) == (result[0].form_id, result[0].version)), None)
+        self.store.audit(actor=actor, action="decision.summary", resource=_ref(in_force) if in_force else "Consent", outcome="ok",
+                         subject=nhs_number, detail={"at": moment.isoformat(), "knownAt": known.isoformat(), "recipients": len(result),
+                                                     "proposals": len(proposals)})
+        return Summary(result, proposals, in_force)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The summary's parts: the people on the version in force (None when no active consent is) and pending proposals."""
+
+    recipients: list[decision.RecipientSummary]
+    proposals: list[decision.Proposal]
+    in_force: FormVersion | None
 
 
 def _subject(found: FormVersion) -> str:

@@ -145,10 +145,16 @@ def patient_summary(nhs_number: str) -> Any:
     at = parse_time(request.args.get("at"), "at")
     known_at = parse_time(request.args.get("known-at"), "known-at")
     caller = principal()
-    entries, proposals = service().summary(nhs_number, at=at, known_at=known_at, actor=caller.name)
-    document: dict[str, Any] = {"recipients": decision.summary_to_json(entries)}
+    found = service().summary(nhs_number, at=at, known_at=known_at, actor=caller.name)
+    in_force = found.in_force
+    document: dict[str, Any] = {
+        "inForce": None if in_force is None else {
+            "consent": f"Consent/{in_force.form_id}/_history/{in_force.version}",
+            "governsFrom": in_force.form.recorded.date.isoformat(), "storedAt": in_force.stored_at.isoformat()},
+        "recipients": decision.summary_to_json(found.recipients),
+    }
     if caller.may("consent.read"):
-        document["proposals"] = decision.proposals_to_json(proposals)
+        document["proposals"] = decision.proposals_to_json(found.proposals)
     return json_response(document)
 
 
