@@ -14,7 +14,8 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-#: consent.read: read forms, Consents, disclosures and summaries; decision.read: ask the decision endpoints;
+#: consent.read: read forms, Consents, disclosures and summaries, and see the full reason of every decision;
+#: decision.read: ask the decision endpoints (every deny then reads the same, revealing nothing);
 #: form.write: create/change forms, record disclosures; validate: $validate; admin: audit log and everything else.
 SCOPES = frozenset({"consent.read", "decision.read", "form.write", "validate", "admin"})
 

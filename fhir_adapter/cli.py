@@ -250,6 +250,7 @@ DEMO_ROLES = {
     "clinician": ["form.write", "consent.read", "decision.read"],
     "engineer": ["validate"],
     "admin": ["admin"],
+    "decider": ["decision.read"],  # a system that may only ask, to see the answer that reveals nothing
 }
 
 

@@ -60,8 +60,8 @@ def test_the_summary_shows_what_a_pending_proposal_would_change(proposed: FlaskC
         "wouldReceive": ["attendance"], "wouldNoLongerReceive": [], "period": {"before": None, "after": None}}]
 
 
-def test_a_caller_who_may_only_ask_for_decisions_is_not_shown_proposals(proposed: FlaskClient) -> None:
-    assert "proposals" not in proposed.get(f"/api/patients/{NHS}/summary", headers=bearer("decider")).json
+def test_a_caller_who_may_only_ask_for_decisions_may_not_read_the_summary(proposed: FlaskClient) -> None:
+    assert proposed.get(f"/api/patients/{NHS}/summary", headers=bearer("decider")).status_code == 403
 
 
 def test_the_summary_carries_both_times_of_the_version_in_force(proposed: FlaskClient, store: Store) -> None:

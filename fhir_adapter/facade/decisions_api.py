@@ -138,23 +138,25 @@ def decide() -> Any:
 
 
 @bp.get("/patients/<nhs_number>/summary")
-@require("decision.read")
+@require("consent.read")
 def patient_summary(nhs_number: str) -> Any:
-    """Who may receive what under the version in force; callers who may read consents also see pending proposals."""
+    """Who may receive what under the version in force, and pending proposals.
+
+    It lists the people on the form and shows whether CASUS knows the young person, so it is consent content:
+    a caller who may only ask for decisions must not learn either (see ``verdict_for``).
+    """
     checked_nhs_number(nhs_number, "nhs_number")
     at = parse_time(request.args.get("at"), "at")
     known_at = parse_time(request.args.get("known-at"), "known-at")
-    caller = principal()
-    found = service().summary(nhs_number, at=at, known_at=known_at, actor=caller.name)
+    found = service().summary(nhs_number, at=at, known_at=known_at, actor=principal().name)
     in_force = found.in_force
     document: dict[str, Any] = {
         "inForce": None if in_force is None else {
             "consent": f"Consent/{in_force.form_id}/_history/{in_force.version}",
             "governsFrom": in_force.form.recorded.date.isoformat(), "storedAt": in_force.stored_at.isoformat()},
         "recipients": decision.summary_to_json(found.recipients),
+        "proposals": decision.proposals_to_json(found.proposals),
     }
-    if caller.may("consent.read"):
-        document["proposals"] = decision.proposals_to_json(found.proposals)
     return json_response(document)
 
 
