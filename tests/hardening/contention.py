@@ -105,7 +105,8 @@ def keep_deciding(client: FlaskClient, nhs: str, at: datetime, stop: threading.E
     for _ in range(MAX_DECISIONS_PER_THREAD):
         if stop.is_set():
             return
-        response = client.get("/api/decision", query_string=decision_query(nhs, at), headers=bearer("decider"))
+        # A consent-reading caller: only its answers cite the version, which the check recomputes the verdict from.
+        response = client.get("/api/decision", query_string=decision_query(nhs, at), headers=bearer("ehr"))
         body = response.json
         consent = body.get("consent") or {}
         seen.append(SeenVerdict(body["decision"], body["basis"], body.get("provision"), consent.get("formId"), consent.get("version")))
