@@ -174,7 +174,7 @@ class ConsentService:
         """The engine's verdict, returned only once its audit record is committed (AuditWriteFailed otherwise).
 
         The audit keeps the question's two times as answered (``at`` and ``known-at``, now when not asked) and the
-        deciding version's two times, so a past answer can be explained and replayed.  Raises ValueError, with
+        deciding version's two times, so a past answer can be explained and replayed.  Raises decision.InvalidQuestion, with
         nothing audited, for a question the engine rejects.
         """
         now = self.clock()

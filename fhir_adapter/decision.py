@@ -9,7 +9,7 @@ Precedence, applied in this order and restated in every answer's ``reason``:
 1. **The request must make sense.**  Unknown information types or identifier
    systems, a role that is neither a form role nor an exception recipient
    (``codes.EXCEPTION_RECIPIENT_ROLES``), a recipient with no criterion, a
-   malformed NHS number or a time without a zone raise ``ValueError`` (the
+   malformed NHS number or a time without a zone raise ``InvalidQuestion`` (the
    facade answers 400).  Nothing about the patient has been looked at yet.
 2. **Policy exceptions, for their own purpose only.**  Purpose ``THREAT`` (risk
    of significant harm) or ``HLEGAL`` (court order) permits every information
@@ -263,6 +263,18 @@ def exception_provision_path(form: ConsentForm, kind: str) -> str | None:
 # --------------------------------------------------------------------------- request checking
 
 
+class InvalidQuestion(ValueError):
+    """A question that makes no sense (precedence 1), naming the part of the ``DecisionRequest`` at fault.
+
+    ``part`` is one of ``nhs_number``, ``recipient.identifier``, ``recipient.role``, ``recipient``,
+    ``information_types``, ``purpose``, ``at``, ``known_at``, so a transport can name its own field.
+    """
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
 @dataclass(frozen=True)
 class _Criteria:
     person_id: str | None
@@ -270,20 +282,20 @@ class _Criteria:
     role: str | None
 
 
-def _aware(moment: datetime, name: str) -> datetime:
+def _aware(moment: datetime, name: str, part: str = "at") -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{name} must carry a time zone")
+        raise InvalidQuestion(part, f"{name} must carry a time zone")
     return moment
 
 
 def _information_types(asked: Iterable[str]) -> tuple[str, ...]:
     types = tuple(dict.fromkeys(asked))
     if not types:
-        raise ValueError("at least one information type is required")
+        raise InvalidQuestion("information_types", "at least one information type is required")
     valid = codes.INFORMATION_TYPES.values()
     unknown = [t for t in types if t not in valid]
     if unknown:
-        raise ValueError(f"unknown information type(s) {', '.join(map(repr, unknown))}; valid codes: {', '.join(valid)}")
+        raise InvalidQuestion("information_types", f"unknown information type(s) {', '.join(map(repr, unknown))}; valid codes: {', '.join(valid)}")
     return types
 
 
@@ -294,38 +306,39 @@ def _identifier_kind(system: str) -> str:
         return system
     alias = codes.identifier_alias(system)
     if alias is None:
-        raise ValueError(f"unknown identifier system {system!r}")
+        raise InvalidQuestion("recipient.identifier", f"unknown identifier system {system!r}")
     return alias
 
 
 def _criteria(recipient: Recipient) -> _Criteria:
     identifier = None
     if (recipient.identifier_system is None) != (recipient.identifier_value is None):
-        raise ValueError("a recipient identifier needs both a system and a value")
+        raise InvalidQuestion("recipient.identifier", "a recipient identifier needs both a system and a value")
     if recipient.identifier_system is not None and recipient.identifier_value is not None:
         value = recipient.identifier_value.strip()
         if not value:
-            raise ValueError("the recipient identifier value is empty")
+            raise InvalidQuestion("recipient.identifier", "the recipient identifier value is empty")
         kind = _identifier_kind(recipient.identifier_system)
         identifier = (kind, value.upper() if kind == _ODS else value)
     if recipient.role is not None and recipient.role not in codes.EXCEPTION_RECIPIENT_ROLES.values():
-        raise ValueError(f"unknown recipient role {recipient.role!r}; valid roles: {', '.join(codes.EXCEPTION_RECIPIENT_ROLES.values())}")
+        valid = ", ".join(codes.EXCEPTION_RECIPIENT_ROLES.values())
+        raise InvalidQuestion("recipient.role", f"unknown recipient role {recipient.role!r}; valid roles: {valid}")
     criteria = _Criteria(recipient.person_id or None, identifier, recipient.role)
     if criteria.person_id is None and criteria.identifier is None and criteria.role is None:
-        raise ValueError("the recipient needs a person id, an identifier or a role")
+        raise InvalidQuestion("recipient", "the recipient needs a person id, an identifier or a role")
     return criteria
 
 
 def _nhs_number(value: str) -> str:
     compact = value.replace(" ", "") if isinstance(value, str) else ""
     if not nhs.is_valid(compact):
-        raise ValueError("the NHS number is not valid (ten digits with a Modulus 11 check digit)")
+        raise InvalidQuestion("nhs_number", "the NHS number is not valid (ten digits with a Modulus 11 check digit)")
     return compact
 
 
 def _purpose(value: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("a purpose of use is required")
+        raise InvalidQuestion("purpose", "a purpose of use is required")
     return value.strip()
 
 
@@ -457,10 +470,10 @@ def _deciding_provision(outcomes: Sequence[_TypeOutcome], decision: Decision) ->
 def decide(request: DecisionRequest, versions: Sequence[VersionLike], *, now: datetime) -> Verdict:
     """Answer one request against a patient's stored form versions (see the module docstring for precedence).
 
-    Raises ValueError for a request that does not make sense (the facade's 400).
+    Raises InvalidQuestion (a ValueError) for a request that does not make sense (the facade's 400).
     """
     at = _aware(request.at if request.at is not None else now, "the decision time")
-    known_at = _aware(request.known_at if request.known_at is not None else now, "the known-at time")
+    known_at = _aware(request.known_at if request.known_at is not None else now, "the known-at time", "known_at")
     types = _information_types(request.information_types)
     criteria = _criteria(request.recipient)
     patient = _nhs_number(request.nhs_number)
@@ -573,7 +586,7 @@ def summary(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime,
     every version given).
     """
     at = _aware(at, "the summary time")
-    known = _aware(known_at, "the known-at time") if known_at is not None else None
+    known = _aware(known_at, "the known-at time", "known_at") if known_at is not None else None
     v = version_in_force(_nhs_number(nhs_number), versions, at, known)
     if v is None or v.form.status != "active":
         return []
@@ -650,7 +663,7 @@ def pending_proposals(nhs_number: str, versions: Sequence[VersionLike], *, at: d
     not active permits nothing, so against it every proposed person is ``added``.
     """
     at = _aware(at, "the summary time")
-    known = _aware(known_at, "the known-at time") if known_at is not None else None
+    known = _aware(known_at, "the known-at time", "known_at") if known_at is not None else None
     patient = _nhs_number(nhs_number)
     newest: dict[str, VersionLike] = {}
     for v in versions:

@@ -97,6 +97,18 @@ def test_an_identifier_system_the_form_does_not_accept_gets_400_naming_the_param
     assert response.json["issue"][0]["expression"] == ["recipient-identifier"]
 
 
+def test_an_unknown_information_type_gets_400_naming_the_parameter(loaded: FlaskClient) -> None:
+    response = ask(loaded, **{"recipient-role": "mother", "information-type": "everything"})
+    assert (response.status_code, response.json["issue"][0]["expression"]) == (400, ["information-type"])
+
+
+def test_cds_hooks_names_the_context_field_of_a_role_that_is_no_recipient_role(loaded: FlaskClient) -> None:
+    body = {"hook": "casus-consent-consult", "context": {"patient": NHS, "recipientRole": "bishop",
+                                                          "informationTypes": ["attendance"], "purpose": "TREAT"}}
+    response = loaded.post("/cds-services/casus-consent", json=body, headers=bearer("ehr"))
+    assert (response.status_code, response.json["issue"][0]["expression"]) == (400, ["context.recipientRole"])
+
+
 def test_an_exception_answer_as_fhir_parameters_names_the_exception_basis(loaded: FlaskClient) -> None:
     response = ask(loaded, purpose="HLEGAL", _format="fhir", **{"recipient-role": "court"})
     params = {p["name"]: p for p in response.json["parameter"]}

@@ -90,16 +90,12 @@ def decision_request(args: Any) -> decision.DecisionRequest:
     )
 
 
-#: Words of the engine's rejection -> the query parameter it is about, so the 400 names the field.
-REJECTED_PARAMETERS: tuple[tuple[str, str], ...] = (
-    ("information type", "information-type"), ("identifier", "recipient-identifier"), ("role", "recipient-role"),
-    ("recipient", "recipient-identifier"), ("NHS number", "patient"), ("purpose", "purpose"),
-    ("known-at", "known-at"), ("decision time", "at"),
-)
-
-
-def rejected_parameter(message: str) -> str:
-    return next((name for words, name in REJECTED_PARAMETERS if words in message), "")
+#: The part of the question the engine rejected -> the query parameter carrying it, so the 400 names the field.
+QUESTION_PARAMETERS: dict[str, str] = {
+    "nhs_number": "patient", "recipient.identifier": "recipient-identifier", "recipient.role": "recipient-role",
+    "recipient": "recipient-identifier", "information_types": "information-type", "purpose": "purpose",
+    "at": "at", "known_at": "known-at",
+}
 
 
 def verdict_for(req: decision.DecisionRequest, caller: Principal, consent: ConsentService,
@@ -110,8 +106,8 @@ def verdict_for(req: decision.DecisionRequest, caller: Principal, consent: Conse
     """
     try:
         verdict = consent.decide(req, actor=caller.name)
-    except ValueError as exc:
-        name = rejected_parameter(str(exc))
+    except decision.InvalidQuestion as exc:
+        name = QUESTION_PARAMETERS.get(exc.part, "")
         raise problem(400, "value", (fields or {}).get(name, name), str(exc)) from None
     return verdict if caller.may("consent.read") else decision.for_decision_only_caller(verdict, req)
 
