@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 from flask.testing import FlaskClient
 
 from fhir_adapter.store import Store
@@ -258,6 +259,7 @@ def test_a_disclosures_audit_event_names_the_recipient_by_role_or_identifier(
     assert loaded.post(f"/api/patients/{NHS}/disclosures", json={**DISCLOSURE, "recipient": recipient},
                        headers=bearer("clinician")).status_code == 201
     event = loaded.get(f"/api/patients/{NHS}/disclosures?_format=fhir", headers=bearer("ehr")).json["entry"][0]["resource"]
+    AuditEvent.model_validate(event)
     agent = event["agent"][1]
     assert [c["code"] for r in agent.get("role", []) for c in r["coding"]] == ([role] if role else [])
     assert agent["who"].get("identifier") == identifier
