@@ -66,7 +66,7 @@ class ConsentService:
         flags = self._time_flags(form)
         return self.store.update_form(form, expected_version=expected_version, actor=actor, flags=flags)
 
-    def _time_flags(self, form: ConsentForm) -> tuple[str, ...]:
+    def _time_flags(self, form: ConsentForm, field: str = "$.recorded.date") -> tuple[str, ...]:
         """Refuse a choice dated in the future; flag one entered long after it was made (the store audits the flag).
 
         A version governs from its recorded date, so a future date would make it decide before it exists, and a
@@ -75,7 +75,7 @@ class ConsentService:
         now = self.clock()
         recorded = form.recorded.date
         if recorded > now + CLOCK_SKEW:
-            raise RecordedInFuture([error("processing", "$.recorded.date",
+            raise RecordedInFuture([error("processing", field,
                                           "the form is recorded in the future; a choice takes effect from when it was made, "
                                           "so record it once it has been made")])
         return (FLAG_BACKDATED,) if now - recorded > self.backdated_after else ()
@@ -98,19 +98,25 @@ class ConsentService:
         withdrawn = replace(current.form, status="withdrawn", recorded=Recorded(self.clock(), current.form.recorded.by))
         return self.store.update_form(withdrawn, expected_version=expected_version, actor=actor)
 
-    def activate(self, form_id: str, *, expected_version: int, actor: str) -> FormVersion:
-        """Make the draft the active version, recorded now: the young person (or the decider) agreed to the proposal.
+    def activate(self, form_id: str, *, expected_version: int, actor: str, agreed_at: datetime | None = None) -> FormVersion:
+        """Make the draft the active version: the young person (or the decider) agreed to the proposal at ``agreed_at``.
 
-        Raises NotADraft when the latest version is not a draft (nothing is stored); the agreement is audited
-        beside the stored version, naming the draft it agreed to.
+        The agreement is the choice, so the new version is recorded at it (default now; earlier when it was agreed
+        on paper and entered later) and governs from then.  Raises NotADraft when the latest version is not a
+        draft, and InvalidInput naming ``$.agreedAt`` when the agreement would precede the proposal or lie in the
+        future; nothing is stored then.  The agreement is audited beside the stored version, naming the draft.
         """
         current = self.store.get(form_id)
         if current.form.status != "draft":
             raise NotADraft(f"version {current.version} of the form is {current.form.status}, not a draft; only a proposal can be made active")
-        active = replace(current.form, status="active", recorded=Recorded(self.clock(), current.form.recorded.by))
-        saved = self.store.update_form(active, expected_version=expected_version, actor=actor)
+        agreed = agreed_at or self.clock()
+        if agreed < current.form.recorded.date:
+            raise InvalidInput([error("processing", "$.agreedAt", "the agreement cannot precede the proposal it agrees to")])
+        active = replace(current.form, status="active", recorded=Recorded(agreed, current.form.recorded.by))
+        flags = self._time_flags(active, "$.agreedAt")
+        saved = self.store.update_form(active, expected_version=expected_version, actor=actor, flags=flags)
         self.store.audit(actor=actor, action="form.activate", resource=_ref(saved), outcome="ok", subject=_subject(saved),
-                         detail={"proposal": _ref(current), "governsFrom": active.recorded.date.isoformat()})
+                         detail={"proposal": _ref(current), "governsFrom": agreed.isoformat()})
         return saved
 
     def record_disclosure(self, disclosure: Disclosure, *, actor: str) -> Disclosure:

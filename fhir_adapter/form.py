@@ -259,6 +259,12 @@ def check(form: ConsentForm) -> None:
         raise InvalidInput(issues)
 
 
+#: Statuses of a version that records a choice (one that is, or is proposed to be, in force).  The rules on who
+#: may decide at what age apply to these; a withdrawal or an entry in error records no choice, so a young person
+#: who has since turned 16 or 18 can still withdraw a consent given under an earlier basis.
+CHOICE_STATUSES = frozenset({"draft", "active"})
+
+
 def cross_field_issues(form: ConsentForm) -> list[Issue]:
     """Rules between fields, reported against the form's JSON paths."""
     issues: list[Issue] = []
@@ -270,7 +276,8 @@ def cross_field_issues(form: ConsentForm) -> list[Issue]:
         issues.append(error("value", "$.recorded.date", "the recording time must carry a time zone"))
     if recorded_on < yp.birth_date:
         issues.append(error("invariant", "$.recorded.date", "the form is recorded before the young person's date of birth"))
-    issues += _basis_issues(form, recorded_on)
+    if form.status in CHOICE_STATUSES:  # who may decide, by age, matters for a choice; a withdrawal records none
+        issues += _basis_issues(form, recorded_on)
     seen_ids: set[str] = set()
     seen_people: set[tuple[str, str]] = set()
     for n, p in enumerate(form.people):

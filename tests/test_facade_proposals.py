@@ -3,7 +3,7 @@ making one active is an explicit, version-checked, audited act."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,11 +18,18 @@ NHS = "9434765919"
 DAD_MAY_HEAR_ATTENDANCE = {"id": "dad", "name": "Chris Example", "role": "father", "sharing": "share", "informationTypes": ["attendance"]}
 
 
+def alex() -> dict[str, Any]:
+    """The sample form, with Alex born so that they are under 16 whenever the tests run (activation is dated now)."""
+    form = example_form()
+    form["youngPerson"]["birthDate"] = f"{min(date.today().year - 14, 2011)}-01-01"
+    return form
+
+
 @pytest.fixture
 def proposed(client: FlaskClient) -> FlaskClient:
     """Alex's active form (version 1) and a team draft (version 2) proposing that dad may hear about attendance."""
-    assert client.post("/api/forms", json=example_form(), headers=bearer("clinician")).status_code == 201
-    draft = example_form()
+    assert client.post("/api/forms", json=alex(), headers=bearer("clinician")).status_code == 201
+    draft = alex()
     draft["status"] = "draft"
     draft["recorded"]["date"] = "2026-11-27T09:00:00+00:00"
     draft["people"][2] = DAD_MAY_HEAR_ATTENDANCE
@@ -35,9 +42,9 @@ def ask_about_dad(client: FlaskClient) -> dict[str, Any]:
     return client.get(f"/api/decision?{urlencode(query)}", headers=bearer("ehr")).json
 
 
-def activate(client: FlaskClient, version: str | None = 'W/"2"', token: str = "clinician") -> Any:
+def activate(client: FlaskClient, version: str | None = 'W/"2"', token: str = "clinician", body: Any = None) -> Any:
     headers = {**bearer(token), **({"If-Match": version} if version else {})}
-    return client.post(f"/api/forms/{FORM_ID}/activate", headers=headers)
+    return client.post(f"/api/forms/{FORM_ID}/activate", headers=headers, json=body)
 
 
 def test_a_draft_does_not_change_what_is_in_force(proposed: FlaskClient) -> None:
@@ -111,3 +118,28 @@ def test_activating_needs_the_form_write_scope(proposed: FlaskClient) -> None:
 def test_activating_an_unknown_form_is_404(client: FlaskClient) -> None:
     response = client.post("/api/forms/5b7e0a52-0000-4000-8000-000000000000/activate", headers={**bearer("clinician"), "If-Match": 'W/"1"'})
     assert response.status_code == 404
+
+
+def test_an_agreement_made_on_paper_earlier_governs_from_when_it_was_made(proposed: FlaskClient) -> None:
+    response = activate(proposed, body={"agreedAt": "2026-11-29T10:00:00+00:00"})
+    assert (response.status_code, response.json["governsFrom"]) == (200, "2026-11-29T10:00:00+00:00")
+    query = {"patient": NHS, "recipient-role": "father", "information-type": "attendance", "purpose": "TREAT"}
+    before = proposed.get(f"/api/decision?{urlencode({**query, 'at': '2026-11-28T10:00:00Z'})}", headers=bearer("ehr")).json
+    after = proposed.get(f"/api/decision?{urlencode({**query, 'at': '2026-11-30T10:00:00Z'})}", headers=bearer("ehr")).json
+    assert (before["decision"], after["decision"], after["consent"]["version"]) == ("deny", "permit", 3)
+
+
+@pytest.mark.parametrize(("agreed_at", "status"), [
+    ("2026-11-26T10:00:00+00:00", 422),  # before the proposal (27 Nov) was made
+    ((datetime.now(UTC) + timedelta(days=1)).isoformat(), 422),  # in the future
+    ("2026-11-29T10:00:00", 400),  # no time zone
+    ("last tuesday", 400),
+])
+def test_an_agreement_time_that_cannot_be_is_refused_naming_it_and_nothing_is_stored(
+        proposed: FlaskClient, store: Store, agreed_at: str, status: int) -> None:
+    response = activate(proposed, body={"agreedAt": agreed_at})
+    assert (response.status_code, response.json["issue"][0]["expression"], store.get(FORM_ID).version) == (status, ["$.agreedAt"], 2)
+
+
+def test_an_activation_body_with_other_fields_gets_400(proposed: FlaskClient) -> None:
+    assert activate(proposed, body={"agreed": "yes"}).status_code == 400

@@ -7,7 +7,7 @@ flagged in the audit; a withdrawal takes effect from its own moment.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -31,6 +31,7 @@ R4_EXAMPLE = PROFILES_DIR / "examples" / "Consent-casus-example-competent-under-
 def dated(moment: datetime, form: dict | None = None) -> dict:
     """The sample form with its choice (and the competence assessment and explanation with it) made at ``moment``."""
     form = form or example_form()
+    form["youngPerson"]["birthDate"] = f"{moment.year - 15}-01-01"  # 15 at the moment, whenever the tests run
     form["recorded"]["date"] = moment.isoformat()
     form["decisionMaker"]["competence"]["assessedOn"] = form["exceptions"]["explainedOn"] = moment.date().isoformat()
     for person in form["people"]:
@@ -173,3 +174,15 @@ def test_a_withdrawal_takes_effect_from_its_own_moment_not_back_to_the_consent(l
     assert (before["decision"], before["consent"]["version"], after["decision"]) == ("permit", 1, "deny")
     made, stored = datetime.fromisoformat(withdrawn["governsFrom"]), datetime.fromisoformat(withdrawn["storedAt"])
     assert abs(stored - made) < timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("years_since", [16, 18], ids=["turned 16", "turned 18"])
+def test_a_young_person_who_has_since_come_of_age_can_still_withdraw(client: FlaskClient, years_since: int) -> None:
+    form = dated(datetime.now(UTC) - timedelta(days=60))
+    form["youngPerson"]["birthDate"] = (date.today() - timedelta(days=365 * years_since + 30)).isoformat()
+    form["decisionMaker"]["competence"]["assessedOn"] = form["exceptions"]["explainedOn"]
+    if years_since == 18:  # 17 when the choice was made, deciding for themselves
+        form["decisionMaker"] = {"basis": "aged-16-17"}
+    assert client.post("/api/forms", json=form, headers=bearer("clinician")).status_code == 201, form
+    response = client.post(f"/api/forms/{FORM_ID}/withdraw", headers={**bearer("clinician"), "If-Match": 'W/"1"'})
+    assert (response.status_code, response.json["form"]["status"]) == (200, "withdrawn")

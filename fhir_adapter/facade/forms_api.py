@@ -6,6 +6,7 @@ from when it decides) and ``storedAt`` (when this adapter stored it, which is al
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, request, url_for
@@ -90,8 +91,26 @@ def withdraw_form(form_id: str) -> Any:
 @require("form.write")
 def activate_form(form_id: str) -> Any:
     version = expected_version(required=True)
-    saved = service().activate(form_id, expected_version=version, actor=principal().name)  # type: ignore[arg-type]
+    agreed_at = agreement_time(json_body()) if request.content_length else None
+    saved = service().activate(form_id, expected_version=version, actor=principal().name,  # type: ignore[arg-type]
+                               agreed_at=agreed_at)
     return json_response(render(saved), headers=version_headers(saved.version, saved.stored_at))
+
+
+def agreement_time(body: Any) -> datetime | None:
+    """The optional ``{"agreedAt": "<date-time with zone>"}`` body of an activation."""
+    if not isinstance(body, dict) or set(body) - {"agreedAt"}:
+        raise problem(400, "structure", "$", 'the body is {"agreedAt": "<ISO 8601 date-time with a time zone>"} or empty')
+    raw = body.get("agreedAt")
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise problem(400, "value", "$.agreedAt", "must be an ISO 8601 date-time with a time zone")
+    return moment
 
 
 @bp.get("/patients/<nhs_number>/forms")
