@@ -172,7 +172,7 @@ def test_a_change_of_mind_entered_later_applies_from_when_it_was_made(loaded: Fl
 
 def test_an_older_paper_form_entered_after_a_newer_choice_does_not_override_it(loaded: FlaskClient) -> None:
     change(loaded, 1, "2026-11-10T09:00:00+00:00")
-    verdict = ask(loaded, **{"recipient-role": "mother"}).json
+    verdict = ask(loaded, **{"recipient-role": "mother", "at": "2026-11-26T09:00:00Z"}).json
     assert (verdict["decision"], verdict["consent"]["version"]) == ("permit", 1)
 
 

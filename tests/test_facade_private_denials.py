@@ -106,7 +106,7 @@ def test_a_decision_only_caller_gets_the_unknown_patients_cds_card(client: Flask
 
 def test_a_decision_only_callers_permit_cites_no_consent_provision_or_person(client: FlaskClient) -> None:
     held(client, "active")
-    answer = ask(client, "decider").json
+    answer = ask(client, "decider", at="2026-11-21T09:00:00Z").json
     assert (answer["decision"], answer["consent"], answer["provision"], answer["matchedPeople"]) == ("permit", None, None, [])
 
 
