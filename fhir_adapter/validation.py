@@ -10,8 +10,9 @@ b. when the resource claims the CASUS profile of its FHIR version in ``meta.prof
    the CASUS ValueSets (expanded from the CodeSystem/ValueSet JSON beside it), closed slicing, reference
    targets, the extension StructureDefinitions, the profiles of contained people (type slices of
    ``contained``), and every ``constraint.expression`` evaluated with fhirpathpy under the profile's FHIR
-   version.  Nothing about the profile is retyped here, so the published artefacts and the validator
-   cannot disagree;
+   version; rules on an element that base FHIR repeats by contentReference (``Consent.provision``) hold at
+   every depth, as in the HL7 validator.  Nothing about the profile is retyped here, so the published
+   artefacts and the validator cannot disagree;
 c. the code rules FHIRPath cannot express, registered under the constraint key whose ``requirements``
    document them (casus-6: the NHS number's Modulus 11 check digit);
 d. whether the Consent maps to a CASUS form at all (``r4_to_form`` / ``r5_to_form``), whose issues name
@@ -443,7 +444,7 @@ R4_FORM_PATHS = (
 )
 # R5 writes no provision for a do-not-share person, so a form person is found by their contained resource
 # (contained in form order), not by provision position.
-R5_PEOPLE = "Consent.contained.where(resourceType = 'RelatedPerson' or resourceType = 'PractitionerRole')"
+R5_PEOPLE = "Consent.contained.where($this is RelatedPerson or $this is PractitionerRole)"
 R5_FORM_PATHS = tuple(
     (form_path, R5_PEOPLE if form_path == "$.people" else
      fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")
