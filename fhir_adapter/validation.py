@@ -10,8 +10,9 @@ b. when the resource claims the CASUS profile of its FHIR version in ``meta.prof
    the CASUS ValueSets (expanded from the CodeSystem/ValueSet JSON beside it), closed slicing, reference
    targets, the extension StructureDefinitions, the profiles of contained people (type slices of
    ``contained``), and every ``constraint.expression`` evaluated with fhirpathpy under the profile's FHIR
-   version.  Nothing about the profile is retyped here, so the published artefacts and the validator
-   cannot disagree;
+   version; rules on an element that base FHIR repeats by contentReference (``Consent.provision``) hold at
+   every depth, as in the HL7 validator.  Nothing about the profile is retyped here, so the published
+   artefacts and the validator cannot disagree;
 c. the code rules FHIRPath cannot express, registered under the constraint key whose ``requirements``
    document them (casus-6: the NHS number's Modulus 11 check digit);
 d. whether the Consent maps to a CASUS form at all (``r4_to_form`` / ``r5_to_form``), whose issues name
@@ -97,6 +98,12 @@ def expansion(value_set_url: str) -> frozenset[tuple[str, str]] | None:
 
 # --------------------------------------------------------------------------- compiled rules
 
+
+# Elements the base specification defines by contentReference to another element (R4 and R5 alike): a nested
+# provision is "#Consent.provision".  The HL7 validator applies a profile's rules on the referenced element and
+# its children to the referring element at every depth, so this validator does too, and a rule the profiles put
+# on Consent.provision must hold of every nested provision.
+CONTENT_REFERENCES: dict[str, str] = {"Consent.provision.provision": "Consent.provision"}
 
 RuleKind = Literal["min", "max", "fixed", "pattern", "binding", "type", "target", "closed", "constraint", "extension", "profile"]
 NESTED_KINDS = frozenset({"extension", "profile"})  # rules that apply another StructureDefinition (its rules are its own)
@@ -213,6 +220,7 @@ class Compiled:
 
     rules: tuple[Rule, ...]
     members: dict[str, Callable[[Any], bool]]  # slice path ("extension:assessor") -> membership test
+    repeats: dict[str, str]  # path of a content-referenced element ("provision") -> the child that repeats it
 
 
 @lru_cache(maxsize=16)
@@ -223,7 +231,9 @@ def compiled(url: str) -> Compiled:
     by_id = {e["id"]: e for e in elements}
     members = {_step_key(_steps(e["id"])): _slice_member(e, by_id) for e in elements if "sliceName" in e}
     model = fhirpath_models[sd_version(sd)]
-    return Compiled(tuple(rule for el in elements for rule in _element_rules(el, by_id, elements, model)), members)
+    repeats = {target.removeprefix(f"{sd['type']}."): referring.rsplit(".", 1)[1]
+               for referring, target in CONTENT_REFERENCES.items() if target.startswith(f"{sd['type']}.")}
+    return Compiled(tuple(rule for el in elements for rule in _element_rules(el, by_id, elements, model)), members, repeats)
 
 
 def sd_version(sd: dict[str, Any]) -> Version:
@@ -261,12 +271,26 @@ def _children(parent: Any, location: str, name: str, member: Callable[[Any], boo
     return [(v, where) for v, where in items if v is not None and (member is None or member(v))]
 
 
-def _select(scope: Scope, steps: tuple[tuple[str, str | None], ...], members: dict[str, Callable[[Any], bool]]) -> list[tuple[Any, str]]:
+def _select(scope: Scope, steps: tuple[tuple[str, str | None], ...], profile: Compiled) -> list[tuple[Any, str]]:
     nodes = [(scope.node, scope.location)]
     for depth, (name, slice_name) in enumerate(steps):
-        member = members.get(_step_key(steps[: depth + 1])) if slice_name else None
+        key = _step_key(steps[: depth + 1])
+        member = profile.members.get(key) if slice_name else None
         nodes = [child for node, where in nodes for child in _children(node, where, name, member)]
+        if key in profile.repeats:
+            nodes = _with_nested(nodes, profile.repeats[key])
     return nodes
+
+
+def _with_nested(nodes: list[tuple[Any, str]], name: str) -> list[tuple[Any, str]]:
+    """The nodes and, depth first, every node nested under them through ``name`` (the document's depth is bounded)."""
+    out: list[tuple[Any, str]] = []
+    stack = list(reversed(nodes))
+    while stack:
+        node, where = stack.pop()
+        out.append((node, where))
+        stack.extend(reversed(_children(node, where, name, None)))
+    return out
 
 
 def _step_key(steps: tuple[tuple[str, str | None], ...]) -> str:
@@ -300,14 +324,14 @@ def _in_codes(value: Any, allowed: frozenset[tuple[str, str]]) -> bool:
     return isinstance(value, dict) and (value.get("system"), value.get("code")) in allowed
 
 
-def _apply(rule: Rule, scope: Scope, members: dict[str, Callable[[Any], bool]]) -> list[Issue]:
+def _apply(rule: Rule, scope: Scope, profile: Compiled) -> list[Issue]:
     steps = rule.steps
     if rule.kind == "constraint":
-        return [issue for node, where in _select(scope, steps, members) for issue in _constraint_issues(rule, node, where, scope)]
+        return [issue for node, where in _select(scope, steps, profile) for issue in _constraint_issues(rule, node, where, scope)]
     if rule.kind in ("min", "max", "closed"):
         name = steps[-1][0]
         issues = []
-        for parent, where in _select(scope, steps[:-1], members):
+        for parent, where in _select(scope, steps[:-1], profile):
             if not isinstance(parent, dict):
                 continue
             items = _children(parent, where, name, rule.member)
@@ -319,7 +343,7 @@ def _apply(rule: Rule, scope: Scope, members: dict[str, Callable[[Any], bool]]) 
                 issues += [error("structure", at, f"{rule.describe()}; this item matches none of them")
                            for item, at in items if not any(m(item) for m in rule.value)]
         return issues
-    return [issue for node, where in _select(scope, steps, members) for issue in _value_issues(rule, node, where, scope)]
+    return [issue for node, where in _select(scope, steps, profile) for issue in _value_issues(rule, node, where, scope)]
 
 
 def _choice_type(where: str, choice_name: str) -> str:
@@ -365,7 +389,7 @@ def _constraint_issues(rule: Rule, node: Any, where: str, scope: Scope) -> list[
 def conformance_issues(scope: Scope, url: str) -> list[Issue]:
     """Every rule of the StructureDefinition ``url`` applied to ``scope.node`` (data-driven from the JSON)."""
     profile = compiled(url)
-    return [issue for rule in profile.rules for issue in _apply(rule, scope, profile.members)]
+    return [issue for rule in profile.rules for issue in _apply(rule, scope, profile)]
 
 
 # --------------------------------------------------------------------------- code rules (what FHIRPath cannot do)
@@ -420,7 +444,7 @@ R4_FORM_PATHS = (
 )
 # R5 writes no provision for a do-not-share person, so a form person is found by their contained resource
 # (contained in form order), not by provision position.
-R5_PEOPLE = "Consent.contained.where(resourceType = 'RelatedPerson' or resourceType = 'PractitionerRole')"
+R5_PEOPLE = "Consent.contained.where($this is RelatedPerson or $this is PractitionerRole)"
 R5_FORM_PATHS = tuple(
     (form_path, R5_PEOPLE if form_path == "$.people" else
      fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")

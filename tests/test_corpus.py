@@ -11,9 +11,11 @@ from pathlib import Path
 
 import fhirpathpy
 import pytest
+from click.testing import CliRunner
 from fhirpathpy.models import models as fhirpath_models
 
-from fhir_adapter.outcome import Issue
+from fhir_adapter.cli import main
+from fhir_adapter.outcome import Issue, operation_outcome
 from fhir_adapter.validation import DECISION_BASIS_AT, NO_DECISION_BASIS, base_fhir_issues, validate_consent
 
 from .conftest import CORPUS
@@ -196,3 +198,49 @@ def test_consent_without_a_decision_basis_is_told_so_once_and_its_grantor_is_not
     told = [i for i in issues if i.diagnostics == NO_DECISION_BASIS]
     assert [i.expression for i in told] == [DECISION_BASIS_AT]
     assert not [i for i in issues if "decides on this basis" in i.diagnostics or "parental-responsibility basis" in i.diagnostics]
+
+
+# --------------------------------------------------------------------------- the command line over the corpus
+
+
+def _cli(*args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_validate_command_finds_every_corpus_file_invalid_with_the_outcome_of_its_own_fhir_version(corpus_dir):
+    """One run over both folders: the FHIR version each file is read as is the one its folder says."""
+    code, bundle = _cli("validate", "--format", "json", str(corpus_dir / "r4"), str(corpus_dir / "r5"))
+    assert code == 1
+    by_file = {entry["fullUrl"]: entry["resource"] for entry in bundle["entry"]}
+    assert len(by_file) == len(ENTRIES) == 61
+    for entry in ENTRIES:
+        path = corpus_dir / entry.file
+        expected = operation_outcome(validate_consent(_load(corpus_dir, entry), entry.version))
+        assert by_file[path.resolve().as_uri()] == expected, entry.file
+
+
+def _other_version(entry: Entry) -> str:
+    return "r5" if entry.version == "r4" else "r4"
+
+
+@pytest.mark.parametrize("target", ["form", "other FHIR version"])
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.file)
+def test_map_command_rejects_every_corpus_file_with_an_outcome_naming_each_element(corpus_dir, entry, target):
+    """Valid FHIR gets the "not a CASUS consent" headline, then its reasons; FHIR that is not valid even as base
+    FHIR (what SOURCES.md's checker found) gets its base problems alone, at the elements SOURCES.md names."""
+    to = "form" if target == "form" else _other_version(entry)
+    code, outcome = _cli("map", "--to", to, str(corpus_dir / entry.file))
+    assert code == 1
+    assert outcome["resourceType"] == "OperationOutcome"
+    issues = outcome["issue"]
+    assert all(i["severity"] == "error" and i.get("expression") and i.get("diagnostics") for i in issues)
+    assert not any(w.lower() in i["diagnostics"].lower() for i in issues for w in LIBRARY_WORDING)
+    if entry.findings():
+        structural = set(entry.named_elements()) - {"Consent"}  # ppc-1 (at Consent) is judged by validate, not map
+        assert {e for i in issues for e in i["expression"]} >= structural
+        assert not any(i["diagnostics"].startswith("not a CASUS consent") for i in issues)
+    else:
+        headline, *reasons = issues
+        assert headline["diagnostics"].startswith("not a CASUS consent: ") and reasons

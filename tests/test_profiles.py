@@ -211,12 +211,14 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "casus-2": (_set("provision.provision.0.actor.0.role.coding.0.code", "PRCP"), "Consent.provision", "invariant"),
     "casus-3": (_set("provision.provision.2.provision", [{"type": "permit", "code": [{"coding": [ATTENDANCE]}]}]), "Consent.provision", "invariant"),
     "casus-4": (_set("provision.provision.3.type", "deny"), "Consent.provision", "invariant"),
-    "casus-5": (_drop("provision.provision.4"), "Consent.provision", "invariant"),
+    "casus-5": (_drop("provision.provision.4"), "Consent", "invariant"),
     "casus-6": (_set("patient.identifier.value", "943476591"), "Consent.patient", "invariant"),
     "casus-6|modulus-11": (_both(_set("patient.identifier.value", BAD_CHECK_DIGIT), _set("contained.0.identifier.0.value", BAD_CHECK_DIGIT)),
                            "Consent.patient.identifier.value", "value"),
     "casus-7": (_set("performer", [{"reference": "#mum"}]), "Consent", "invariant"),
     "casus-8": (_drop("extension.2"), "Consent", "invariant"),
+    "casus-13": (_set("provision.type", "deny"), "Consent", "invariant"),
+    "casus-14": (_drop("provision.provision.0.type"), "Consent", "invariant"),
     "Consent.extension|min": (_keep("extension", 0, 1), "Consent.extension", "required"),
     "Consent.extension:recordedBy|min": (_drop("extension.0"), _ext(codes.EXT_RECORDED_BY), "required"),
     "Consent.extension:recordedBy|max": (_duplicate("extension", 0), _ext(codes.EXT_RECORDED_BY), "structure"),
@@ -256,10 +258,8 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "Consent.policyRule|min": (_drop("policyRule"), "Consent.policyRule", "required"),
     "Consent.policyRule|pattern": (_set("policyRule.coding.0.code", "OPTOUT"), "Consent.policyRule", "value"),
     "Consent.provision|min": (_drop("provision"), "Consent.provision", "required"),
-    "Consent.provision.type|max": (_set("provision.type", "deny"), "Consent.provision.type", "structure"),
-    "Consent.provision.provision.type|min": (_drop("provision.provision.0.type"), "Consent.provision.provision[0].type", "required"),
-    "Consent.provision.provision.code|binding": (_set("provision.provision.0.code", [{"coding": [{**ATTENDANCE, "code": "bank-details"}]}]),
-                                                 "Consent.provision.provision[0].code[0]", "code-invalid"),
+    "Consent.provision.code|binding": (_set("provision.provision.0.code", [{"coding": [{**ATTENDANCE, "code": "bank-details"}]}]),
+                                       "Consent.provision.provision[0].code[0]", "code-invalid"),
 }
 
 
@@ -316,3 +316,22 @@ def test_competence_assessment_without_a_date_names_the_missing_sub_extension():
 def test_exceptions_explained_rejects_an_unknown_sub_extension():
     issues = _base_with(_append("extension.3.extension", {"url": "told-parents", "valueBoolean": True}))
     assert _has(issues, "Consent.extension[3].extension[2]", "structure")
+
+
+# --------------------------------------------------------------------------- rules on Consent.provision hold at every depth
+
+# A nested provision is defined as "#Consent.provision" (contentReference), so the HL7 validator applies what the
+# profile says of Consent.provision and its children to every nested provision; the adapter does the same.
+BANK_DETAILS = [{"coding": [{**ATTENDANCE, "code": "bank-details"}]}]
+
+
+def test_a_code_outside_the_information_types_is_reported_at_any_provision_depth():
+    issues = _base_with(_set("provision.provision.0.provision", [{"type": "permit", "code": BANK_DETAILS}]))
+    assert _has(issues, "Consent.provision.provision[0].provision[0].code[0]", "code-invalid")
+
+
+def test_an_invariant_on_the_root_provision_is_evaluated_on_each_nested_provision_too():
+    nested_exception = {"type": "deny", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "THREAT"}]}
+    issues = _base_with(_set("provision.provision.0.provision", [{"type": "permit", "provision": [nested_exception]}]))
+    assert any(i.expression == "Consent.provision.provision[0]" and i.diagnostics.startswith("casus-4:") for i in _errors(issues))
+

@@ -242,9 +242,13 @@ def _r5_errors(mutate: Callable[[dict], None]) -> list[Issue]:
     return _profile_errors(consent, "r5")
 
 
-def test_nested_r5_provision_is_invalid_as_nesting():
+def test_nested_r5_provision_is_invalid_as_nesting_and_held_to_the_provision_rules():
     issues = _r5_errors(_set("provision.1.provision", [{"action": [{"coding": [codes.ACTION_CODING]}]}]))
-    assert [i.diagnostics.split(":")[0] for i in issues] == ["Consent.provision.provision|max"]
+    assert sorted((i.expression, i.diagnostics.split(":")[0]) for i in issues) == [
+        ("Consent.provision[1].provision", "Consent.provision.provision|max"),
+        ("Consent.provision[1].provision[0]", "casus-12"),
+        ("Consent.provision[1].provision[0].purpose", "Consent.provision.purpose|min"),
+    ]
 
 
 def test_r5_permit_to_a_person_without_purpose_is_invalid_for_its_purposes():
