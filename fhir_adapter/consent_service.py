@@ -16,7 +16,7 @@ from typing import Any
 
 from . import decision
 from .disclosure import Disclosure
-from .form import ConsentForm
+from .form import ConsentForm, Professional, Recorded
 from .mappings import r4, r5
 from .store import Store
 from .store.forms import FormVersion, NotFound
@@ -64,6 +64,12 @@ class ConsentService:
         current = self.store.get(form_id)
         withdrawn = replace(current.form, status="withdrawn")
         return self.store.update_form(withdrawn, expected_version=expected_version, actor=actor)
+
+    def activate(self, form_id: str, *, expected_version: int, by: str, actor: str) -> FormVersion:
+        """Make a proposal (a draft) the consent in force: the young person agreed now, so it is recorded now, by ``by``."""
+        current = self.store.get(form_id)
+        agreed = replace(current.form, status="active", recorded=Recorded(self.clock().replace(microsecond=0), Professional(by)))
+        return self.store.update_form(agreed, expected_version=expected_version, actor=actor)
 
     def record_disclosure(self, disclosure: Disclosure, *, actor: str) -> Disclosure:
         return self.store.record_disclosure(disclosure, actor=actor)
@@ -113,6 +119,10 @@ class ConsentService:
                 and (updated_before is None or latest.recorded_at < updated_before))
         matches = [latest] if keep else []
         return matches[offset:offset + limit], len(matches)
+
+    def record_session(self, *, actor: str, action: str, outcome: str) -> None:
+        """Sign-ins (refused ones too) and sign-outs of the consent pages, in the same audit trail as every read."""
+        self.store.audit(actor=actor, action=action, resource=None, outcome=outcome)
 
     def disclosures(self, nhs_number: str, *, actor: str) -> list[Disclosure]:
         found = self.store.disclosures(nhs_number)

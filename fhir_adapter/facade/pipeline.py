@@ -194,7 +194,8 @@ class RequestPipeline:
 
         def finish(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             _log_request(method, rule, status.split(" ", 1)[0], started, who, request_id)
-            return start_response(status, [*headers, *added], exc_info)
+            own = {name.lower() for name, _ in headers}  # a view's own policy (the consent pages' CSP) stands
+            return start_response(status, [*headers, *(h for h in added if h[0].lower() not in own)], exc_info)
 
         return self._flask(environ, finish)
 

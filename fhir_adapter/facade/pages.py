@@ -1,0 +1,330 @@
+"""The consent pages: the CASUS team finds a young person, reads, records and changes their consent; the young
+person reads a summary in plain English.
+
+Server-rendered and usable without JavaScript.  The views are as thin as the
+API's: they call the same ``ConsentService`` (so every read and write is
+audited by the same code) and the same ``form.parse_form`` (so every rule the
+API enforces shows here, at its field).  Saving names the version the page was
+opened on, as the API's If-Match does; a stale page is told what changed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, abort, current_app, make_response, redirect, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from .. import decision, plain_english
+from ..access import Refusal, authenticate, check_password
+from ..form import ConsentForm, parse_form
+from ..mappings.codes import INFORMATION_TYPES, PERSON_ROLES
+from ..nhs_number import is_valid as nhs_number_is_valid
+from ..outcome import InvalidInput
+from ..store.forms import FormVersion, NotFound, VersionConflict
+from . import consent_form_fields as fields
+from . import sessions
+from .protocol import service
+
+bp = Blueprint("pages", __name__, url_prefix="/consent", template_folder="templates", static_folder="static")
+#: Stylesheets and the one script from this site only; forms post only here; no framing.
+PAGE_CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'")
+UK = ZoneInfo("Europe/London")
+BASES = (
+    ("aged-16-17", "The young person, aged 16 or 17", "The law treats 16 and 17 year olds as adults for confidentiality."),
+    ("competent-under-16", "The young person, under 16 and assessed as competent",
+     "They understand and can decide about their treatment and confidentiality. Record who assessed this and when."),
+    ("parental-responsibility", "A person with parental responsibility",
+     "For an under-16 not assessed as competent. Choose that person in their row below."),
+)
+IDENTIFIER_SYSTEMS = (("gmc", "GMC"), ("nmc", "NMC"), ("hcpc", "HCPC"), ("gphc", "GPhC"), ("sds-user-id", "NHS smartcard (SDS user id)"))
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    response = make_response(render_template(f"consent/{template}", **context), status)
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    return response
+
+
+@bp.app_template_global()
+def type_rows() -> list[Any]:
+    return list(INFORMATION_TYPES)
+
+
+@bp.app_template_global()
+def role_rows() -> list[Any]:
+    return list(PERSON_ROLES)
+
+
+@bp.app_template_filter("long_date")
+def long_date_filter(value: Any) -> str:
+    return plain_english.long_date(value) if value else ""
+
+
+@bp.app_template_filter("type_name")
+def type_name(code: str) -> str:
+    return INFORMATION_TYPES.row(code).display
+
+
+@bp.app_template_filter("role_name")
+def role_name(code: str) -> str:
+    return PERSON_ROLES.row(code).display
+
+
+@bp.errorhandler(HTTPException)
+def http_problem(exc: HTTPException) -> Response:
+    return _page("problem.html", exc.code or 500, title=exc.name, message=exc.description, session=None)
+
+
+@bp.errorhandler(NotFound)
+def not_found(_: NotFound) -> Response:
+    return _page("problem.html", 404, title="Not found", message="There is no such consent.", session=None)
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+@bp.get("/sign-in")
+def sign_in_page() -> Response:
+    return _sign_in(None, 200)
+
+
+def _sign_in(problem: str | None, status: int) -> Response:
+    token = sessions.sign_in_token()
+    response = _page("sign_in.html", status, csrf=token, problem=problem, next=sessions.safe_next(request.values.get("next")),
+                     with_passwords=bool(_users()), session=None)
+    sessions.set_sign_in_cookie(response, token)
+    return response
+
+
+def _users() -> tuple[Any, ...]:
+    return current_app.config["CASUS_USERS"]
+
+
+@bp.post("/sign-in")
+def sign_in() -> Response:
+    if not sessions.sign_in_token_matches():
+        return _sign_in("This sign-in form has expired. Please try again.", 400)
+    moment = now()
+    username, password, token = (request.form.get(k, "") for k in ("username", "password", "token"))
+    found: Any
+    if token.strip():
+        found = authenticate(f"Bearer {token.strip()}", current_app.config["CASUS_GRANTS"], moment)
+        who = found if isinstance(found, Refusal) else (found.name, found.name, found.scopes)
+    else:
+        found = check_password(username.strip(), password, _users())
+        who = found if isinstance(found, Refusal) else (found.username, found.display_name, found.scopes)
+    if isinstance(who, Refusal):
+        service().record_session(actor="-", action="session.sign-in", outcome="refused")
+        return _sign_in("The details you entered are not recognised. Check them and try again.", 401)
+    actor, display, scopes = who
+    started = sessions.book().start(actor=actor, display_name=display, scopes=scopes, now=moment)
+    service().record_session(actor=actor, action="session.sign-in", outcome="ok")
+    response = redirect(sessions.safe_next(request.form.get("next")), 303)
+    sessions.set_session_cookie(response, started)  # type: ignore[arg-type]
+    return response  # type: ignore[return-value]
+
+
+@bp.post("/sign-out")
+@sessions.signed_in("consent.read", now)
+def sign_out(session: sessions.PageSession) -> Response:
+    sessions.book().end(session.session_id)
+    service().record_session(actor=session.actor, action="session.sign-out", outcome="ok")
+    response = redirect("/consent/sign-in", 303)
+    sessions.clear_session_cookie(response)  # type: ignore[arg-type]
+    return response  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- find
+
+
+@bp.get("/")
+@sessions.signed_in("consent.read", now)
+def find(session: sessions.PageSession) -> Response:
+    typed = request.args.get("nhs-number")
+    if typed is None:
+        return _page("find.html", session=session, typed="", problem=None)
+    digits = "".join(typed.split())
+    problem = None
+    if not digits:
+        problem = "Enter the young person's NHS number"
+    elif not digits.isdigit() or len(digits) != 10:
+        problem = "An NHS number is 10 digits, like 943 476 5919"
+    elif not nhs_number_is_valid(digits):
+        problem = "This is not a valid NHS number: check the digits (the last one is a check digit)"
+    if problem:
+        return _page("find.html", 400, session=session, typed=typed, problem=problem)
+    return redirect(f"/consent/patients/{digits}", 303)  # type: ignore[return-value]
+
+
+def _checked(nhs_number: str) -> str:
+    if not nhs_number_is_valid(nhs_number):
+        abort(404, "That is not a valid NHS number.")
+    return nhs_number
+
+
+# --------------------------------------------------------------------------- the team's view
+
+
+@dataclass
+class FormView:
+    latest: FormVersion
+    history: list[tuple[FormVersion, list[str]]]
+    proposal: decision.Proposal | None
+    proposal_lines: list[str] = field(default_factory=list)
+
+
+@bp.get("/patients/<nhs_number>")
+@sessions.signed_in("consent.read", now)
+def patient(session: sessions.PageSession, nhs_number: str) -> Response:
+    nhs = _checked(nhs_number)
+    moment = now()
+    found, _ = service().search(actor=session.actor, nhs_number=nhs, limit=50)
+    versions: list[FormVersion] = []
+    forms = []
+    for latest in found:
+        history = service().history(latest.form_id, actor=session.actor)
+        versions += history
+        described = [(v, plain_english.change_lines(history[k - 1].form if k else None, v.form)) for k, v in enumerate(history)]
+        forms.append(FormView(latest, list(reversed(described)), None))
+    proposals = {p.form_id: p for p in decision.pending_proposals(nhs, versions, at=moment)}
+    for view in forms:
+        view.proposal = proposals.get(view.latest.form_id)
+        if view.proposal is not None:
+            in_force_form = next((v.form for v in versions if view.proposal.in_force == (v.form_id, v.version)), None)
+            view.proposal_lines = plain_english.change_lines(in_force_form, view.latest.form) if in_force_form else []
+    in_force = decision.version_in_force(nhs, versions, moment)
+    summary = service().summary(nhs, at=moment, actor=session.actor) if versions else []
+    in_period = {s.person_id: s for s in summary}
+    flags = decision.review_flags(in_force.form, moment.astimezone(UK).date()) if in_force is not None else ()
+    return _page("patient.html", session=session, nhs_number=nhs, forms=forms, in_force=in_force, in_period=in_period,
+                 flags=flags, young_person=(forms[0].latest.form.young_person if forms else None), message=request.args.get("saved"))
+
+
+# --------------------------------------------------------------------------- record and change
+
+
+@bp.get("/patients/<nhs_number>/new")
+@sessions.signed_in("form.write", now)
+def new_form(session: sessions.PageSession, nhs_number: str) -> Response:
+    nhs = _checked(nhs_number)
+    values = fields.PageValues(form_id=str(uuid.uuid4()), nhs_number=nhs, recorded_by=session.display_name,
+                               explained_on=now().astimezone(UK).date().isoformat(),
+                               people=fields.with_blank_rows([], blank=2))
+    return _edit_page(session, values, new=True)
+
+
+@bp.get("/forms/<form_id>/edit")
+@sessions.signed_in("form.write", now)
+def edit_form(session: sessions.PageSession, form_id: str) -> Response:
+    latest = service().read(form_id, actor=session.actor)
+    return _edit_page(session, fields.values_from_form(latest.form, latest.version, session.display_name), new=False)
+
+
+def _edit_page(session: sessions.PageSession, values: fields.PageValues, *, new: bool, status: int = 200,
+               problems: list[fields.FieldIssue] | None = None, conflict: dict[str, Any] | None = None) -> Response:
+    return _page("edit.html", status, session=session, v=values, new=new, problems=problems or [],
+                 errors=fields.issues_by_field(problems or []), conflict=conflict, bases=BASES, id_systems=IDENTIFIER_SYSTEMS)
+
+
+@bp.post("/forms/<form_id>")
+@sessions.signed_in("form.write", now)
+def save_form(session: sessions.PageSession, form_id: str) -> Response:
+    nhs = _checked(request.form.get("nhs-number", ""))
+    values = fields.values_from_post(request.form, form_id, nhs)
+    new = values.version is None
+    action = request.form.get("action", "")
+    if action == "add-person":
+        values.people = fields.with_blank_rows(values.people)
+        return _edit_page(session, values, new=new)
+    status = {"draft": "draft", "active": "active"}.get(action)
+    if status is None:
+        abort(400, "choose Save as a proposal or Save and make active")
+    try:
+        form = parse_form(fields.document(values, status=status, recorded_at=now().replace(microsecond=0)))
+        if new:
+            service().create(form, actor=session.actor)
+        else:
+            service().update(form, form_id=form_id, expected_version=values.version, actor=session.actor)  # type: ignore[arg-type]
+    except InvalidInput as exc:
+        values.people = fields.with_blank_rows([r for r in values.people if not r.remove])
+        return _edit_page(session, values, new=new, status=422, problems=fields.field_issues(exc.issues, values))
+    except VersionConflict:
+        return _stale(session, values, new=new)
+    return redirect(f"/consent/patients/{nhs}?saved={'proposal' if status == 'draft' else 'active'}", 303)  # type: ignore[return-value]
+
+
+def _stale(session: sessions.PageSession, values: fields.PageValues, *, new: bool) -> Response:
+    """Someone saved since this page was opened: say what they changed, keep what was typed, and let it be saved over."""
+    current = service().read(values.form_id, actor=session.actor)
+    opened = service().read(values.form_id, values.version, actor=session.actor) if values.version else None
+    lines = plain_english.change_lines(opened.form if opened else None, current.form)
+    values.version = current.version
+    return _edit_page(session, values, new=new, status=409, conflict={"version": current.version, "lines": lines,
+                                                                      "by": current.form.recorded.by.name})
+
+
+@bp.post("/forms/<form_id>/withdraw")
+@sessions.signed_in("form.write", now)
+def withdraw(session: sessions.PageSession, form_id: str) -> Response:
+    version = request.form.get("version", "")
+    if not version.isdigit():
+        abort(400, "the page did not say which version it showed; reload it")
+    try:
+        saved = service().withdraw(form_id, expected_version=int(version), actor=session.actor)
+    except VersionConflict:
+        return _changed_meanwhile(session, form_id)
+    return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=withdrawn", 303)  # type: ignore[return-value]
+
+
+@bp.post("/forms/<form_id>/activate")
+@sessions.signed_in("form.write", now)
+def activate(session: sessions.PageSession, form_id: str) -> Response:
+    version = request.form.get("version", "")
+    if not version.isdigit():
+        abort(400, "the page did not say which version it showed; reload it")
+    try:
+        saved = service().activate(form_id, expected_version=int(version), by=session.display_name, actor=session.actor)
+    except VersionConflict:
+        return _changed_meanwhile(session, form_id)
+    except InvalidInput as exc:
+        current = service().read(form_id, actor=session.actor)
+        return _page("problem.html", 422, session=session, title="This proposal cannot be made active yet",
+                     message="; ".join(i.diagnostics for i in exc.issues), back=f"/consent/patients/{current.form.young_person.nhs_number}")
+    return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=active", 303)  # type: ignore[return-value]
+
+
+def _changed_meanwhile(session: sessions.PageSession, form_id: str) -> Response:
+    current = service().read(form_id, actor=session.actor)
+    return _page("problem.html", 409, session=session, title="Someone else changed this consent",
+                 message=f"It is now version {current.version}, saved by {current.form.recorded.by.name}. "
+                         "Nothing was changed by you: read the consent again and repeat your action if it is still right.",
+                 back=f"/consent/patients/{current.form.young_person.nhs_number}")
+
+
+# --------------------------------------------------------------------------- the young person's summary
+
+
+@bp.get("/patients/<nhs_number>/summary")
+@sessions.signed_in("consent.read", now)
+def young_person_summary(session: sessions.PageSession, nhs_number: str) -> Response:
+    nhs = _checked(nhs_number)
+    moment = now()
+    in_force = service().summary(nhs, at=moment, actor=session.actor)
+    form: ConsentForm | None = None
+    sentences: list[plain_english.Sentence] = []
+    if in_force:
+        form = service().read(in_force[0].form_id, in_force[0].version, actor=session.actor).form
+        sentences = plain_english.young_person_sentences(form, in_force, moment.astimezone(UK).date())
+    return _page("summary.html", session=session, nhs_number=nhs, form=form, sentences=sentences,
+                 exceptions=plain_english.EXCEPTIONS, exceptions_after=plain_english.EXCEPTIONS_AFTER,
+                 today=moment.astimezone(UK).date())
