@@ -336,7 +336,8 @@ RULES = [
     ({"p-1-id": "person-2", "p-1-name": "Mo Test", "p-1-role": "mother", "p-1-sharing": "do-not-share", "rows": "2"}, "p-1-name",
      "the same person (mother) is listed twice"),
     ({"exceptions-explained": None}, "exceptions-explained", "an active consent requires that the exceptions were explained"),
-    ({"exceptions-explained": None, "action": "draft"}, "exceptions-on", "an explanation date is given but explained is false"),
+    ({"exceptions-explained": None, "exceptions-on": "2026-11-30", "action": "draft"}, "exceptions-on",
+     "an explanation date is given but explained is false"),
     ({"exceptions-on": "soon"}, "exceptions-on", "does not match"),
     ({"recorded-by": ""}, "recorded-by", "a name is required"),
 ]

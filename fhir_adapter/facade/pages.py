@@ -218,7 +218,6 @@ def patient(session: sessions.PageSession, nhs_number: str) -> Response:
 def new_form(session: sessions.PageSession, nhs_number: str) -> Response:
     nhs = _checked(nhs_number)
     values = fields.PageValues(form_id=str(uuid.uuid4()), nhs_number=nhs, recorded_by=session.display_name,
-                               explained_on=now().astimezone(UK).date().isoformat(),
                                people=fields.with_blank_rows([], blank=2))
     return _edit_page(session, values, new=True)
 
