@@ -48,14 +48,18 @@ EXCEPTIONS_AFTER = ("If this happens, wherever possible, we will let you know wh
 
 
 def long_date(day: date) -> str:
-    """>>> long_date(date(2027, 5, 20))
-    '20 May 2027'
+    """The date as people write it in a letter, with no leading zero.
+
+    >>> long_date(date(2027, 5, 6))
+    '6 May 2027'
     """
     return f"{day.day} {day:%B %Y}"
 
 
 def listed(items: Sequence[str]) -> str:
-    """>>> listed(["a", "b", "c"])
+    """Items as a sentence lists them.
+
+    >>> listed(["a", "b", "c"])
     'a, b and c'
     """
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
