@@ -295,7 +295,19 @@ def test_withdrawing_from_a_stale_page_changes_nothing_and_says_so(signed_in):
 def test_adding_a_person_row_keeps_what_was_typed(signed_in):
     fields = filled(signed_in, action="add-person")
     page = post(signed_in, fields).text
-    assert 'value="Mo Test"' in page and 'name="p-1-name"' in page
+    assert 'value="Mo Test"' in page and 'name="p-1-name"' in page and 'name="p-2-name"' in page
+
+
+def test_a_page_shown_again_with_errors_keeps_one_empty_row_to_add_a_person(signed_in):
+    page = post(signed_in, filled(signed_in, **{"yp-name": ""})).text
+    assert 'name="rows" value="2"' in page
+
+
+def test_signing_in_again_ends_the_earlier_session(signed_in):
+    earlier = signed_in.get_cookie(sessions.COOKIE, path="/consent").value
+    sign_in(signed_in)
+    signed_in.set_cookie(sessions.COOKIE, earlier, path="/consent")
+    assert signed_in.get("/consent/").status_code == 303
 
 
 # Each rule the API enforces, at the field it concerns: (changes to a valid page, field id, words of the message).

@@ -20,6 +20,7 @@ from tests.support.browser import Browser, LiveServer, open_browser
 from tests.support.facade import EXAMPLES, TOKENS, bearer, example_form, grants
 
 NEW_NHS = "9000000009"
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

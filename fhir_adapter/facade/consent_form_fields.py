@@ -92,14 +92,16 @@ def values_from_form(form: ConsentForm, version: int, recorded_by: str) -> PageV
 
 
 def with_blank_rows(rows: list[PersonRow], blank: int = BLANK_ROWS) -> list[PersonRow]:
-    """The rows and ``blank`` empty ones to add people in, each with an id no other row has."""
+    """The rows, with empty ones added until ``blank`` of them are empty, each with an id no other row has."""
     taken = {r.id for r in rows}
     out = list(rows)
+    missing = blank - sum(1 for r in rows if r.is_blank)
     n = 1
-    while len(out) < min(len(rows) + blank, MAX_ROWS):
+    while missing > 0 and len(out) < MAX_ROWS:
         if f"person-{n}" not in taken:
             out.append(PersonRow(id=f"person-{n}"))
             taken.add(f"person-{n}")
+            missing -= 1
         n += 1
     return out
 

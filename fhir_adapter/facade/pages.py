@@ -127,6 +127,7 @@ def sign_in() -> Response:
         service().record_session(actor="-", action="session.sign-in", outcome="refused")
         return _sign_in("The details you entered are not recognised. Check them and try again.", 401)
     actor, display, scopes = who
+    sessions.book().end(request.cookies.get(sessions.COOKIE))  # signing in again never keeps the old session
     started = sessions.book().start(actor=actor, display_name=display, scopes=scopes, now=moment)
     service().record_session(actor=actor, action="session.sign-in", outcome="ok")
     response = redirect(sessions.safe_next(request.form.get("next")), 303)
@@ -243,7 +244,7 @@ def save_form(session: sessions.PageSession, form_id: str) -> Response:
     new = values.version is None
     action = request.form.get("action", "")
     if action == "add-person":
-        values.people = fields.with_blank_rows(values.people)
+        values.people = fields.with_blank_rows(values.people, blank=1 + sum(1 for r in values.people if r.is_blank))
         return _edit_page(session, values, new=new)
     status = {"draft": "draft", "active": "active"}.get(action)
     if status is None:
