@@ -107,7 +107,8 @@ def _until(period: Period | None) -> str:
 def change_lines(before: ConsentForm | None, after: ConsentForm) -> list[str]:
     """What a version changed against the one before it, one line each, for the version history."""
     if before is None:
-        return [f"First recorded ({after.status}), with {len(after.people)} people."]
+        count = len(after.people)
+        return [f"First recorded ({after.status}), with {count} {'person' if count == 1 else 'people'}."]
     lines = []
     if before.status != after.status:
         lines.append(f"Status: {before.status} → {after.status}.")

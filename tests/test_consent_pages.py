@@ -182,6 +182,13 @@ def test_sign_ins_and_page_views_are_audited_with_the_signed_in_name(signed_in, 
     assert all(r.subject in (None, NHS) for r in records)
 
 
+def test_the_access_log_names_the_signed_in_user_and_only_the_route_template(signed_in, caplog):
+    with caplog.at_level("INFO", logger="fhir_adapter.http"):
+        signed_in.get(f"/consent/patients/{NHS}")
+    line = next(r.getMessage() for r in caplog.records if r.name == "fhir_adapter.http")
+    assert "GET /consent/patients/<nhs_number> -> 200" in line and "by=clinician" in line and NHS not in line
+
+
 def test_the_pages_allow_their_own_stylesheet_and_script_and_nothing_from_elsewhere(signed_in):
     response = signed_in.get("/consent/")
     policy = response.headers.getlist("Content-Security-Policy")
@@ -277,6 +284,14 @@ def test_a_stale_page_is_told_who_changed_the_consent_and_what(signed_in):
     assert "Chris Example (father): do-not-share → share; may now know attendance." in response.text
     assert 'name="version" value="2"' in response.text
     assert decision(signed_in, "gp", "medication") == "permit"  # nothing of the stale page was saved
+
+
+def test_a_new_consent_page_sent_twice_is_told_it_was_already_saved(signed_in):
+    fields = filled(signed_in)
+    post(signed_in, dict(fields))
+    again = post(signed_in, fields)
+    assert again.status_code == 409 and "Someone else changed this consent" in again.text
+    assert 'name="version" value="1"' in again.text
 
 
 def test_withdrawing_is_one_action_and_stops_sharing(signed_in):

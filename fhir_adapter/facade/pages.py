@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, abort, current_app, make_response, redirect, render_template, request
+from flask import Blueprint, abort, current_app, make_response, redirect, render_template, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
 
 from .. import decision, plain_english
 from ..access import Refusal, authenticate, check_password
@@ -25,7 +26,7 @@ from ..form import ConsentForm, parse_form
 from ..mappings.codes import INFORMATION_TYPES, PERSON_ROLES
 from ..nhs_number import is_valid as nhs_number_is_valid
 from ..outcome import InvalidInput
-from ..store.forms import FormVersion, NotFound, VersionConflict
+from ..store.forms import AlreadyExists, FormVersion, NotFound, VersionConflict
 from . import consent_form_fields as fields
 from . import sessions
 from .protocol import service
@@ -131,8 +132,8 @@ def sign_in() -> Response:
     started = sessions.book().start(actor=actor, display_name=display, scopes=scopes, now=moment)
     service().record_session(actor=actor, action="session.sign-in", outcome="ok")
     response = redirect(sessions.safe_next(request.form.get("next")), 303)
-    sessions.set_session_cookie(response, started)  # type: ignore[arg-type]
-    return response  # type: ignore[return-value]
+    sessions.set_session_cookie(response, started)
+    return response
 
 
 @bp.post("/sign-out")
@@ -141,8 +142,8 @@ def sign_out(session: sessions.PageSession) -> Response:
     sessions.book().end(session.session_id)
     service().record_session(actor=session.actor, action="session.sign-out", outcome="ok")
     response = redirect("/consent/sign-in", 303)
-    sessions.clear_session_cookie(response)  # type: ignore[arg-type]
-    return response  # type: ignore[return-value]
+    sessions.clear_session_cookie(response)
+    return response
 
 
 # --------------------------------------------------------------------------- find
@@ -164,7 +165,7 @@ def find(session: sessions.PageSession) -> Response:
         problem = "This is not a valid NHS number: check the digits (the last one is a check digit)"
     if problem:
         return _page("find.html", 400, session=session, typed=typed, problem=problem)
-    return redirect(f"/consent/patients/{digits}", 303)  # type: ignore[return-value]
+    return redirect(f"/consent/patients/{digits}", 303)
 
 
 def _checked(nhs_number: str) -> str:
@@ -251,16 +252,16 @@ def save_form(session: sessions.PageSession, form_id: str) -> Response:
         abort(400, "choose Save as a proposal or Save and make active")
     try:
         form = parse_form(fields.document(values, status=status, recorded_at=now().replace(microsecond=0)))
-        if new:
+        if values.version is None:
             service().create(form, actor=session.actor)
         else:
-            service().update(form, form_id=form_id, expected_version=values.version, actor=session.actor)  # type: ignore[arg-type]
+            service().update(form, form_id=form_id, expected_version=values.version, actor=session.actor)
     except InvalidInput as exc:
         values.people = fields.with_blank_rows([r for r in values.people if not r.remove])
         return _edit_page(session, values, new=new, status=422, problems=fields.field_issues(exc.issues, values))
-    except VersionConflict:
-        return _stale(session, values, new=new)
-    return redirect(f"/consent/patients/{nhs}?saved={'proposal' if status == 'draft' else 'active'}", 303)  # type: ignore[return-value]
+    except (VersionConflict, AlreadyExists):  # AlreadyExists: a new consent's page sent twice, or both saved at once
+        return _stale(session, values, new=False)
+    return redirect(f"/consent/patients/{nhs}?saved={'proposal' if status == 'draft' else 'active'}", 303)
 
 
 def _stale(session: sessions.PageSession, values: fields.PageValues, *, new: bool) -> Response:
@@ -283,7 +284,7 @@ def withdraw(session: sessions.PageSession, form_id: str) -> Response:
         saved = service().withdraw(form_id, expected_version=int(version), actor=session.actor)
     except VersionConflict:
         return _changed_meanwhile(session, form_id)
-    return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=withdrawn", 303)  # type: ignore[return-value]
+    return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=withdrawn", 303)
 
 
 @bp.post("/forms/<form_id>/activate")
@@ -300,7 +301,7 @@ def activate(session: sessions.PageSession, form_id: str) -> Response:
         current = service().read(form_id, actor=session.actor)
         return _page("problem.html", 422, session=session, title="This proposal cannot be made active yet",
                      message="; ".join(i.diagnostics for i in exc.issues), back=f"/consent/patients/{current.form.young_person.nhs_number}")
-    return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=active", 303)  # type: ignore[return-value]
+    return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=active", 303)
 
 
 def _changed_meanwhile(session: sessions.PageSession, form_id: str) -> Response:

@@ -27,7 +27,10 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from flask import Response, abort, current_app, redirect, request
+from flask import abort, current_app, redirect, request
+from werkzeug.wrappers import Response
+
+from .protocol import SESSION_ACTOR_KEY
 
 COOKIE = "casus_session"
 #: The sign-in form has no session yet; its CSRF token is paired with this cookie instead (double submit).
@@ -139,6 +142,7 @@ def signed_in(scope: str, clock: Callable[[], datetime]) -> Callable[[F], F]:
             if session is None:
                 back = request.full_path.rstrip("?") if request.method == "GET" else "/consent/"
                 return redirect(f"/consent/sign-in?next={quote(back, safe='/')}", 303)
+            request.environ[SESSION_ACTOR_KEY] = session.actor
             if not session.may(scope):
                 abort(403, f"signed in as {session.display_name}, who lacks the '{scope}' permission")
             if request.method == "POST" and not csrf_matches(session):
