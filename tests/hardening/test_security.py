@@ -211,11 +211,11 @@ def test_serve_refuses_bad_token_configuration_without_printing_the_token(tmp_pa
     assert not printed and "Traceback" not in result.stderr
 
 
-def test_the_demo_prints_none_of_its_tokens(tmp_path: Path, figures: FigureBook) -> None:
+def test_the_demo_prints_none_of_its_tokens_nor_its_password(tmp_path: Path, figures: FigureBook) -> None:
     result = _cli("demo", "--smoke", "--port", "0", "--database", str(tmp_path / "demo.db"), env=dict(os.environ))
     tokens = [line.split("=", 1)[1] for line in (tmp_path / "demo-tokens.env").read_text().splitlines() if "=" in line]
     printed = [t for t in tokens if t in result.stdout or t in result.stderr]
     figures.add(SECTION, "CLI runs checked for secrets", 1)
     figures.add(SECTION, "CLI runs that printed a secret", len(printed))
-    assert result.returncode == 0 and len(tokens) == 4
+    assert result.returncode == 0 and len(tokens) == 5  # four bearer tokens and the consent pages' demo password
     assert not printed
