@@ -168,6 +168,13 @@ def test_a_reader_without_the_write_permission_cannot_open_the_change_page(clien
     assert client.get(f"/consent/forms/{FORM_ID}/edit").status_code == 403
 
 
+def test_an_account_that_may_not_read_consents_cannot_sign_in(client):
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/consent/sign-in").text).group(1)
+    response = client.post("/consent/sign-in", data={"csrf_token": csrf, "token": TOKENS["engineer"]})
+    assert response.status_code == 403 and "may not read consents" in response.text
+    assert client.get("/consent/").status_code == 303
+
+
 def test_after_sign_in_the_browser_goes_only_to_a_consent_page(client):
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/consent/sign-in").text).group(1)
     response = client.post("/consent/sign-in", data={"csrf_token": csrf, "token": TOKENS["clinician"], "next": "//evil.example/"})

@@ -128,6 +128,9 @@ def sign_in() -> Response:
         service().record_session(actor="-", action="session.sign-in", outcome="refused")
         return _sign_in("The details you entered are not recognised. Check them and try again.", 401)
     actor, display, scopes = who
+    if not ({"consent.read", "admin"} & scopes):
+        service().record_session(actor=actor, action="session.sign-in", outcome="refused")
+        return _sign_in("This account may not read consents, so it cannot use these pages.", 403)
     sessions.book().end(request.cookies.get(sessions.COOKIE))  # signing in again never keeps the old session
     started = sessions.book().start(actor=actor, display_name=display, scopes=scopes, now=moment)
     service().record_session(actor=actor, action="session.sign-in", outcome="ok")
@@ -137,7 +140,7 @@ def sign_in() -> Response:
 
 
 @bp.post("/sign-out")
-@sessions.signed_in("consent.read", now)
+@sessions.signed_in(None, now)
 def sign_out(session: sessions.PageSession) -> Response:
     sessions.book().end(session.session_id)
     service().record_session(actor=session.actor, action="session.sign-out", outcome="ok")

@@ -128,8 +128,8 @@ def csrf_matches(session: PageSession) -> bool:
     return hmac.compare_digest(session.csrf_token.encode(), request.form.get(CSRF_FIELD, "").encode())
 
 
-def signed_in(scope: str, clock: Callable[[], datetime]) -> Callable[[F], F]:
-    """The view needs a session with ``scope``; a POST also needs the session's CSRF token.
+def signed_in(scope: str | None, clock: Callable[[], datetime]) -> Callable[[F], F]:
+    """The view needs a session with ``scope`` (None: any session); a POST also needs the session's CSRF token.
 
     No session: to the sign-in page, coming back here afterwards (a GET) or to the start (a POST, whose
     form is gone).  The view is called with the session as its first argument.
@@ -143,7 +143,7 @@ def signed_in(scope: str, clock: Callable[[], datetime]) -> Callable[[F], F]:
                 back = request.full_path.rstrip("?") if request.method == "GET" else "/consent/"
                 return redirect(f"/consent/sign-in?next={quote(back, safe='/')}", 303)
             request.environ[SESSION_ACTOR_KEY] = session.actor
-            if not session.may(scope):
+            if scope is not None and not session.may(scope):
                 abort(403, f"signed in as {session.display_name}, who lacks the '{scope}' permission")
             if request.method == "POST" and not csrf_matches(session):
                 abort(400, "this form has expired or did not come from this site; go back, reload the page and try again")
