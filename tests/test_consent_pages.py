@@ -9,6 +9,8 @@ from html import unescape
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 from werkzeug.security import generate_password_hash
 
@@ -422,3 +424,33 @@ def test_after_withdrawal_the_summary_says_nobody_is_told_anything(signed_in):
 def test_the_summary_has_a_print_stylesheet(signed_in):
     css = signed_in.get("/consent/static/consent.css").text
     assert "@media print" in css
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+FIELD_NAMES = ["yp-name", "yp-birthDate", "yp-localId", "basis", "competence-by", "competence-on", "decider", "exceptions-on",
+               "recorded-by", "rows", "version", "p-0-name", "p-0-role", "p-0-ods", "p-0-idsys", "p-0-idval", "p-0-sharing",
+               "p-0-types", "p-0-start", "p-0-end", "p-0-id", "action"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(FIELD_NAMES), st.text(max_size=40) | st.sampled_from(["", "2027-02-30", "9" * 30, "-1"]),
+                               max_size=6))
+def test_whatever_a_page_posts_the_answer_is_a_page_never_a_server_error(signed_in, changes):
+    response = post(signed_in, filled(signed_in, **changes))
+    assert response.status_code in (303, 400, 404, 409, 422), response.status_code
+    assert response.mimetype == "text/html" or response.status_code == 303
+
+
+@pytest.mark.parametrize("version", ["99999999999999999999999", "１", "-1", ""])
+def test_a_withdrawal_naming_no_usable_version_is_refused_with_nothing_changed(signed_in, version):
+    response = signed_in.post(f"/consent/forms/{FORM_ID}/withdraw", data={"version": version, "csrf_token": csrf_of(signed_in)})
+    assert response.status_code == 400
+    assert decision(signed_in) == "permit"
+
+
+def test_a_change_naming_a_version_no_store_could_hold_is_not_a_server_error(signed_in):
+    fields = form_fields(signed_in.get(f"/consent/forms/{FORM_ID}/edit").text, f"/consent/forms/{FORM_ID}")
+    fields.update({"version": ["9" * 40], "action": ["active"]})
+    assert signed_in.post(f"/consent/forms/{FORM_ID}", data=fields).status_code == 409  # read as a new consent: it exists

@@ -113,7 +113,8 @@ def _text(fields: FormFields, key: str) -> str:
 
 def values_from_post(fields: FormFields, form_id: str, nhs_number: str) -> PageValues:
     rows = []
-    count = min(int(_text(fields, "rows")) if _text(fields, "rows").isdigit() else 0, MAX_ROWS)
+    rows_text = _text(fields, "rows")
+    count = min(int(rows_text), MAX_ROWS) if rows_text.isascii() and rows_text.isdigit() and len(rows_text) <= 3 else 0
     for i in range(count):
         p = f"p-{i}-"
         rows.append(PersonRow(
@@ -125,13 +126,18 @@ def values_from_post(fields: FormFields, form_id: str, nhs_number: str) -> PageV
         ))
     version = _text(fields, "version")
     return PageValues(
-        form_id=form_id, nhs_number=nhs_number, version=int(version) if version.isdigit() else None,
+        form_id=form_id, nhs_number=nhs_number, version=version_number(version),
         name=_text(fields, "yp-name"), birth_date=_text(fields, "yp-birthDate"), local_id=_text(fields, "yp-localId"),
         recorded_by=_text(fields, "recorded-by"), basis=_text(fields, "basis"),
         competence_by=_text(fields, "competence-by"), competence_on=_text(fields, "competence-on"),
         decider=_text(fields, "decider"), explained=bool(fields.get("exceptions-explained")),
         explained_on=_text(fields, "exceptions-on"), people=rows,
     )
+
+
+def version_number(text: str) -> int | None:
+    """A version the page carried, or None; a number no store could hold is no version at all."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
 
 
 def kept_rows(values: PageValues) -> list[tuple[int, PersonRow]]:

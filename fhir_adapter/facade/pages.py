@@ -280,11 +280,11 @@ def _stale(session: sessions.PageSession, values: fields.PageValues, *, new: boo
 @bp.post("/forms/<form_id>/withdraw")
 @sessions.signed_in("form.write", now)
 def withdraw(session: sessions.PageSession, form_id: str) -> Response:
-    version = request.form.get("version", "")
-    if not version.isdigit():
+    version = fields.version_number(request.form.get("version", ""))
+    if version is None:
         abort(400, "the page did not say which version it showed; reload it")
     try:
-        saved = service().withdraw(form_id, expected_version=int(version), actor=session.actor)
+        saved = service().withdraw(form_id, expected_version=version, actor=session.actor)
     except VersionConflict:
         return _changed_meanwhile(session, form_id)
     return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=withdrawn", 303)
@@ -293,11 +293,11 @@ def withdraw(session: sessions.PageSession, form_id: str) -> Response:
 @bp.post("/forms/<form_id>/activate")
 @sessions.signed_in("form.write", now)
 def activate(session: sessions.PageSession, form_id: str) -> Response:
-    version = request.form.get("version", "")
-    if not version.isdigit():
+    version = fields.version_number(request.form.get("version", ""))
+    if version is None:
         abort(400, "the page did not say which version it showed; reload it")
     try:
-        saved = service().activate(form_id, expected_version=int(version), by=session.display_name, actor=session.actor)
+        saved = service().activate(form_id, expected_version=version, by=session.display_name, actor=session.actor)
     except VersionConflict:
         return _changed_meanwhile(session, form_id)
     except InvalidInput as exc:
