@@ -10,9 +10,10 @@ never names or free text.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from . import decision
 from .disclosure import Disclosure
@@ -22,6 +23,7 @@ from .store import Store
 from .store.forms import FormVersion, NotFound
 
 Clock = Callable[[], datetime]
+UK = ZoneInfo("Europe/London")  # review flags fall on UK calendar days, as the decision engine's do
 
 
 def utc_now() -> datetime:
@@ -30,6 +32,18 @@ def utc_now() -> datetime:
 
 class FormIdMismatch(ValueError):
     """The body names a different form than the URL."""
+
+
+@dataclass(frozen=True)
+class ConsentOverview:
+    """All a person reading one young person's consent needs at once: every version, what is in force, what waits."""
+
+    nhs_number: str
+    histories: tuple[tuple[FormVersion, ...], ...]  # per form, its versions oldest first
+    in_force: FormVersion | None  # the version in force now (of any status), None when there is none
+    summary: tuple[decision.RecipientSummary, ...]  # who may receive what now, as the decision engine says
+    proposals: tuple[decision.Proposal, ...]  # drafts waiting to be agreed, with what they would change
+    review_flags: tuple[str, ...]  # turned 16 under a parent's consent, turned 18
 
 
 
@@ -123,6 +137,23 @@ class ConsentService:
     def record_session(self, *, actor: str, action: str, outcome: str) -> None:
         """Sign-ins (refused ones too) and sign-outs of the consent pages, in the same audit trail as every read."""
         self.store.audit(actor=actor, action=action, resource=None, outcome=outcome)
+
+    def overview(self, nhs_number: str, *, actor: str) -> ConsentOverview:
+        """Every form of the young person with its history, and the engine's view of now; each read audited."""
+        at = self.clock()
+        found, _ = self.search(actor=actor, nhs_number=nhs_number, limit=50)
+        histories = tuple(tuple(self.history(f.form_id, actor=actor)) for f in found)
+        versions = [v for history in histories for v in history]
+        chosen = decision.version_in_force(nhs_number, versions, at)
+        in_force = next((v for v in versions if chosen is not None and (v.form_id, v.version) == (chosen.form_id, chosen.version)), None)
+        return ConsentOverview(
+            nhs_number=nhs_number,
+            histories=histories,
+            in_force=in_force,
+            summary=tuple(self.summary(nhs_number, at=at, actor=actor)) if versions else (),
+            proposals=tuple(decision.pending_proposals(nhs_number, versions, at=at)),
+            review_flags=decision.review_flags(in_force.form, at.astimezone(UK).date()) if in_force is not None else (),
+        )
 
     def disclosures(self, nhs_number: str, *, actor: str) -> list[Disclosure]:
         found = self.store.disclosures(nhs_number)

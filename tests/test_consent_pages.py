@@ -252,6 +252,16 @@ def test_a_parental_consent_of_a_young_person_now_16_is_flagged_for_review(signe
     assert "They are now 16" in page
 
 
+def test_a_consent_of_a_young_person_now_18_is_flagged_for_review(signed_in):
+    form = example_form("aged-16-17-professional")
+    form["youngPerson"]["birthDate"] = years_ago(18, days=10)  # 17 when recorded a month ago, 18 for ten days now
+    form["recorded"]["date"] = (datetime.now(UTC) - timedelta(days=30)).isoformat(timespec="seconds")
+    form["exceptions"]["explainedOn"] = form["recorded"]["date"][:10]
+    signed_in.post("/api/forms", json=form, headers=bearer("clinician"))
+    page = signed_in.get(f"/consent/patients/{form['youngPerson']['nhsNumber']}").text
+    assert "They are now 18" in page
+
+
 # --------------------------------------------------------------------------- recording and changing
 
 

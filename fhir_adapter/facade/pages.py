@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .. import decision, plain_english
-from ..access import Refusal, authenticate, check_password
+from ..access import PasswordUser, Refusal, authenticate, check_password
 from ..form import ConsentForm, parse_form
 from ..mappings.codes import INFORMATION_TYPES, PERSON_ROLES
 from ..nhs_number import is_valid as nhs_number_is_valid
@@ -107,8 +107,18 @@ def _sign_in(problem: str | None, status: int) -> Response:
     return response
 
 
-def _users() -> tuple[Any, ...]:
+def _users() -> tuple[PasswordUser, ...]:
     return current_app.config["CASUS_USERS"]
+
+
+def _who_signs_in(moment: datetime) -> tuple[str, str, frozenset[str]] | Refusal:
+    """(audit name, name shown, scopes) of whoever the sign-in form names: by API token, else by password."""
+    token = request.form.get("token", "").strip()
+    if token:
+        principal = authenticate(f"Bearer {token}", current_app.config["CASUS_GRANTS"], moment)
+        return principal if isinstance(principal, Refusal) else (principal.name, principal.name, principal.scopes)
+    user = check_password(request.form.get("username", "").strip(), request.form.get("password", ""), _users())
+    return user if isinstance(user, Refusal) else (user.username, user.display_name, user.scopes)
 
 
 @bp.post("/sign-in")
@@ -116,14 +126,7 @@ def sign_in() -> Response:
     if not sessions.sign_in_token_matches():
         return _sign_in("This sign-in form has expired. Please try again.", 400)
     moment = now()
-    username, password, token = (request.form.get(k, "") for k in ("username", "password", "token"))
-    found: Any
-    if token.strip():
-        found = authenticate(f"Bearer {token.strip()}", current_app.config["CASUS_GRANTS"], moment)
-        who = found if isinstance(found, Refusal) else (found.name, found.name, found.scopes)
-    else:
-        found = check_password(username.strip(), password, _users())
-        who = found if isinstance(found, Refusal) else (found.username, found.display_name, found.scopes)
+    who = _who_signs_in(moment)
     if isinstance(who, Refusal):
         service().record_session(actor="-", action="session.sign-in", outcome="refused")
         return _sign_in("The details you entered are not recognised. Check them and try again.", 401)
@@ -182,37 +185,33 @@ def _checked(nhs_number: str) -> str:
 
 @dataclass
 class FormView:
+    """One form as the consent page lists it: its latest version, its history in words, a pending proposal."""
+
     latest: FormVersion
-    history: list[tuple[FormVersion, list[str]]]
-    proposal: decision.Proposal | None
+    history: list[tuple[FormVersion, list[str]]]  # newest first, each with what it changed
+    proposal: decision.Proposal | None = None
     proposal_lines: list[str] = field(default_factory=list)
+
+
+def _form_view(history: tuple[FormVersion, ...], proposals: dict[str, decision.Proposal], versions: list[FormVersion]) -> FormView:
+    described = [(v, plain_english.change_lines(history[k - 1].form if k else None, v.form)) for k, v in enumerate(history)]
+    view = FormView(history[-1], list(reversed(described)), proposals.get(history[-1].form_id))
+    if view.proposal is not None and view.proposal.in_force is not None:
+        replaced = next((v.form for v in versions if (v.form_id, v.version) == view.proposal.in_force), None)
+        view.proposal_lines = plain_english.change_lines(replaced, view.latest.form) if replaced else []
+    return view
 
 
 @bp.get("/patients/<nhs_number>")
 @sessions.signed_in("consent.read", now)
 def patient(session: sessions.PageSession, nhs_number: str) -> Response:
-    nhs = _checked(nhs_number)
-    moment = now()
-    found, _ = service().search(actor=session.actor, nhs_number=nhs, limit=50)
-    versions: list[FormVersion] = []
-    forms = []
-    for latest in found:
-        history = service().history(latest.form_id, actor=session.actor)
-        versions += history
-        described = [(v, plain_english.change_lines(history[k - 1].form if k else None, v.form)) for k, v in enumerate(history)]
-        forms.append(FormView(latest, list(reversed(described)), None))
-    proposals = {p.form_id: p for p in decision.pending_proposals(nhs, versions, at=moment)}
-    for view in forms:
-        view.proposal = proposals.get(view.latest.form_id)
-        if view.proposal is not None:
-            in_force_form = next((v.form for v in versions if view.proposal.in_force == (v.form_id, v.version)), None)
-            view.proposal_lines = plain_english.change_lines(in_force_form, view.latest.form) if in_force_form else []
-    in_force = decision.version_in_force(nhs, versions, moment)
-    summary = service().summary(nhs, at=moment, actor=session.actor) if versions else []
-    in_period = {s.person_id: s for s in summary}
-    flags = decision.review_flags(in_force.form, moment.astimezone(UK).date()) if in_force is not None else ()
-    return _page("patient.html", session=session, nhs_number=nhs, forms=forms, in_force=in_force, in_period=in_period,
-                 flags=flags, young_person=(forms[0].latest.form.young_person if forms else None), message=request.args.get("saved"))
+    found = service().overview(_checked(nhs_number), actor=session.actor)
+    versions = [v for history in found.histories for v in history]
+    proposals = {p.form_id: p for p in found.proposals}
+    forms = [_form_view(history, proposals, versions) for history in found.histories]
+    return _page("patient.html", session=session, nhs_number=found.nhs_number, forms=forms, in_force=found.in_force,
+                 in_period={s.person_id: s for s in found.summary}, flags=found.review_flags,
+                 young_person=(forms[0].latest.form.young_person if forms else None), message=request.args.get("saved"))
 
 
 # --------------------------------------------------------------------------- record and change
