@@ -14,6 +14,8 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
+from werkzeug.security import check_password_hash, generate_password_hash
+
 #: consent.read: read forms, Consents, disclosures and summaries, and see the full reason of every decision;
 #: decision.read: ask the decision endpoints (every deny then reads the same, revealing nothing);
 #: form.write: create/change forms, record disclosures; validate: $validate; admin: audit log and everything else.
@@ -67,3 +69,29 @@ def authorise(principal: Principal, scope: str) -> Refusal | None:
     if principal.may(scope):
         return None
     return Refusal(403, "forbidden", f"this token lacks the '{scope}' scope")
+
+
+@dataclass(frozen=True)
+class PasswordUser:
+    """A member of the team who signs in to the consent pages with a password (the embedded default's sign-in).
+
+    ``password_hash`` is werkzeug's ``method$salt$hash`` string (scrypt by default), never the password.
+    """
+
+    username: str
+    display_name: str
+    password_hash: str
+    scopes: frozenset[str]
+
+
+#: Checked when the username is unknown, so a wrong username costs as long as a wrong password.
+_NOBODY_HASH = generate_password_hash("no such user", method="scrypt")
+
+
+def check_password(username: str, password: str, users: tuple[PasswordUser, ...]) -> PasswordUser | Refusal:
+    """The user whose password this is, or one refusal that never says whether the username exists."""
+    found = next((u for u in users if hmac.compare_digest(u.username.encode(), username.encode())), None)
+    ok = check_password_hash(found.password_hash if found else _NOBODY_HASH, password)
+    if found is None or not ok:
+        return Refusal(401, "login", "the username or password is not recognised")
+    return found

@@ -270,6 +270,23 @@ def _demo_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
+#: The demo's user of the consent pages; the password is random, kept in the tokens file.
+DEMO_USER = "demo"
+
+
+def _demo_password(path: Path) -> str:
+    """The demo user's password: from the 0600 tokens file, added to it the first time."""
+    import secrets
+
+    line = next((x for x in path.read_text().splitlines() if x.startswith("export CASUS_DEMO_PASSWORD=")), None)
+    if line:
+        return line.split("=", 1)[1]
+    password = secrets.token_urlsafe(12)
+    with path.open("a") as out:
+        out.write(f"export CASUS_DEMO_PASSWORD={password}\n")
+    return password
+
+
 def _load_demo_forms(app: Any, examples: Path) -> int:
     from .store.forms import AlreadyExists
 
@@ -296,14 +313,17 @@ def demo(port: int, database: Path, smoke: bool) -> None:
     """Start the facade on the embedded default (SQLite) with sample young people loaded."""
     import threading
 
-    from .access import TokenGrant
+    from werkzeug.security import generate_password_hash
+
+    from .access import PasswordUser, TokenGrant
     from .config import Settings, hash_token
     from .form import PROFILES_DIR
 
     token_file = database.parent / "demo-tokens.env"
     tokens = _demo_tokens(token_file)
     grants = tuple(TokenGrant(role, hash_token(tokens[role]), frozenset(scopes)) for role, scopes in DEMO_ROLES.items())
-    app = _app_or_exit(Settings(database_url=f"sqlite:///{database}", grants=grants), "--database")
+    user = PasswordUser(DEMO_USER, "Demo Clinician", generate_password_hash(_demo_password(token_file)), frozenset(DEMO_ROLES["clinician"]))
+    app = _app_or_exit(Settings(database_url=f"sqlite:///{database}", grants=grants, users=(user,)), "--database")
     loaded = _load_demo_forms(app, PROFILES_DIR / "examples")
     server = _listen_or_exit(app, "127.0.0.1", port, threads=4, ident="casus-demo")
     port = server.effective_port
@@ -324,7 +344,10 @@ def demo(port: int, database: Path, smoke: bool) -> None:
 
 def _demo_help(base: str, token_file: Path) -> str:
     return f"""
-Demo tokens are in {token_file} (not printed). In another shell:
+The consent pages: open {base}/consent/ and sign in as "{DEMO_USER}" with the password CASUS_DEMO_PASSWORD from
+{token_file} (not printed). Sample young people by NHS number: 943 476 5919, 485 777 3457, 401 023 2137, 450 557 7104.
+
+Demo tokens are in the same file. In another shell:
 
   source {token_file}
   curl -s -H "Authorization: Bearer $CASUS_DEMO_EHR_TOKEN" \\

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .access import SCOPES, TokenGrant
+from .access import SCOPES, PasswordUser, TokenGrant
 
 DEFAULT_DATABASE_URL = "sqlite:///instance/casus.sqlite3"
 
@@ -33,6 +33,9 @@ class Settings:
     public_base_url: str | None = None  # for absolute links in Bundles when behind a proxy
     page_size: int = 20
     backdated_days: int = 90  # a version recorded this many days before it is stored is flagged in the audit
+    users: tuple[PasswordUser, ...] = ()  # who may sign in to the consent pages with a password
+    session_idle_minutes: int = 20  # a consent page session ends after this long without a request ...
+    session_max_hours: int = 10  # ... and after this long whatever happens
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -44,6 +47,9 @@ class Settings:
             max_body_bytes=_positive_int(env.get("CASUS_MAX_BODY_BYTES", "1000000"), "CASUS_MAX_BODY_BYTES"),
             public_base_url=env.get("CASUS_PUBLIC_BASE_URL") or None,
             backdated_days=_positive_int(env.get("CASUS_BACKDATED_DAYS", "90"), "CASUS_BACKDATED_DAYS"),
+            users=users_from_env(env),
+            session_idle_minutes=_positive_int(env.get("CASUS_SESSION_IDLE_MINUTES", "20"), "CASUS_SESSION_IDLE_MINUTES"),
+            session_max_hours=_positive_int(env.get("CASUS_SESSION_MAX_HOURS", "10"), "CASUS_SESSION_MAX_HOURS"),
         )
 
 
@@ -100,4 +106,40 @@ def grants_from_env(env: Mapping[str, str]) -> tuple[TokenGrant, ...]:
             return parse_grants(json.loads(env["CASUS_TOKENS"]))
         except json.JSONDecodeError:
             raise ConfigurationError("CASUS_TOKENS is not valid JSON") from None
+    return ()
+
+
+def parse_users(entries: Any) -> tuple[PasswordUser, ...]:
+    """Users from a JSON list of {"username", "name", "password_hash", "scopes"}; the hash is werkzeug's
+    ``scrypt:...$salt$hash`` string (``python -c "from werkzeug.security import generate_password_hash as g; print(g(input()))"``)."""
+    if not isinstance(entries, list):
+        raise ConfigurationError("user configuration must be a JSON list")
+    users = []
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("username"), str) or not entry["username"].strip():
+            raise ConfigurationError(f"user entry {n} needs a username")
+        name = entry["username"]
+        digest = entry.get("password_hash")
+        if not isinstance(digest, str) or not digest.startswith(("scrypt:", "pbkdf2:")) or digest.count("$") != 2:
+            raise ConfigurationError(f"user {name!r} needs a password_hash made by werkzeug.security.generate_password_hash")
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
+            raise ConfigurationError(f"user {name!r}: scopes must be a non-empty list drawn from {sorted(SCOPES)}")
+        display = entry["name"].strip() if isinstance(entry.get("name"), str) and entry["name"].strip() else name
+        users.append(PasswordUser(name, display, digest, frozenset(scopes)))
+    return tuple(users)
+
+
+def users_from_env(env: Mapping[str, str]) -> tuple[PasswordUser, ...]:
+    """CASUS_USERS_FILE (a JSON file) or CASUS_USERS (the same JSON inline)."""
+    if env.get("CASUS_USERS_FILE"):
+        try:
+            return parse_users(json.loads(Path(env["CASUS_USERS_FILE"]).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigurationError(f"CASUS_USERS_FILE cannot be read as JSON: {type(exc).__name__}") from None
+    if env.get("CASUS_USERS"):
+        try:
+            return parse_users(json.loads(env["CASUS_USERS"]))
+        except json.JSONDecodeError:
+            raise ConfigurationError("CASUS_USERS is not valid JSON") from None
     return ()

@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from . import decision
 from .disclosure import Disclosure
-from .form import ConsentForm, Recorded
+from .form import ConsentForm, Professional, Recorded
 from .mappings import r4, r5
 from .outcome import InvalidInput, error
 from .store import Store
@@ -29,6 +30,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_BACKDATED_AFTER = timedelta(days=90)
 #: The audit flag of a version entered long after the choice it records was made.
 FLAG_BACKDATED = "backdated"
+UK = ZoneInfo("Europe/London")  # review flags fall on UK calendar days, as the decision engine's do
 
 
 def utc_now() -> datetime:
@@ -45,6 +47,18 @@ class RecordedInFuture(InvalidInput):
 
 class NotADraft(ValueError):
     """Only a draft (a proposal) can be made active; the form's latest version is something else."""
+
+
+@dataclass(frozen=True)
+class ConsentOverview:
+    """All a person reading one young person's consent needs at once: every version, what is in force, what waits."""
+
+    nhs_number: str
+    histories: tuple[tuple[FormVersion, ...], ...]  # per form, its versions oldest first
+    in_force: FormVersion | None  # the version in force now (of any status), None when there is none
+    summary: tuple[decision.RecipientSummary, ...]  # who may receive what now, as the decision engine says
+    proposals: tuple[decision.Proposal, ...]  # drafts waiting to be agreed, with what they would change
+    review_flags: tuple[str, ...]  # turned 16 under a parent's consent, turned 18
 
 
 
@@ -98,7 +112,8 @@ class ConsentService:
         withdrawn = replace(current.form, status="withdrawn", recorded=Recorded(self.clock(), current.form.recorded.by))
         return self.store.update_form(withdrawn, expected_version=expected_version, actor=actor)
 
-    def activate(self, form_id: str, *, expected_version: int, actor: str, agreed_at: datetime | None = None) -> FormVersion:
+    def activate(self, form_id: str, *, expected_version: int, actor: str, agreed_at: datetime | None = None,
+                 by: str | None = None) -> FormVersion:
         """Make the draft the active version: the young person (or the decider) agreed to the proposal at ``agreed_at``.
 
         The agreement is the choice, so the new version is recorded at it (default now; earlier when it was agreed
@@ -112,7 +127,8 @@ class ConsentService:
         agreed = agreed_at or self.clock()
         if agreed < current.form.recorded.date:
             raise InvalidInput([error("processing", "$.agreedAt", "the agreement cannot precede the proposal it agrees to")])
-        active = replace(current.form, status="active", recorded=Recorded(agreed, current.form.recorded.by))
+        recorder = Professional(by) if by else current.form.recorded.by  # who recorded the agreement, when known
+        active = replace(current.form, status="active", recorded=Recorded(agreed, recorder))
         flags = self._time_flags(active, "$.agreedAt")
         saved = self.store.update_form(active, expected_version=expected_version, actor=actor, flags=flags)
         self.store.audit(actor=actor, action="form.activate", resource=_ref(saved), outcome="ok", subject=_subject(saved),
@@ -167,6 +183,27 @@ class ConsentService:
                 and (updated_before is None or latest.stored_at < updated_before))
         matches = [latest] if keep else []
         return matches[offset:offset + limit], len(matches)
+
+    def record_session(self, *, actor: str, action: str, outcome: str) -> None:
+        """Sign-ins (refused ones too) and sign-outs of the consent pages, in the same audit trail as every read."""
+        self.store.audit(actor=actor, action=action, resource=None, outcome=outcome)
+
+    def overview(self, nhs_number: str, *, actor: str) -> ConsentOverview:
+        """Every form of the young person with its history, and the engine's view of now; each read audited."""
+        at = self.clock()
+        found, _ = self.search(actor=actor, nhs_number=nhs_number, limit=50)
+        histories = tuple(tuple(self.history(f.form_id, actor=actor)) for f in found)
+        versions = [v for history in histories for v in history]
+        chosen = decision.version_in_force(nhs_number, versions, at)
+        in_force = next((v for v in versions if chosen is not None and (v.form_id, v.version) == (chosen.form_id, chosen.version)), None)
+        return ConsentOverview(
+            nhs_number=nhs_number,
+            histories=histories,
+            in_force=in_force,
+            summary=tuple(self.summary(nhs_number, at=at, actor=actor).recipients) if versions else (),
+            proposals=tuple(decision.pending_proposals(nhs_number, versions, at=at)),
+            review_flags=decision.review_flags(in_force.form, at.astimezone(UK).date()) if in_force is not None else (),
+        )
 
     def disclosures(self, nhs_number: str, *, actor: str) -> list[Disclosure]:
         found = self.store.disclosures(nhs_number)

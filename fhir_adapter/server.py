@@ -23,7 +23,7 @@ from .store import Store
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
     """Build the facade. ``settings`` defaults to the environment; ``store`` lets tests share one."""
-    from .facade import cds_hooks, decisions_api, fhir_rest, forms_api, health, openapi
+    from .facade import cds_hooks, decisions_api, fhir_rest, forms_api, health, openapi, pages, sessions
     from .facade.pipeline import RequestPipeline, render_error
     from .facade.protocol import SERVICE_EXTENSION, flask_response
 
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         CASUS_GRANTS=settings.grants,
         CASUS_PUBLIC_BASE_URL=settings.public_base_url,
+        CASUS_USERS=settings.users,
         JSON_SORT_KEYS=False,
     )
     if store is None:
@@ -44,6 +45,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.register_blueprint(decisions_api.bp)
     app.register_blueprint(cds_hooks.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(pages.bp)
+    app.extensions[sessions.BOOK_EXTENSION] = sessions.SessionBook(timedelta(minutes=settings.session_idle_minutes),
+                                                                   timedelta(hours=settings.session_max_hours))
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir", name="fhir")
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir/R4", name="fhir_r4")
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir/R5", name="fhir_r5")

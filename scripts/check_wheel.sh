@@ -121,6 +121,13 @@ grep -q "4 sample forms loaded" "$WORK/demo.err" || fail "demo did not load the 
 source "$WORK/demo/demo-tokens.env"
 probe "$BASE/api/decision?patient=9434765919&recipient-role=mother&information-type=attendance&purpose=TREAT" \
   decision "$CASUS_DEMO_EHR_TOKEN" || fail "demo did not answer a decision"
+"$PY" - "$BASE" <<'EOF' || fail "demo did not serve the consent pages (templates or stylesheet missing from the wheel?)"
+import sys, urllib.request
+for path, words in (("/consent/sign-in", "Sign in"), ("/consent/static/consent.css", "@media print")):
+    with urllib.request.urlopen(sys.argv[1] + path, timeout=10) as response:
+        assert response.status == 200 and words in response.read().decode(), path
+    print(f"{path}: served", file=sys.stderr)
+EOF
 
 say "serve answering /openapi.json and /fhir/R4/metadata"
 mkdir "$WORK/serve"

@@ -78,7 +78,7 @@ def app_operations(app: Flask) -> dict[Operation, Any]:
     """Every (path, method) the app routes, with its view function; static files and HEAD/OPTIONS left out."""
     found: dict[Operation, Any] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("pages."):  # browser pages: sessions, not tokens (test_consent_pages)
             continue
         for method in sorted((rule.methods or set()) - IGNORED_METHODS):
             found[(openapi_path(rule.rule), method.lower())] = app.view_functions[rule.endpoint]

@@ -41,7 +41,7 @@ from ..access import Principal, Refusal, authenticate, authorise
 from ..consent_service import FormIdMismatch, NotADraft
 from ..outcome import InvalidInput, error
 from ..store.forms import AlreadyExists, NotFound, VersionConflict
-from .protocol import PRINCIPAL_KEY, Answer, HttpProblem, etag, outcome_answer
+from .protocol import PRINCIPAL_KEY, SESSION_ACTOR_KEY, Answer, HttpProblem, etag, outcome_answer
 
 log = logging.getLogger("fhir_adapter.http")
 
@@ -195,8 +195,9 @@ class RequestPipeline:
         method, rule, who, request_id, started = log_fields
 
         def finish(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            _log_request(method, rule, status.split(" ", 1)[0], started, who, request_id)
-            return start_response(status, [*headers, *added], exc_info)
+            _log_request(method, rule, status.split(" ", 1)[0], started, environ.get(SESSION_ACTOR_KEY, who), request_id)
+            own = {name.lower() for name, _ in headers}  # a view's own policy (the consent pages' CSP) stands
+            return start_response(status, [*headers, *(h for h in added if h[0].lower() not in own)], exc_info)
 
         return self._flask(environ, finish)
 

@@ -28,6 +28,8 @@ FHIR_JSON = "application/fhir+json"
 SERVICE_EXTENSION = "casus"
 #: ... and where the request pipeline leaves the authenticated caller for the view.
 PRINCIPAL_KEY = "casus.principal"
+#: ... or, on the consent pages, the signed-in name, for the access log.
+SESSION_ACTOR_KEY = "casus.session_actor"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
