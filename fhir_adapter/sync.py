@@ -525,7 +525,7 @@ class SyncJob:
                  len(summary.conflicts), len(summary.rejected), len(summary.deleted_on_server), summary.requests, summary.retries)
         return summary
 
-    def _take_lease(self, summary: SyncSummary) -> None:
+    def _take_lease(self, summary: SyncSummary, *, record_refusal: bool = True) -> None:
         """Take the lease, taking it over at once from a holder that is dead on this host; else SyncLocked."""
         state = self.store.sync_state
         if state.acquire_lock(LOCK_NAME, self.owner, self.lock_ttl_seconds):
@@ -543,7 +543,8 @@ class SyncJob:
         summary.ended_at = utc_now()
         who = f"{holder.owner} until {holder.expires_at.isoformat(timespec='seconds')}" if holder is not None else "another run"
         summary.failure = f"another sync run holds the lease ({who})"
-        self._record_run(summary)
+        if record_refusal:
+            self._record_run(summary)
         raise SyncLocked(summary.failure, summary, holder)
 
     def _finish(self, summary: SyncSummary) -> None:
@@ -891,3 +892,85 @@ class SyncJob:
     def _audit(self, latest: FormVersion, action: str, outcome: str, detail: dict[str, Any]) -> None:
         self.store.audit(actor=ACTOR, action=action, resource=f"form/{latest.form_id}", outcome=outcome, detail=detail,
                          subject=latest.form.young_person.nhs_number)
+
+    # ---------------------------------------------------------------- resolving a problem by hand
+
+    def resolve(self, form_id: str, keep: Literal["local", "server"], *, actor: str) -> dict[str, Any]:
+        """Make both sides agree on one form, choosing which side wins; audited, version-checked on both sides.
+
+        ``local`` writes the form's latest version over the server copy with ``If-Match`` on the server version
+        just read; ``server`` stores the server copy as a new local version, expecting the local version just
+        read.  Either side changing in between refuses the resolution (ResolveRefused) with nothing written.
+        Holds the sync lease while it works, so no run interleaves.
+        """
+        latest = self._latest(form_id)
+        if latest is None:
+            raise ResolveRefused(f"no form {form_id} in the store")
+        summary = SyncSummary(server=self.server)
+        self._take_lease(summary, record_refusal=False)
+        try:
+            remotes = self._remote_states([form_id]).get(form_id, [])
+            if len(remotes) != 1:
+                raise ResolveRefused(f"the server holds {len(remotes)} Consents for form {form_id}; exactly one is needed")
+            remote = remotes[0]
+            record = self.store.sync_record(self.server, form_id)
+            if keep == "local":
+                plan = PushPlan(latest, record, "update", remote)
+                try:
+                    state = self._send([plan])[0]
+                except (PreconditionFailed, Conflict) as exc:
+                    raise ResolveRefused("the server copy changed while resolving (412); look again and retry") from exc
+                except InvalidResource as exc:
+                    raise ResolveRefused(f"the server refused the local version ({exc.status})") from exc
+                self._save_record(latest, record, state, MAPPING_VERSION)
+                result = {"formId": form_id, "kept": "local", "localVersion": latest.version, "remoteVersionId": state.version_id}
+            else:
+                try:
+                    form = r4_to_form(remote.resource)
+                except InvalidInput as exc:
+                    raise ResolveRefused(f"the server copy is not a valid CASUS Consent ({len(exc.issues)} issue(s)); "
+                                         "keep the local version instead") from exc
+                try:
+                    stored = self.store.update_form(form, expected_version=latest.version, actor=actor, source="remote")
+                except VersionConflict as exc:
+                    raise ResolveRefused("the form changed locally while resolving; look again and retry") from exc
+                self.store.save_sync_record(SyncRecord(
+                    server=self.server, form_id=form_id, pushed_version=stored.version, remote_id=remote.resource_id,
+                    remote_version_id=remote.version_id, remote_last_updated=remote.last_updated, pulled_version=stored.version,
+                    mapping_version=written_mapping_version(remote.resource)))
+                latest = stored
+                result = {"formId": form_id, "kept": "server", "localVersion": stored.version, "remoteVersionId": remote.version_id}
+            self._solved(form_id, remote)
+            self.store.audit(actor=actor, action="sync.resolve", resource=f"form/{form_id}", outcome=f"kept-{keep}",
+                             detail={"server": self.server, "localVersion": result["localVersion"],
+                                     "remoteVersionId": result["remoteVersionId"]},
+                             subject=latest.form.young_person.nhs_number)
+            return result
+        finally:
+            self.store.release_lock(LOCK_NAME, self.owner)
+
+
+class ResolveRefused(SyncError):
+    """A resolution that could not be made safely; nothing was written (the message says why, ids only)."""
+
+
+def sync_status(store: Store, server: str) -> dict[str, Any]:
+    """What an operator asks before anything else: the last run, what waits to go, who holds the lease, what is
+    outstanding.  Reads the store only (no request to the FHIR server)."""
+    state = store.sync_state
+    last, success = state.last_run(server), state.last_run(server, outcome="in-step")
+    holder = state.lock_holder(LOCK_NAME)
+    problems = state.problems(server)
+    return {
+        "server": server,
+        "lastRun": None if last is None else {
+            "runId": last.run_id, "startedAt": last.started_at.isoformat(), "endedAt": last.ended_at.isoformat(),
+            "exitCode": last.exit_code, "outcome": last.outcome, "failure": last.summary.get("failure"),
+            "pushed": last.summary.get("pushed", 0), "pulled": last.summary.get("pulled", 0), "inStep": last.summary.get("inStep", 0)},
+        "lastSuccessAt": success.ended_at.isoformat() if success is not None else None,
+        "formsWaiting": state.forms_waiting(server),
+        "lease": None if holder is None else {"holder": holder.owner, "expiresAt": holder.expires_at.isoformat(),
+                                              "holderEnded": holder_is_dead(holder.owner)},
+        "conflicts": [p.to_json() for p in problems if p.kind == "conflict"],
+        "rejected": [p.to_json() for p in problems if p.kind == "rejected"],
+    }

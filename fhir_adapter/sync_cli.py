@@ -7,7 +7,9 @@ deleted on the server), 2 failed (settings missing, server unreachable or refusi
 ``--summary-file``) on every outcome, failures included, with one line on stderr when the run did not finish.
 Nothing secret (token, key, database password) and nothing clinical is ever printed, and no traceback.
 
-``sync unlock`` clears the lease (audited).
+``sync status`` shows the last run, forms waiting, the lease and outstanding problems; ``sync resolve`` makes
+one form agree on both sides, keeping the local or the server version (audited, version-checked on both
+sides); ``sync unlock`` clears the lease (audited).
 """
 
 from __future__ import annotations
@@ -296,3 +298,85 @@ def unlock_command() -> None:
         click.echo("sync: the lease was free")
     else:
         click.echo(f"sync: lease cleared (it was held by {holder.owner} until {holder.expires_at.isoformat(timespec='seconds')})")
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """``sync status`` for a person: one fact a line, problems listed one a line (ids only)."""
+    last = status["lastRun"]
+    lines = [f"server:          {status['server']}"]
+    if last is None:
+        lines.append("last run:        none")
+    else:
+        failure = f" - {last['failure']}" if last["failure"] else ""
+        lines.append(f"last run:        {last['outcome']} (exit {last['exitCode']}) ended {last['endedAt']}; pushed {last['pushed']}, "
+                     f"pulled {last['pulled']}, in step {last['inStep']}{failure}")
+    lines.append(f"last success:    {status['lastSuccessAt'] or 'never'}")
+    lines.append(f"forms waiting:   {status['formsWaiting']}")
+    lease = status["lease"]
+    lines.append("lease:           free" if lease is None else
+                 f"lease:           held by {lease['holder']} until {lease['expiresAt']}" + (" (holder has ended)" if lease["holderEnded"] else ""))
+    lines.append(f"conflicts:       {len(status['conflicts'])}")
+    lines += [f"  {c.get('formId')}: {c.get('reason')} (since {c.get('since')})" for c in status["conflicts"]]
+    lines.append(f"rejected:        {len(status['rejected'])}")
+    lines += [f"  {r.get('formId') or r.get('remoteId')}: {len(r['outcome'].get('issue', []))} issue(s) (since {r.get('since')})"
+              for r in status["rejected"]]
+    return "\n".join(lines)
+
+
+@sync_command.command("status")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status_command(output_format: str) -> None:
+    """The last run, forms waiting to be pushed, the lease and outstanding conflicts and rejections, for the server
+    CASUS_FHIR_BASE_URL names (every server the store knows when it is not set). Reads the database only."""
+    from .sync import sync_status
+
+    configured = server_of(os.environ)
+    store = _operator_store()
+    try:
+        servers = [configured] if configured else store.sync_state.servers()
+        statuses = [sync_status(store, server) for server in servers]
+    finally:
+        store.close()
+    if output_format == "json":
+        click.echo(json.dumps(statuses[0] if configured else statuses, indent=2))
+    else:
+        click.echo("\n\n".join(render_status(s) for s in statuses) or "sync: no server synced yet")
+
+
+@sync_command.command("resolve")
+@click.argument("form_id")
+@click.option("--keep", type=click.Choice(["local", "server"]), required=True,
+              help="Which side wins: the form's latest local version, or the server's Consent.")
+def resolve_command(form_id: str, keep: str) -> None:
+    """Make FORM_ID the same on both sides (audited). --keep local writes the local version over the server copy
+    (If-Match on the server version just read); --keep server stores the server copy as a new local version
+    (expecting the local version just read). Exit 0 resolved, 2 refused (nothing written), 75 a run holds the lease."""
+    from .fhir_client import FhirError
+    from .sync import ResolveRefused, SyncJob, SyncLocked, failure_reason
+
+    _configure_logging(sys.stderr)
+    try:
+        client = build_client(os.environ)
+    except _CouldNotRun as exc:
+        click.echo(f"sync resolve: failed: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    store = _operator_store()
+    try:
+        result = SyncJob(store, client).resolve(form_id, "local" if keep == "local" else "server", actor=OPERATOR_ACTOR)
+    except SyncLocked as exc:
+        click.echo(f"sync resolve: skipped: {exc}", err=True)
+        sys.exit(EXIT_SKIPPED)
+    except ResolveRefused as exc:
+        click.echo(f"sync resolve: refused, nothing written: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except FhirError as exc:
+        click.echo(f"sync resolve: failed: {failure_reason(exc, first_request=False)}", err=True)
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:  # one line, never a traceback
+        log.debug("sync resolve failed", exc_info=True)
+        click.echo(f"sync resolve: failed: {type(exc).__name__}", err=True)
+        sys.exit(EXIT_FAILED)
+    finally:
+        client.close()
+        store.close()
+    click.echo(json.dumps(result, indent=2))

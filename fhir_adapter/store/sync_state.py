@@ -160,10 +160,23 @@ class SyncState:
         with self._db.read() as conn:
             return [r.form_id for r in conn.execute(query).all()]
 
-    def synced_form_count(self, server: str) -> int:
-        t = schema.sync_records
+    def forms_waiting(self, server: str) -> int:
+        """Forms with a change ``server`` has not received: never synced with it, or a local version newer than the
+        one pushed (the same rule as the sync job's ``has_unpushed_change``)."""
+        f, v, r = schema.forms, schema.form_versions, schema.sync_records
+        latest = f.join(v, (v.c.form_id == f.c.form_id) & (v.c.version == f.c.latest_version)) \
+            .outerjoin(r, (r.c.server == server) & (r.c.form_id == f.c.form_id))
+        waiting = or_(r.c.form_id.is_(None), (v.c.source == "local") & (f.c.latest_version > func.coalesce(r.c.pushed_version, 0)))
         with self._db.read() as conn:
-            return int(conn.execute(select(func.count()).select_from(t).where(t.c.server == server)).scalar_one())
+            return int(conn.execute(select(func.count()).select_from(latest).where(waiting)).scalar_one())
+
+    def servers(self) -> list[str]:
+        """Every server the store keeps sync state or runs for (the unnamed legacy server left out)."""
+        names: set[str] = set()
+        with self._db.read() as conn:
+            for table in (schema.sync_records, schema.sync_cursors, schema.sync_runs):
+                names.update(conn.execute(select(table.c.server).distinct()).scalars())
+        return sorted(n for n in names if n != schema.LEGACY_SERVER)
 
     # ----------------------------------------------------------------------- outstanding problems
 
