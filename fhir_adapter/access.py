@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 #: consent.read: read forms, Consents, disclosures and summaries; decision.read: ask the decision endpoints;
-#: form.write: create/change forms, record disclosures; validate: $validate; admin: audit log and everything else.
-SCOPES = frozenset({"consent.read", "decision.read", "form.write", "validate", "admin"})
+#: form.write: create/change forms, record disclosures; validate: $validate; metrics.read: the sync metrics at
+#: /metrics (for a scraper, which needs nothing else); admin: audit log and everything else.
+SCOPES = frozenset({"consent.read", "decision.read", "form.write", "validate", "metrics.read", "admin"})
 
 
 @dataclass(frozen=True)

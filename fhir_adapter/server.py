@@ -22,7 +22,7 @@ from .store import Store
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
     """Build the facade. ``settings`` defaults to the environment; ``store`` lets tests share one."""
-    from .facade import cds_hooks, decisions_api, fhir_rest, forms_api, health, openapi
+    from .facade import cds_hooks, decisions_api, fhir_rest, forms_api, health, metrics, openapi
     from .facade.pipeline import RequestPipeline, render_error
     from .facade.protocol import SERVICE_EXTENSION, flask_response
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.register_blueprint(decisions_api.bp)
     app.register_blueprint(cds_hooks.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir", name="fhir")
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir/R4", name="fhir_r4")
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir/R5", name="fhir_r5")

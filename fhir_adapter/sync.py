@@ -69,6 +69,7 @@ from .fhir_client import (
     weak_etag,
 )
 from .form import ConsentForm, form_to_json
+from .log_records import run_context
 from .mappings import MAPPING_VERSION, codes
 from .mappings.r4 import form_to_r4, r4_to_form, written_mapping_version
 from .outcome import InvalidInput, Issue, is_blocking, operation_outcome
@@ -494,6 +495,11 @@ class SyncJob:
         summary = SyncSummary(server=self.server, dry_run=dry_run)
         summary.full = full or (state.get_cursor(self.server, PUSH_CURSOR) is None and state.get_cursor(self.server, PULL_CURSOR) is None)
         self._sent = set()
+        with run_context(summary.run_id):
+            return self._run(summary, push=push, pull=pull, dry_run=dry_run, full=full)
+
+    def _run(self, summary: SyncSummary, *, push: bool, pull: bool, dry_run: bool, full: bool) -> SyncSummary:
+        state = self.store.sync_state
         started, requests0, retries0 = time.monotonic(), self.client.stats.requests, self.client.stats.retries
         if not dry_run:
             self._take_lease(summary)

@@ -233,11 +233,19 @@ def _run_job(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, f
         store.close()
 
 
-def _configure_logging(stderr: IO[str]) -> None:
-    if not logging.getLogger().handlers:  # errors only unless asked (CASUS_LOG_LEVEL): cron mails whatever reaches stderr
-        level = os.environ.get("CASUS_LOG_LEVEL", "ERROR").strip().upper()
-        logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "ERROR", stream=stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+def _configure_logging(stderr: IO[str], log_format: str = "text") -> None:
+    """Errors only unless asked (CASUS_LOG_LEVEL): cron mails whatever reaches stderr.  Each line has a UTC
+    timestamp and the run id; ``json`` writes one JSON object a line for a log shipper."""
+    from .log_records import formatter
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    level = os.environ.get("CASUS_LOG_LEVEL", "ERROR").strip().upper()
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(formatter(log_format))
+    root.addHandler(handler)
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "ERROR")
 
 
 @click.group("sync", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -252,9 +260,11 @@ def _configure_logging(stderr: IO[str]) -> None:
               help="Seconds the run's lease lasts without renewal (a run killed on another host blocks others this long at most).")
 @click.option("--summary-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the JSON summary here (atomically, on every outcome) instead of stdout.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr as text or one JSON object a line (UTC timestamp, level, run id; no clinical content).")
 @click.pass_context
 def sync_command(ctx: click.Context, push_only: bool, pull_only: bool, full: bool, dry_run: bool, batch_size: int, page_size: int,
-                 lock_ttl: int, summary_file: Path | None) -> None:
+                 lock_ttl: int, summary_file: Path | None, log_format: str) -> None:
     """Push local consent form changes to the trust FHIR server and pull its changes back.
 
     Settings: CASUS_FHIR_BASE_URL (required), CASUS_FHIR_AUTH and its credentials, CASUS_FHIR_CA_BUNDLE,
@@ -264,7 +274,7 @@ def sync_command(ctx: click.Context, push_only: bool, pull_only: bool, full: boo
     if ctx.invoked_subcommand is not None:
         return
     stderr = sys.stderr  # the real stream (CliRunner swaps it), so isatty() tells a terminal from a pipe
-    _configure_logging(stderr)
+    _configure_logging(stderr, log_format)
     if push_only and pull_only:
         click.echo("sync: failed: --push-only and --pull-only exclude each other", err=True)
         sys.exit(EXIT_FAILED)

@@ -6,6 +6,9 @@ refused credential, which sekmet cannot produce (it has no auth), answered by ``
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +116,21 @@ def test_a_push_whose_answer_was_lost_and_whose_retry_met_412_counts_as_pushed(
 
         assert (proxy.counts.writes_dropped_after, only_on_server(direct, form.form_id)["meta"]["versionId"]) == (1, "2")
     assert (summary.pushed, summary.in_step, summary.conflicts) == (1, 0, [])
+
+
+@pytest.mark.integration
+def test_json_logs_are_one_object_a_line_with_a_utc_time_and_the_run_id_and_no_identifying_content(
+        store: Store, database: str, fresh_fhir_server: SekmetServer) -> None:
+    form = store.create_form(new_form(), actor="clinician").form
+    env = {**os.environ, "CASUS_FHIR_BASE_URL": fresh_fhir_server.base_url, "CASUS_DATABASE_URL": database,
+           "CASUS_FHIR_AUTH": "none", "CASUS_LOG_LEVEL": "DEBUG"}
+
+    done = subprocess.run([sys.executable, "-m", "fhir_adapter", "sync", "--log-format", "json"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    run_id = json.loads(done.stdout)["runId"]
+    assert lines and all(line["time"].endswith("Z") for line in lines)
+    assert any(line.get("runId") == run_id and line["logger"] == "fhir_adapter.sync" for line in lines)
+    assert form.young_person.nhs_number not in done.stderr

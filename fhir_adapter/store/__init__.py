@@ -107,8 +107,9 @@ class Store:
         """Append an audit record; returns once it is committed, or raises AuditWriteFailed."""
         self.audit_trail.write(actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject)
 
-    def audit_log(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
-        return self.audit_trail.records(actor=actor, subject=subject, limit=limit)
+    def audit_log(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None,
+                  limit: int = 100) -> list[AuditRecord]:
+        return self.audit_trail.records(actor=actor, subject=subject, action=action, limit=limit)
 
     # ----------------------------------------------------------------------- disclosures (see disclosures.py)
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -223,7 +224,8 @@ sync_problems = Table(
 )
 
 #: One row per sync run that got as far as opening the store: what ``sync status`` shows as the last run and
-#: what the facade's metrics count.  ``summary`` is the run's JSON summary (ids and counts only).
+#: what the facade's metrics count (the counts the metrics add up are columns).  ``summary`` is the run's JSON
+#: summary (ids and counts only).
 sync_runs = Table(
     "sync_runs", metadata,
     Column("run_id", String(64), primary_key=True),
@@ -232,6 +234,9 @@ sync_runs = Table(
     Column("ended_at", UTCDateTime, nullable=False),
     Column("exit_code", Integer, nullable=False),
     Column("outcome", String(32), nullable=False),
+    Column("pushed", Integer, nullable=False),
+    Column("pulled", Integer, nullable=False),
+    Column("duration_seconds", Float, nullable=False),
     Column("summary", Text, nullable=False),
     Index("ix_sync_runs_server_ended_at", "server", "ended_at"),
 )

@@ -104,6 +104,28 @@ class SyncRun:
     outcome: str
     summary: dict[str, Any]
 
+    @property
+    def pushed(self) -> int:
+        return int(self.summary.get("pushed", 0))
+
+    @property
+    def pulled(self) -> int:
+        return int(self.summary.get("pulled", 0))
+
+    @property
+    def duration_seconds(self) -> float:
+        return float(self.summary.get("durationSeconds", 0.0))
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    server: str
+    outcome: str
+    runs: int
+    pushed: int
+    pulled: int
+    duration_seconds: float
+
 
 @dataclass(frozen=True)
 class LeaseHolder:
@@ -221,7 +243,8 @@ class SyncState:
         with self._db.write() as conn:
             conn.execute(schema.sync_runs.insert().values(
                 run_id=run.run_id, server=run.server, started_at=run.started_at, ended_at=run.ended_at,
-                exit_code=run.exit_code, outcome=run.outcome, summary=dumps(run.summary)))
+                exit_code=run.exit_code, outcome=run.outcome, pushed=run.pushed, pulled=run.pulled,
+                duration_seconds=run.duration_seconds, summary=dumps(run.summary)))
 
     def last_run(self, server: str | None = None, *, outcome: str | None = None) -> SyncRun | None:
         t = schema.sync_runs
@@ -236,12 +259,13 @@ class SyncState:
             return None
         return SyncRun(row.run_id, row.server, row.started_at, row.ended_at, row.exit_code, row.outcome, json.loads(row.summary))
 
-    def run_counts(self) -> dict[tuple[str, str], int]:
-        """Runs recorded so far by (server, outcome)."""
+    def run_totals(self) -> list[RunTotals]:
+        """Runs recorded so far by server and outcome, with the forms they pushed and pulled and the time they took."""
         t = schema.sync_runs
+        query = (select(t.c.server, t.c.outcome, func.count(), func.sum(t.c.pushed), func.sum(t.c.pulled), func.sum(t.c.duration_seconds))
+                 .group_by(t.c.server, t.c.outcome).order_by(t.c.server, t.c.outcome))
         with self._db.read() as conn:
-            rows = conn.execute(select(t.c.server, t.c.outcome, func.count()).group_by(t.c.server, t.c.outcome)).all()
-        return {(r[0], r[1]): int(r[2]) for r in rows}
+            return [RunTotals(r[0], r[1], int(r[2]), int(r[3] or 0), int(r[4] or 0), float(r[5] or 0.0)) for r in conn.execute(query).all()]
 
     def problem_counts(self) -> dict[tuple[str, str], int]:
         """Outstanding problems by (server, kind)."""
