@@ -53,12 +53,13 @@ class SyncCollector(Collector):
                                         labels=["server", "kind"])
         last_success = GaugeMetricFamily("casus_sync_last_success_timestamp_seconds",
                                          "When the last run that ended in step finished (Unix time).", labels=["server"])
-        last_duration = GaugeMetricFamily("casus_sync_last_run_duration_seconds", "How long the last run took.", labels=["server"])
+        last_duration = GaugeMetricFamily("casus_sync_last_run_duration_seconds", "How long the last run that was not skipped took.",
+                                          labels=["server"])
         waiting = GaugeMetricFamily("casus_sync_forms_waiting", "Forms with a change the server has not received.", labels=["server"])
         for server in servers:
             for kind in PROBLEM_KINDS:
                 outstanding.add_metric([server, kind], problems.get((server, kind), 0))
-            success, last = state.last_run(server, outcome="in-step"), state.last_run(server)
+            success, last = state.last_run(server, outcome="in-step"), state.last_run(server, not_outcome="skipped")
             if success is not None:
                 last_success.add_metric([server], success.ended_at.timestamp())
             if last is not None:

@@ -246,9 +246,11 @@ class SyncState:
                 exit_code=run.exit_code, outcome=run.outcome, pushed=run.pushed, pulled=run.pulled,
                 duration_seconds=run.duration_seconds, summary=dumps(run.summary)))
 
-    def last_run(self, server: str | None = None, *, outcome: str | None = None) -> SyncRun | None:
+    def last_run(self, server: str | None = None, *, outcome: str | None = None, not_outcome: str | None = None) -> SyncRun | None:
         t = schema.sync_runs
         query = select(t).order_by(t.c.ended_at.desc(), t.c.run_id.desc()).limit(1)
+        if not_outcome is not None:
+            query = query.where(t.c.outcome != not_outcome)
         if server is not None:
             query = query.where(t.c.server == server)
         if outcome is not None:
