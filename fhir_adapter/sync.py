@@ -76,6 +76,7 @@ from .outcome import InvalidInput, Issue, is_blocking, operation_outcome
 from .store import Store
 from .store.forms import AlreadyExists, FormVersion, VersionConflict
 from .store.forms import NotFound as FormNotFound
+from .store.schema import LEGACY_SERVER
 from .store.sync_state import LeaseHolder, ProblemKind, SyncProblem, SyncRecord, SyncRun, server_key
 from .sync_lease import holder_is_dead, lease_owner
 from .validation import validate_consent
@@ -637,7 +638,8 @@ class SyncJob:
             return set()
         for attempt in (1, 2):
             remotes = self._remote_states([latest.form_id for latest, _ in candidates])
-            plans = [self._settle_deleted(plan_push(latest, record, remotes.get(latest.form_id, [])), summary, dry_run)
+            plans = [self._settle_deleted(plan_push(latest, record or self._adopted(latest.form_id, remotes.get(latest.form_id, [])),
+                                                    remotes.get(latest.form_id, [])), summary, dry_run)
                      for latest, record in candidates]
             writes = [p for p in plans if p.action in ("create", "update")]
             if dry_run:
@@ -787,7 +789,7 @@ class SyncJob:
 
     def _pull_one(self, remote: RemoteState, summary: SyncSummary, dry_run: bool) -> None:
         form_id = casus_form_id(remote.resource)
-        record = self.store.sync_record(self.server, form_id) if form_id else None
+        record = (self.store.sync_record(self.server, form_id) or self._adopted(form_id, [remote])) if form_id else None
         if is_echo(remote, record):
             return
         issues = validate_consent(remote.resource, "r4", profile=codes.PROFILE_CONSENT)
@@ -838,6 +840,15 @@ class SyncJob:
         self._solved(form.form_id, remote)
         summary.pulled += 1
         log.debug("pulled Consent %s/_history/%s as form %s version %d", remote.resource_id, remote.version_id, form.form_id, stored.version)
+
+    def _adopted(self, form_id: str, remotes: Sequence[RemoteState]) -> SyncRecord | None:
+        """The record kept before sync state was per server, taken as this server's when the server holds the very
+        Consent it names (same server id: ids are the server's own), so an upgrade does not turn every change
+        the server made since the last sync into a conflict."""
+        legacy = self.store.sync_record(LEGACY_SERVER, form_id)
+        if legacy is None or legacy.remote_id is None or [r.resource_id for r in remotes] != [legacy.remote_id]:
+            return None
+        return replace(legacy, server=self.server)
 
     def _latest(self, form_id: str) -> FormVersion | None:
         try:

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from fhir_adapter.fhir_client import FhirClient
 from fhir_adapter.mappings.r4 import form_to_r4
 from fhir_adapter.store import Store
+from fhir_adapter.store.schema import LEGACY_SERVER
 from fhir_adapter.store.sync_state import server_key
 from fhir_adapter.sync import PULL_CURSOR, PUSH_CURSOR, SyncJob
 from tests.support.fhir_server import SekmetServer, running_sekmet
@@ -116,3 +118,32 @@ def test_a_full_sync_pulls_a_server_change_the_pull_cursor_had_passed(store: Sto
     summary = SyncJob(store, staging).run(full=True)
 
     assert (summary.pulled, store.get(form_id).version, summary.exit_code()) == (1, 2, 0)
+
+
+def test_after_the_upgrade_a_server_change_made_since_the_last_sync_is_pulled_not_reported_as_a_conflict(
+        store: Store, staging: FhirClient) -> None:
+    form_id = synced_with_staging(store, staging, 1)[0]
+    as_before_the_upgrade(store)
+    change_on_server(staging, dad_now_shares(store.get(form_id).form))
+
+    summary = SyncJob(store, staging).run()
+
+    assert (summary.conflicts, summary.pulled, summary.pushed, store.get(form_id).version) == ([], 1, 0, 2)
+
+
+def test_after_the_upgrade_a_server_that_never_held_the_forms_still_receives_them(
+        store: Store, staging: FhirClient, production: FhirClient) -> None:
+    form_ids = synced_with_staging(store, staging)
+    as_before_the_upgrade(store)
+
+    summary = SyncJob(store, production).run()
+
+    assert summary.pushed == 3
+    assert all(only_on_server(production, f) for f in form_ids)
+
+
+def as_before_the_upgrade(store: Store) -> None:
+    """Sync state as an adapter that kept it for one unnamed server left it (what migration 5 carries over)."""
+    with store.db.write() as conn:
+        conn.execute(text("UPDATE sync_records SET server = :legacy"), {"legacy": LEGACY_SERVER})
+        conn.execute(text("UPDATE sync_cursors SET server = :legacy"), {"legacy": LEGACY_SERVER})
