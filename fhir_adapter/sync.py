@@ -63,6 +63,7 @@ from .fhir_client import (
     PreconditionFailed,
     TransportError,
     Unauthorized,
+    bundle_entries,
     identifier_query,
     matched_resources,
     version_from_etag,
@@ -86,6 +87,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "sync"
 PUSH_CURSOR = "sync.push"
 PULL_CURSOR = "sync.pull"
+DELETE_CURSOR = "sync.deletes"
 ACTOR = "sync"
 #: Longest comma-separated identifier list sent in one search (keeps URLs well under common 8 KB limits).
 MAX_IDENTIFIER_QUERY_CHARS = 1800
@@ -509,9 +511,14 @@ class SyncJob:
                 state.clear_cursors(self.server)
             if push:
                 planned = self._push(summary, dry_run, from_start=full)
-                self._check_synced(summary, dry_run, planned)
+                self._check_synced(summary, dry_run, planned, every_form=full)
+                self._check_deletions(summary, dry_run, planned)
             if pull:
                 self._pull(summary, dry_run, from_start=full)
+                if not dry_run and state.get_cursor(self.server, DELETE_CURSOR) is None:
+                    pulled_to = PullCursor.parse(state.get_cursor(self.server, PULL_CURSOR)).last_updated
+                    if pulled_to is not None:
+                        state.set_cursor(self.server, DELETE_CURSOR, pulled_to)
             self._list_outstanding(summary, dry_run)
         except FhirError as exc:
             first = (self.client.stats.requests - requests0) - (self.client.stats.retries - retries0) <= 1
@@ -603,17 +610,20 @@ class SyncJob:
                 self.store.set_cursor(self.server, PUSH_CURSOR, str(cursor if hold is None else min(cursor, hold)))
             self._report("push", len(first_seq))
 
-    def _check_synced(self, summary: SyncSummary, dry_run: bool, already_planned: set[str]) -> None:
-        """Look up every form the server is known to hold and settle it: a Consent an older mapping wrote is
-        rewritten (If-Match update), one deleted on the server is reported (and re-pushed while the form is in
-        force), one that is the same on both sides counts as in step.
+    def _check_synced(self, summary: SyncSummary, dry_run: bool, already_planned: set[str], *, every_form: bool) -> None:
+        """Look up forms the server is known to hold and settle them: a Consent an older mapping wrote is rewritten
+        (If-Match update), one deleted on the server is reported (and re-pushed while the form is in force), one
+        that is the same on both sides counts as in step.
 
-        Walks the sync records by form id, one identifier search per batch, skipping forms the cursor pass of this
-        run already looked up, so each form is tried once per run.
+        Each run checks the forms whose Consent an older mapping wrote; a full run checks every form the server
+        is known to hold.  Walks the sync records by form id, one identifier search per batch, skipping forms
+        the cursor pass of this run already looked up, so each form is tried once per run.
         """
+        state = self.store.sync_state
         after = ""
         while True:
-            page = self.store.sync_state.form_ids_on_server(self.server, after, self.batch_size)
+            page = state.form_ids_on_server(self.server, after, self.batch_size) if every_form \
+                else state.form_ids_synced_with_mapping_before(self.server, MAPPING_VERSION, after, self.batch_size)
             if not page:
                 return
             self._renew_lease(dry_run, summary)
@@ -621,6 +631,41 @@ class SyncJob:
             self._push_batch(form_ids, summary, dry_run, already_planned, check_all=True)
             after = page[-1]
             self._report("push", len(form_ids))
+
+    def _check_deletions(self, summary: SyncSummary, dry_run: bool, already_planned: set[str]) -> None:
+        """Find Consents deleted on the server since the last run in its type history (``Consent/_history?_since=``,
+        where a delete is an entry with ``request.method`` DELETE) and settle each form we had synced there.
+
+        Starts from the deletion cursor, or the pull cursor on the first run with a server (nothing synced before
+        it can have been deleted unseen); a server without type history is logged and left to ``--full``.
+        """
+        state = self.store.sync_state
+        since = state.get_cursor(self.server, DELETE_CURSOR) or PullCursor.parse(state.get_cursor(self.server, PULL_CURSOR)).last_updated
+        if since is None:
+            return
+        newest, deleted = since, []
+        try:
+            for bundle in self.client.history_pages("Consent", [("_since", since), ("_count", str(self.page_size))]):
+                for entry in bundle_entries(bundle):
+                    request, response = entry.get("request") or {}, entry.get("response") or {}
+                    when = response.get("lastModified") if isinstance(response, dict) else None
+                    if isinstance(when, str) and parse_instant(when) > parse_instant(newest):
+                        newest = when
+                    if isinstance(request, dict) and request.get("method") == "DELETE":
+                        remote_id = _id_from_location(str(request.get("url") or entry.get("fullUrl") or ""))
+                        form_id = state.form_id_of_remote(self.server, remote_id) if remote_id else None
+                        if form_id is not None and form_id not in already_planned:
+                            deleted.append(form_id)
+        except FhirError as exc:
+            if isinstance(exc, Unauthorized) or exc.status is None or exc.status not in (400, 404, 405, 501):
+                raise
+            log.warning("sync: the server's Consent history is not available (%s); deletions are found by --full only", exc.status)
+            return
+        gone = sorted(set(deleted))
+        for start in range(0, len(gone), self.batch_size):
+            self._push_batch(gone[start:start + self.batch_size], summary, dry_run, already_planned, check_all=True)
+        if not dry_run:
+            state.set_cursor(self.server, DELETE_CURSOR, newest)
 
     def _push_batch(self, form_ids: list[str], summary: SyncSummary, dry_run: bool, planned: set[str], *,
                     check_all: bool = False) -> set[str]:

@@ -182,6 +182,24 @@ class SyncState:
         with self._db.read() as conn:
             return [r.form_id for r in conn.execute(query).all()]
 
+    def form_ids_synced_with_mapping_before(self, server: str, mapping_version: int, after: str, limit: int) -> list[str]:
+        """Form ids (ascending, after ``after``) whose Consent on ``server`` was written by a mapping older than
+        ``mapping_version`` (a NULL version counts as 1), so the sync job can rewrite them in the current shape."""
+        page_bounds(limit, 0)
+        t = schema.sync_records
+        older = or_(t.c.mapping_version.is_(None), t.c.mapping_version < mapping_version) if mapping_version > 1 \
+            else t.c.mapping_version < mapping_version
+        query = (select(t.c.form_id).where(t.c.server == server, t.c.remote_id.is_not(None), t.c.form_id > after, older)
+                 .order_by(t.c.form_id).limit(limit))
+        with self._db.read() as conn:
+            return [r.form_id for r in conn.execute(query).all()]
+
+    def form_id_of_remote(self, server: str, remote_id: str) -> str | None:
+        """The form whose Consent on ``server`` has this server id, if we recorded one."""
+        t = schema.sync_records
+        with self._db.read() as conn:
+            return conn.execute(select(t.c.form_id).where(t.c.server == server, t.c.remote_id == remote_id).limit(1)).scalar_one_or_none()
+
     def forms_waiting(self, server: str) -> int:
         """Forms with a change ``server`` has not received: never synced with it, or a local version newer than the
         one pushed (the same rule as the sync job's ``has_unpushed_change``)."""
