@@ -16,7 +16,13 @@ Why it is shaped this way:
   recorded at the last sync *and* the local form changed too, it is a conflict: reported, audited, and neither
   side is written.  If both sides hold the same content it is not a conflict: the sync record is simply brought
   up to date (this is also how a run killed after a write landed, but before it was recorded, converges).
-  A conflict stays reported on every run (exit 1) until someone makes the two sides agree.
+  Conflicts and rejections are kept in the store (``sync_problems``) and listed by every run (exit 1) and by
+  ``sync status`` until the two sides agree; ``resolve`` makes them agree, choosing a side.
+* **Deletes on the server** are read from its Consent history since the previous run; a form whose Consent
+  was deleted is reported, and written again only while it is in force.
+* **Counts mean what they say.** ``pushed`` counts forms whose content reached the server in this run, also a
+  write whose answer was lost and that a re-read found landed; ``in_step`` counts forms checked and found the
+  same on both sides; echoes of our own writes seen again by pull count as neither.
 * **Durable, crash-safe progress.** The push cursor is the store's version sequence number and moves only after
   a batch has committed on the server *and* its sync records are saved; it never moves past a conflicted or
   rejected form, so that form is looked at again next run.  The pull cursor is the greatest ``meta.lastUpdated``

@@ -128,7 +128,7 @@ def test_the_bearer_token_is_never_printed_by_a_successful_run(store: Store, dat
     assert TOKEN not in result.stdout + result.stderr
 
 
-# --------------------------------------------------------------------------- exit 2: could not run
+# --------------------------------------------------------------------------- exit 2: failed
 
 
 def test_a_missing_server_url_exits_2_naming_the_setting(database: str) -> None:
