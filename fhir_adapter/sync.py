@@ -489,6 +489,7 @@ class SyncJob:
         self.lock_ttl_seconds = lock_ttl_seconds
         self._progress = progress
         self._sent: set[str] = set()  # forms whose write this run sent, so one found landed after a lost answer counts as pushed
+        self._outstanding: set[str] = set()  # keys of the problems outstanding with this server (so solving costs no write otherwise)
 
     # ---------------------------------------------------------------- entry point
 
@@ -504,6 +505,7 @@ class SyncJob:
         summary = SyncSummary(server=self.server, dry_run=dry_run)
         summary.full = full or (state.get_cursor(self.server, PUSH_CURSOR) is None and state.get_cursor(self.server, PULL_CURSOR) is None)
         self._sent = set()
+        self._outstanding = {p.key for p in state.problems(self.server)}
         with run_context(summary.run_id):
             return self._run(summary, push=push, pull=pull, dry_run=dry_run, full=full)
 
@@ -936,15 +938,16 @@ class SyncJob:
             return False
         if not dry_run:
             self.store.sync_state.save_problem(self.server, problem)
+            self._outstanding.add(problem.key)
         return True
 
     def _solved(self, form_id: str, remote: RemoteState | None = None) -> None:
         """The form is in step with the server: any problem outstanding for it (or its server Consent) is over."""
         state = self.store.sync_state
-        if state.clear_problem(self.server, form_id):
-            log.info("sync problem on form %s is solved", form_id)
-        if remote is not None:
-            state.clear_problem(self.server, f"Consent/{remote.resource_id}")
+        for key in (form_id, f"Consent/{remote.resource_id}" if remote is not None else None):
+            if key in self._outstanding and state.clear_problem(self.server, key):
+                self._outstanding.discard(key)
+                log.info("sync problem %s is solved", key)
 
     def _list_outstanding(self, summary: SyncSummary, dry_run: bool) -> None:
         """Every problem still outstanding with this server is reported by every run until it is solved.
@@ -976,6 +979,7 @@ class SyncJob:
             raise ResolveRefused(f"no form {form_id} in the store")
         summary = SyncSummary(server=self.server)
         self._take_lease(summary, record_refusal=False)
+        self._outstanding = {p.key for p in self.store.sync_state.problems(self.server)}
         try:
             remotes = self._remote_states([form_id]).get(form_id, [])
             if len(remotes) != 1:
