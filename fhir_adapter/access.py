@@ -18,8 +18,9 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 #: consent.read: read forms, Consents, disclosures and summaries, and see the full reason of every decision;
 #: decision.read: ask the decision endpoints (every deny then reads the same, revealing nothing);
-#: form.write: create/change forms, record disclosures; validate: $validate; admin: audit log and everything else.
-SCOPES = frozenset({"consent.read", "decision.read", "form.write", "validate", "admin"})
+#: form.write: create/change forms, record disclosures; validate: $validate; metrics.read: the sync metrics at
+#: /metrics (for a scraper, which needs nothing else); admin: audit log and everything else.
+SCOPES = frozenset({"consent.read", "decision.read", "form.write", "validate", "metrics.read", "admin"})
 
 
 @dataclass(frozen=True)

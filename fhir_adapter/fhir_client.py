@@ -406,7 +406,14 @@ class FhirClient:
         Next links must stay on the base URL's origin (the auth header goes with them) and the
         walk is bounded by ``max_pages`` and loop detection, so a faulty server cannot keep us forever.
         """
-        url = self._url(_type(resource_type))
+        return self._pages(self._url(_type(resource_type)), params)
+
+    def history_pages(self, resource_type: str, params: SearchParams | None = None) -> Iterator[JsonDict]:
+        """Each page of a type's history (``[type]/_history``: every version written or deleted, newest first),
+        following Bundle.link[next] like ``search_pages``."""
+        return self._pages(self._url(_type(resource_type), "_history"), params)
+
+    def _pages(self, url: str, params: SearchParams | None) -> Iterator[JsonDict]:
         query: SearchParams | None = params or None
         seen: set[str] = set()
         for _ in range(self.max_pages):

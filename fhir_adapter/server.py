@@ -23,7 +23,7 @@ from .store import Store
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
     """Build the facade. ``settings`` defaults to the environment; ``store`` lets tests share one."""
-    from .facade import cds_hooks, decisions_api, fhir_rest, forms_api, health, openapi, pages, sessions
+    from .facade import cds_hooks, decisions_api, fhir_rest, forms_api, health, metrics, openapi, pages, sessions
     from .facade.pipeline import RequestPipeline, render_error
     from .facade.protocol import SERVICE_EXTENSION, flask_response
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.register_blueprint(decisions_api.bp)
     app.register_blueprint(cds_hooks.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(pages.bp)
     app.extensions[sessions.BOOK_EXTENSION] = sessions.SessionBook(timedelta(minutes=settings.session_idle_minutes),
                                                                    timedelta(hours=settings.session_max_hours))

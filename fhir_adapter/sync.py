@@ -16,13 +16,24 @@ Why it is shaped this way:
   recorded at the last sync *and* the local form changed too, it is a conflict: reported, audited, and neither
   side is written.  If both sides hold the same content it is not a conflict: the sync record is simply brought
   up to date (this is also how a run killed after a write landed, but before it was recorded, converges).
-  A conflict stays reported on every run (exit 1) until someone makes the two sides agree.
+  Conflicts and rejections are kept in the store (``sync_problems``) and listed by every run (exit 1) and by
+  ``sync status`` until the two sides agree; ``resolve`` makes them agree, choosing a side.
+* **Deletes on the server** are read from its Consent history since the previous run; a form whose Consent
+  was deleted is reported, and written again only while it is in force.
+* **Counts mean what they say.** ``pushed`` counts forms whose content reached the server in this run, also a
+  write whose answer was lost and that a re-read found landed; ``in_step`` counts forms checked and found the
+  same on both sides; echoes of our own writes seen again by pull count as neither.
 * **Durable, crash-safe progress.** The push cursor is the store's version sequence number and moves only after
   a batch has committed on the server *and* its sync records are saved; it never moves past a conflicted or
   rejected form, so that form is looked at again next run.  The pull cursor is the greatest ``meta.lastUpdated``
   of a fully processed page (``ge`` semantics, remembering which versions were seen at exactly that instant,
   so equal timestamps are neither lost nor reported twice).  A run killed at any point re-runs to the same end.
+* **State per server.** Cursors, sync records and outstanding problems are kept per FHIR server (its normalised
+  base URL).  A server the store has no state for gets a full sync: every form is looked up by its business
+  identifier and written only where the server lacks it or holds an older copy, so switching from a staging
+  to a production server pushes everything exactly once.  ``full=True`` forces the same walk with a known server.
 * **One run at a time**, by a lease in the store that is renewed between batches and released at the end.
+  A lease whose holder is dead on this host is taken over at once (``sync_lease``); elsewhere it expires.
 * **Older shapes are rewritten once.** Each sync record keeps the mapping version of the Consent on the server
   (``mappings.MAPPING_VERSION`` when we wrote it; what its shape shows when we pulled it; unknown = 1).  After
   the cursor pass, every form whose server copy an older mapping wrote is pushed as a normal If-Match update if
@@ -41,12 +52,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -58,19 +67,25 @@ from .fhir_client import (
     InvalidResource,
     MalformedResponse,
     PreconditionFailed,
+    TransportError,
+    Unauthorized,
+    bundle_entries,
     identifier_query,
     matched_resources,
     version_from_etag,
     weak_etag,
 )
 from .form import ConsentForm, form_to_json
+from .log_records import run_context
 from .mappings import MAPPING_VERSION, codes
 from .mappings.r4 import form_to_r4, r4_to_form, written_mapping_version
 from .outcome import InvalidInput, Issue, is_blocking, operation_outcome
 from .store import Store
 from .store.forms import AlreadyExists, FormVersion, VersionConflict
 from .store.forms import NotFound as FormNotFound
-from .store.sync_state import SyncRecord
+from .store.schema import LEGACY_SERVER
+from .store.sync_state import LeaseHolder, ProblemKind, SyncProblem, SyncRecord, SyncRun, server_key
+from .sync_lease import holder_is_dead, lease_owner
 from .validation import validate_consent
 
 log = logging.getLogger(__name__)
@@ -78,12 +93,13 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "sync"
 PUSH_CURSOR = "sync.push"
 PULL_CURSOR = "sync.pull"
+DELETE_CURSOR = "sync.deletes"
 ACTOR = "sync"
 #: Longest comma-separated identifier list sent in one search (keeps URLs well under common 8 KB limits).
 MAX_IDENTIFIER_QUERY_CHARS = 1800
 
 Progress = Callable[[str, int], None]
-PushAction = Literal["in-step", "create", "update", "conflict", "skip"]
+PushAction = Literal["in-step", "create", "update", "conflict", "skip", "deleted"]
 
 
 # --------------------------------------------------------------------------- errors and the summary
@@ -94,13 +110,18 @@ class SyncError(Exception):
 
 
 class SyncLocked(SyncError):
-    """Another run holds the sync lease."""
+    """Another run holds the sync lease; the message names the holder and when its lease expires."""
+
+    def __init__(self, reason: str, summary: SyncSummary, holder: LeaseHolder | None) -> None:
+        super().__init__(reason)
+        self.summary = summary
+        self.holder = holder
 
 
 class SyncAborted(SyncError):
-    """The run stopped part-way (server unreachable, refused us, or answered nonsense).
+    """The run stopped (server unreachable, refused us, or answered nonsense).
 
-    Everything finished before the failure is durable; ``summary`` says how far it got.
+    Everything finished before the failure is durable; ``summary`` says how far it got and why it stopped.
     """
 
     def __init__(self, reason: str, summary: SyncSummary) -> None:
@@ -108,44 +129,101 @@ class SyncAborted(SyncError):
         self.summary = summary
 
 
+#: Exit codes of ``fhir-adapter sync`` and outcomes of a run, one to one (75 is sysexits' EX_TEMPFAIL).
+EXIT_IN_STEP, EXIT_PROBLEMS, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 2, 75
+OUTCOMES = {EXIT_IN_STEP: "in-step", EXIT_PROBLEMS: "problems", EXIT_FAILED: "failed", EXIT_SKIPPED: "skipped"}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def failure_reason(exc: FhirError, *, first_request: bool) -> str:
+    """A one-line, secret-free reason for a FHIR failure that tells the operator what to check.
+
+    >>> failure_reason(Unauthorized(401, None, "GET /Consent -> 401"), first_request=True)
+    'the FHIR server refused the credentials (401): check CASUS_FHIR_AUTH and its token or key'
+    >>> failure_reason(FhirError(404, None, "GET /Consent -> 404"), first_request=True)
+    'the FHIR server answered 404 to its first request (GET /Consent -> 404): is CASUS_FHIR_BASE_URL the FHIR base URL?'
+    """
+    if isinstance(exc, Unauthorized):
+        return f"the FHIR server refused the credentials ({exc.status}): check CASUS_FHIR_AUTH and its token or key"
+    if exc.status == 404 and (first_request or isinstance(exc, MalformedResponse)):
+        when = "to its first request" if first_request else "with a page that is not FHIR"
+        return f"the FHIR server answered 404 {when} ({exc.message}): is CASUS_FHIR_BASE_URL the FHIR base URL?"
+    if isinstance(exc, TransportError):
+        return f"the FHIR server could not be reached: {exc.message}"
+    return f"FHIR server: {exc.message}"
+
+
 @dataclass
 class SyncSummary:
-    """What one run did, in the shape printed by ``fhir-adapter sync``."""
+    """What one run did, in the shape printed by ``fhir-adapter sync`` and kept for ``sync status``.
 
+    Counts mean what they say: ``pushed`` forms whose content reached the server in this run (including a
+    write whose answer was lost and that was found landed), ``pulled`` server changes stored as new local
+    versions, ``in_step`` forms checked and found the same on both sides.
+    """
+
+    server: str = ""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: datetime = field(default_factory=utc_now)
+    ended_at: datetime | None = None
     pushed: int = 0
     pulled: int = 0
-    unchanged: int = 0
+    in_step: int = 0
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    deleted_on_server: list[dict[str, Any]] = field(default_factory=list)
     retries: int = 0
     requests: int = 0
     duration_seconds: float = 0.0
     dry_run: bool = False
+    full: bool = False
+    failure: str | None = None
+    skipped: bool = False
+    _problem_keys: set[str] = field(default_factory=set, repr=False)
+    _in_step_ids: set[str] = field(default_factory=set, repr=False)
 
-    def add_conflict(self, form_id: str, reason: str) -> bool:
-        """Record a conflict once per form (push and pull may both notice it); False if already recorded."""
-        if any(c["formId"] == form_id for c in self.conflicts):
+    def add_problem(self, problem: SyncProblem) -> bool:
+        """Report a conflict or rejection once per run (push, pull and the outstanding list may each meet it)."""
+        entries = self.conflicts if problem.kind == "conflict" else self.rejected
+        if problem.key in self._problem_keys:
             return False
-        self.conflicts.append({"formId": form_id, "reason": reason})
+        self._problem_keys.add(problem.key)
+        entries.append(problem.to_json())
         return True
 
-    def add_rejected(self, outcome: dict[str, Any], *, form_id: str | None = None, remote_id: str | None = None) -> None:
-        entry: dict[str, Any] = {}
-        if form_id:
-            entry["formId"] = form_id
-        if remote_id:
-            entry["remoteId"] = remote_id
-        entry["outcome"] = outcome
-        self.rejected.append(entry)
+    def reset_problems(self) -> None:
+        self.conflicts.clear()
+        self.rejected.clear()
+        self._problem_keys.clear()
+
+    def mark_in_step(self, form_id: str) -> None:
+        """A form checked and found the same on both sides (counted once per run)."""
+        if form_id not in self._in_step_ids:
+            self._in_step_ids.add(form_id)
+            self.in_step = len(self._in_step_ids)
 
     def exit_code(self) -> int:
-        """0 when both sides are in step, 1 when the run finished but left conflicts or rejections."""
-        return 1 if self.conflicts or self.rejected else 0
+        """0 in step, 1 finished with problems to report, 2 failed, 75 skipped (another run holds the lease)."""
+        if self.skipped:
+            return EXIT_SKIPPED
+        if self.failure is not None:
+            return EXIT_FAILED
+        return EXIT_PROBLEMS if self.conflicts or self.rejected or self.deleted_on_server else EXIT_IN_STEP
+
+    @property
+    def outcome(self) -> str:
+        return OUTCOMES[self.exit_code()]
 
     def to_json(self) -> dict[str, Any]:
-        return {"pushed": self.pushed, "pulled": self.pulled, "unchanged": self.unchanged, "conflicts": list(self.conflicts),
-                "rejected": list(self.rejected), "retries": self.retries, "requests": self.requests,
-                "durationSeconds": round(self.duration_seconds, 3), "dryRun": self.dry_run}
+        return {"server": self.server, "runId": self.run_id, "startedAt": self.started_at.isoformat(),
+                "endedAt": (self.ended_at or self.started_at).isoformat(), "exitCode": self.exit_code(), "outcome": self.outcome,
+                "failure": self.failure, "full": self.full, "dryRun": self.dry_run,
+                "pushed": self.pushed, "pulled": self.pulled, "inStep": self.in_step, "conflicts": list(self.conflicts),
+                "rejected": list(self.rejected), "deletedOnServer": list(self.deleted_on_server),
+                "requests": self.requests, "retries": self.retries, "durationSeconds": round(self.duration_seconds, 3)}
 
 
 # --------------------------------------------------------------------------- remote state (pure)
@@ -243,11 +321,15 @@ def identifier_chunks(form_ids: Sequence[str], limit: int = MAX_IDENTIFIER_QUERY
 
 
 def has_unpushed_change(latest: FormVersion, record: SyncRecord | None) -> bool:
-    """A local edit the server has not received: the latest version was made here and is newer than what we pushed.
+    """A change this server has not received: the form was never synced with it, or the latest version was made
+    here and is newer than what we pushed.
 
-    Versions pulled from the server (source 'remote') are never pushed back.
+    Versions pulled from the server (source 'remote') are never pushed back to it; a form with no record for
+    this server (another server's, or from before the switch) is the server's to receive whatever its source.
     """
-    pushed = record.pushed_version if record is not None and record.pushed_version is not None else 0
+    if record is None:
+        return True
+    pushed = record.pushed_version if record.pushed_version is not None else 0
     return latest.source == "local" and latest.version > pushed
 
 
@@ -276,15 +358,22 @@ class PushPlan:
     reason: str | None = None
 
 
+def deleted_on_server(record: SyncRecord | None, remotes: Sequence[RemoteState]) -> bool:
+    """The server held a Consent for this form (we recorded its id) and now holds none."""
+    return not remotes and record is not None and record.remote_id is not None
+
+
 def plan_push(latest: FormVersion, record: SyncRecord | None, remotes: Sequence[RemoteState]) -> PushPlan:
-    """Classify a form needing a push (a local change, or a Consent an older mapping wrote) against the server's Consents for it."""
+    """Classify a form (changed locally, or checked against the server) against the server's Consents for it."""
     if len(remotes) > 1:
         return PushPlan(latest, record, "conflict", reason=f"{len(remotes)} Consents on the server carry this form identifier")
+    if deleted_on_server(record, remotes):
+        return PushPlan(latest, record, "deleted")
     remote = remotes[0] if remotes else None
     same = remote is not None and same_content(remote.resource, latest.form)
     if not has_unpushed_change(latest, record):
-        # Only the shape is out of date.  Rewrite it when the server still says what we hold; if the server's
-        # copy changed or went, that is the server's change (pull brings it in), not one of ours to push.
+        # Nothing of ours to send, at most a shape to bring up to date: rewrite it when the server still says what
+        # we hold; if the server's copy changed, that is the server's change (pull brings it in).
         if remote is None or not same:
             return PushPlan(latest, record, "skip", remote)
         current = written_mapping_version(remote.resource) >= MAPPING_VERSION
@@ -379,16 +468,11 @@ def check_sorted(page: Sequence[RemoteState], floor: PullCursor) -> None:
         raise MalformedResponse(None, None, "search results are not in _lastUpdated order (is _sort=_lastUpdated supported?)")
 
 
-def default_owner() -> str:
-    """A lease owner unique to this process run (host, pid, random), so a second run can never renew ours."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 # --------------------------------------------------------------------------- the job
 
 
 class SyncJob:
-    """One sync run's worth of work between a Store and a FHIR server (construct per run or reuse)."""
+    """One sync run's worth of work between a Store and one FHIR server (construct per run or reuse)."""
 
     def __init__(self, store: Store, client: FhirClient, *, batch_size: int = 100, page_size: int = 100, owner: str | None = None,
                  lock_ttl_seconds: int = 900, progress: Progress | None = None) -> None:
@@ -398,51 +482,110 @@ class SyncJob:
             raise ValueError("page_size must be between 1 and 1000")
         self.store = store
         self.client = client
+        self.server = server_key(client.base_url)
         self.batch_size = batch_size
         self.page_size = page_size
-        self.owner = owner or default_owner()
+        self.owner = owner or lease_owner()
         self.lock_ttl_seconds = lock_ttl_seconds
         self._progress = progress
+        self._sent: set[str] = set()  # forms whose write this run sent, so one found landed after a lost answer counts as pushed
+        self._outstanding: set[str] = set()  # keys of the problems outstanding with this server (so solving costs no write otherwise)
 
     # ---------------------------------------------------------------- entry point
 
-    def run(self, *, push: bool = True, pull: bool = True, dry_run: bool = False) -> SyncSummary:
-        """Push then pull. Raises SyncLocked (another run is active) or SyncAborted (stopped part-way; progress kept).
+    def run(self, *, push: bool = True, pull: bool = True, dry_run: bool = False, full: bool = False) -> SyncSummary:
+        """Push, check every synced form against the server, then pull.
 
-        ``dry_run`` reads both sides and reports what would happen, writing nothing anywhere (not even the lease).
+        Raises SyncLocked (another live run holds the lease) or SyncAborted (stopped; progress kept), each
+        carrying the run's summary.  ``dry_run`` reads both sides and reports what would happen, writing
+        nothing anywhere (not even the lease).  ``full`` walks every form and every server Consent from the
+        start, as a first run with a server does.
         """
-        summary = SyncSummary(dry_run=dry_run)
+        state = self.store.sync_state
+        summary = SyncSummary(server=self.server, dry_run=dry_run)
+        summary.full = full or (state.get_cursor(self.server, PUSH_CURSOR) is None and state.get_cursor(self.server, PULL_CURSOR) is None)
+        self._sent = set()
+        self._outstanding = {p.key for p in state.problems(self.server)}
+        with run_context(summary.run_id):
+            return self._run(summary, push=push, pull=pull, dry_run=dry_run, full=full)
+
+    def _run(self, summary: SyncSummary, *, push: bool, pull: bool, dry_run: bool, full: bool) -> SyncSummary:
+        state = self.store.sync_state
         started, requests0, retries0 = time.monotonic(), self.client.stats.requests, self.client.stats.retries
-        if not dry_run and not self.store.acquire_lock(LOCK_NAME, self.owner, self.lock_ttl_seconds):
-            raise SyncLocked("another sync run holds the lease")
-        outcome = "aborted"
+        if not dry_run:
+            self._take_lease(summary)
         try:
+            if full and not dry_run:
+                state.clear_cursors(self.server)
             if push:
-                self._push_older_mappings(summary, dry_run, already_planned=self._push(summary, dry_run))
+                planned = self._push(summary, dry_run, from_start=full)
+                self._check_synced(summary, dry_run, planned, every_form=full)
+                self._check_deletions(summary, dry_run, planned)
             if pull:
-                self._pull(summary, dry_run)
-            outcome = "conflicts" if summary.exit_code() else "in-step"
+                self._pull(summary, dry_run, from_start=full)
+                if not dry_run and state.get_cursor(self.server, DELETE_CURSOR) is None:
+                    pulled_to = PullCursor.parse(state.get_cursor(self.server, PULL_CURSOR)).last_updated
+                    if pulled_to is not None:
+                        state.set_cursor(self.server, DELETE_CURSOR, pulled_to)
+            self._list_outstanding(summary, dry_run)
         except FhirError as exc:
-            raise SyncAborted(f"FHIR server: {exc.message}", summary) from exc
+            first = (self.client.stats.requests - requests0) - (self.client.stats.retries - retries0) <= 1
+            summary.failure = failure_reason(exc, first_request=first)
+            raise SyncAborted(summary.failure, summary) from exc
+        except Exception as exc:
+            summary.failure = f"unexpected {type(exc).__name__}"
+            raise
         finally:
             summary.requests = self.client.stats.requests - requests0
             summary.retries = self.client.stats.retries - retries0
             summary.duration_seconds = time.monotonic() - started
+            summary.ended_at = utc_now()
             if not dry_run:
-                self._finish(summary, outcome)
-        log.info("sync %s: pushed %d, pulled %d, unchanged %d, conflicts %d, rejected %d, requests %d, retries %d",
-                 outcome, summary.pushed, summary.pulled, summary.unchanged, len(summary.conflicts), len(summary.rejected),
-                 summary.requests, summary.retries)
+                self._finish(summary)
+        log.info("sync %s with %s: pushed %d, pulled %d, in step %d, conflicts %d, rejected %d, deleted on server %d, "
+                 "requests %d, retries %d", summary.outcome, self.server, summary.pushed, summary.pulled, summary.in_step,
+                 len(summary.conflicts), len(summary.rejected), len(summary.deleted_on_server), summary.requests, summary.retries)
         return summary
 
-    def _finish(self, summary: SyncSummary, outcome: str) -> None:
+    def _take_lease(self, summary: SyncSummary, *, record_refusal: bool = True) -> None:
+        """Take the lease, taking it over at once from a holder that is dead on this host; else SyncLocked."""
+        state = self.store.sync_state
+        if state.acquire_lock(LOCK_NAME, self.owner, self.lock_ttl_seconds):
+            return
+        holder = state.lock_holder(LOCK_NAME)
+        if holder is None and state.acquire_lock(LOCK_NAME, self.owner, self.lock_ttl_seconds):
+            return
+        if holder is not None and holder_is_dead(holder.owner) \
+                and state.take_over_lock(LOCK_NAME, holder.owner, self.owner, self.lock_ttl_seconds):
+            log.warning("sync lease taken over from %s, a process on this host that has ended", holder.owner)
+            self.store.audit(actor=ACTOR, action="sync.lease", resource=None, outcome="taken-over",
+                             detail={"previousOwner": holder.owner, "owner": self.owner, "server": self.server})
+            return
+        summary.skipped = True
+        summary.ended_at = utc_now()
+        who = f"{holder.owner} until {holder.expires_at.isoformat(timespec='seconds')}" if holder is not None else "another run"
+        summary.failure = f"another sync run holds the lease ({who})"
+        if record_refusal:
+            self._record_run(summary)
+        raise SyncLocked(summary.failure, summary, holder)
+
+    def _finish(self, summary: SyncSummary) -> None:
         try:
-            self.store.audit(actor=ACTOR, action="sync.run", resource=None, outcome=outcome,
-                             detail={"pushed": summary.pushed, "pulled": summary.pulled, "unchanged": summary.unchanged,
-                                     "conflicts": len(summary.conflicts), "rejected": len(summary.rejected),
-                                     "requests": summary.requests, "retries": summary.retries})
+            detail: dict[str, Any] = {
+                "server": self.server, "runId": summary.run_id, "pushed": summary.pushed, "pulled": summary.pulled,
+                "inStep": summary.in_step, "conflicts": len(summary.conflicts), "rejected": len(summary.rejected),
+                "deletedOnServer": len(summary.deleted_on_server), "requests": summary.requests, "retries": summary.retries}
+            if summary.failure is not None:
+                detail["failure"] = summary.failure  # not "reason": the audit trail redacts free text under that key
+            self.store.audit(actor=ACTOR, action="sync.run", resource=None, outcome=summary.outcome, detail=detail)
+            self._record_run(summary)
         finally:
             self.store.release_lock(LOCK_NAME, self.owner)
+
+    def _record_run(self, summary: SyncSummary) -> None:
+        self.store.sync_state.record_run(SyncRun(
+            run_id=summary.run_id, server=self.server, started_at=summary.started_at, ended_at=summary.ended_at or utc_now(),
+            exit_code=summary.exit_code(), outcome=summary.outcome, summary=summary.to_json()))
 
     def _renew_lease(self, dry_run: bool, summary: SyncSummary) -> None:
         if not dry_run and not self.store.acquire_lock(LOCK_NAME, self.owner, self.lock_ttl_seconds):
@@ -454,9 +597,9 @@ class SyncJob:
 
     # ---------------------------------------------------------------- push
 
-    def _push(self, summary: SyncSummary, dry_run: bool) -> set[str]:
-        """Push forms changed since the cursor; returns the form ids it planned a write or check for."""
-        cursor = int(self.store.get_cursor(PUSH_CURSOR) or 0)
+    def _push(self, summary: SyncSummary, dry_run: bool, *, from_start: bool) -> set[str]:
+        """Push forms changed since the cursor (every form when ``from_start``); returns the form ids it looked up."""
+        cursor = 0 if from_start else int(self.store.get_cursor(self.server, PUSH_CURSOR) or 0)
         hold: int | None = None  # the durable cursor must stay below the first form still needing attention
         planned: set[str] = set()
         while True:
@@ -467,53 +610,96 @@ class SyncJob:
             first_seq: dict[str, int] = {}
             for seq, form_id in page:
                 first_seq.setdefault(form_id, seq)
-            unsettled = self._push_batch(list(first_seq), summary, dry_run, planned)
+            unsettled = self._push_batch(list(first_seq), summary, dry_run, planned, check_all=from_start)
             for form_id in unsettled:
                 hold = min(hold, first_seq[form_id] - 1) if hold is not None else first_seq[form_id] - 1
             cursor = page[-1][0]
             if not dry_run:
-                self.store.set_cursor(PUSH_CURSOR, str(cursor if hold is None else min(cursor, hold)))
+                self.store.set_cursor(self.server, PUSH_CURSOR, str(cursor if hold is None else min(cursor, hold)))
             self._report("push", len(first_seq))
 
-    def _push_older_mappings(self, summary: SyncSummary, dry_run: bool, already_planned: set[str]) -> None:
-        """Rewrite every Consent an older mapping wrote, as a normal (If-Match) update; its record then says current.
+    def _check_synced(self, summary: SyncSummary, dry_run: bool, already_planned: set[str], *, every_form: bool) -> None:
+        """Look up forms the server is known to hold and settle them: a Consent an older mapping wrote is rewritten
+        (If-Match update), one deleted on the server is reported (and re-pushed while the form is in force), one
+        that is the same on both sides counts as in step.
 
-        Walks the sync records by form id, skipping forms the cursor pass of this run already planned, so each
-        form is tried once per run; one left unsettled (conflict, rejection) keeps its old version and is tried
-        again next run.
+        Each run checks the forms whose Consent an older mapping wrote; a full run checks every form the server
+        is known to hold.  Walks the sync records by form id, one identifier search per batch, skipping forms
+        the cursor pass of this run already looked up, so each form is tried once per run.
         """
+        state = self.store.sync_state
         after = ""
         while True:
-            page = self.store.form_ids_synced_with_mapping_before(MAPPING_VERSION, after, self.batch_size)
+            page = state.form_ids_on_server(self.server, after, self.batch_size) if every_form \
+                else state.form_ids_synced_with_mapping_before(self.server, MAPPING_VERSION, after, self.batch_size)
             if not page:
                 return
             self._renew_lease(dry_run, summary)
             form_ids = [f for f in page if f not in already_planned]
-            self._push_batch(form_ids, summary, dry_run, already_planned)
+            self._push_batch(form_ids, summary, dry_run, already_planned, check_all=True)
             after = page[-1]
             self._report("push", len(form_ids))
 
-    def _push_batch(self, form_ids: list[str], summary: SyncSummary, dry_run: bool, planned: set[str]) -> set[str]:
+    def _check_deletions(self, summary: SyncSummary, dry_run: bool, already_planned: set[str]) -> None:
+        """Find Consents deleted on the server since the last run in its type history (``Consent/_history?_since=``,
+        where a delete is an entry with ``request.method`` DELETE) and settle each form we had synced there.
+
+        Starts from the deletion cursor, or the pull cursor on the first run with a server (nothing synced before
+        it can have been deleted unseen); a server without type history is logged and left to ``--full``.
+        """
+        state = self.store.sync_state
+        since = state.get_cursor(self.server, DELETE_CURSOR) or PullCursor.parse(state.get_cursor(self.server, PULL_CURSOR)).last_updated
+        if since is None:
+            return
+        newest, deleted = since, []
+        try:
+            for bundle in self.client.history_pages("Consent", [("_since", since), ("_count", str(self.page_size))]):
+                for entry in bundle_entries(bundle):
+                    request, response = entry.get("request") or {}, entry.get("response") or {}
+                    when = response.get("lastModified") if isinstance(response, dict) else None
+                    if isinstance(when, str) and parse_instant(when) > parse_instant(newest):
+                        newest = when
+                    if isinstance(request, dict) and request.get("method") == "DELETE":
+                        remote_id = _id_from_location(str(request.get("url") or entry.get("fullUrl") or ""))
+                        form_id = state.form_id_of_remote(self.server, remote_id) if remote_id else None
+                        if form_id is not None and form_id not in already_planned:
+                            deleted.append(form_id)
+        except FhirError as exc:
+            if isinstance(exc, Unauthorized) or exc.status is None or exc.status not in (400, 404, 405, 501):
+                raise
+            log.warning("sync: the server's Consent history is not available (%s); deletions are found by --full only", exc.status)
+            return
+        gone = sorted(set(deleted))
+        for start in range(0, len(gone), self.batch_size):
+            self._push_batch(gone[start:start + self.batch_size], summary, dry_run, already_planned, check_all=True)
+        if not dry_run:
+            state.set_cursor(self.server, DELETE_CURSOR, newest)
+
+    def _push_batch(self, form_ids: list[str], summary: SyncSummary, dry_run: bool, planned: set[str], *,
+                    check_all: bool = False) -> set[str]:
         """Push one batch; returns the form ids left unsettled (conflicts, rejections) so the cursor waits for them.
 
-        Every form it plans for is added to ``planned``.
+        Every form it looks up is added to ``planned``; ``check_all`` looks up forms with nothing to push too.
         """
         candidates: list[tuple[FormVersion, SyncRecord | None]] = []
         for form_id in form_ids:
-            latest, record = self.store.get(form_id), self.store.sync_record(form_id)
-            if needs_push(latest, record):
+            latest, record = self.store.get(form_id), self.store.sync_record(self.server, form_id)
+            if check_all or needs_push(latest, record):
                 candidates.append((latest, record))
                 planned.add(form_id)
         if not candidates:
             return set()
         for attempt in (1, 2):
             remotes = self._remote_states([latest.form_id for latest, _ in candidates])
-            plans = [plan_push(latest, record, remotes.get(latest.form_id, [])) for latest, record in candidates]
+            plans = [self._settle_deleted(plan_push(latest, record or self._adopted(latest.form_id, remotes.get(latest.form_id, [])),
+                                                    remotes.get(latest.form_id, [])), summary, dry_run)
+                     for latest, record in candidates]
             writes = [p for p in plans if p.action in ("create", "update")]
             if dry_run:
                 summary.pushed += len(writes)
                 return self._settle_unwritten(plans, summary, dry_run)
             try:
+                self._sent.update(p.latest.form_id for p in writes)
                 committed = self._send(writes)
             except (PreconditionFailed, Conflict):
                 if attempt == 1:
@@ -531,6 +717,28 @@ class SyncJob:
             self._record_pushed(zip(writes, committed, strict=True), summary)
             return unsettled
         raise AssertionError("unreachable: the loop returns on its second attempt")
+
+    def _settle_deleted(self, plan: PushPlan, summary: SyncSummary, dry_run: bool) -> PushPlan:
+        """A Consent deleted on the server: report it; write the form again only while it is in force (active)."""
+        if plan.action != "deleted":
+            return plan
+        in_force = plan.latest.form.status == "active"
+        record = plan.record
+        assert record is not None  # deleted_on_server() needs a record
+        if not any(d["formId"] == plan.latest.form_id for d in summary.deleted_on_server):
+            summary.deleted_on_server.append({"formId": plan.latest.form_id, "remoteId": record.remote_id,
+                                              "status": plan.latest.form.status, "rePushed": in_force})
+            log.warning("sync: Consent %s for form %s was deleted on the server (%s)", record.remote_id, plan.latest.form_id,
+                        "re-pushing, the form is in force" if in_force else "not re-pushed, the form is not in force")
+            if not dry_run:
+                self._audit(plan.latest, "sync.deleted-on-server", "re-pushed" if in_force else "reported",
+                            {"remoteId": record.remote_id, "server": self.server})
+        if in_force:
+            return replace(plan, action="create", record=replace(record, remote_id=None, remote_version_id=None))
+        if not dry_run:  # the server no longer holds it: forget its id, so the deletion is reported once
+            self.store.save_sync_record(replace(record, remote_id=None, remote_version_id=None, remote_last_updated=None,
+                                                pushed_version=plan.latest.version))
+        return replace(plan, action="skip")
 
     def _send(self, writes: list[PushPlan]) -> list[RemoteState]:
         """One transaction for the batch; the server's id, version and time for each entry, in order."""
@@ -550,7 +758,8 @@ class SyncJob:
                 committed = self._send([plan])
             except InvalidResource as exc:
                 outcome = exc.outcome or operation_outcome([Issue("error", "invalid", "Consent", f"the server refused the Consent ({exc.status})")])
-                summary.add_rejected(outcome, form_id=plan.latest.form_id)
+                self._problem(summary, "rejected", plan.latest.form_id, form_id=plan.latest.form_id, remote=plan.remote,
+                              local_version=plan.latest.version, detail={"outcome": outcome}, dry_run=False)
                 self._audit(plan.latest, "sync.push", "rejected", {"status": exc.status})
                 unsettled.add(plan.latest.form_id)
             except (PreconditionFailed, Conflict):
@@ -561,21 +770,33 @@ class SyncJob:
         return unsettled
 
     def _settle_unwritten(self, plans: list[PushPlan], summary: SyncSummary, dry_run: bool) -> set[str]:
-        """Record forms already in step and report conflicts; returns the conflicted form ids."""
+        """Record forms already in step and report conflicts; returns the conflicted form ids.
+
+        A form in step whose write this run sent (its answer was lost, a retry met 412) landed: it counts as pushed.
+        """
         unsettled: set[str] = set()
         for plan in plans:
+            form_id = plan.latest.form_id
             if plan.action == "in-step" and plan.remote is not None:
-                summary.unchanged += 1
+                if form_id in self._sent:
+                    summary.pushed += 1
+                    if not dry_run:
+                        self._audit(plan.latest, "sync.push", "pushed", {"version": plan.latest.version,
+                                                                         "remoteVersionId": plan.remote.version_id, "landed": True})
+                else:
+                    summary.mark_in_step(form_id)
                 if not dry_run:
                     self._save_record(plan.latest, plan.record, plan.remote, written_mapping_version(plan.remote.resource))
+                    self._solved(form_id)
             elif plan.action == "conflict":
-                self._conflict(summary, plan.latest, plan.reason or "changed on both sides", audit=not dry_run)
-                unsettled.add(plan.latest.form_id)
+                self._conflict(summary, plan.latest, plan.reason or "changed on both sides", remote=plan.remote, dry_run=dry_run)
+                unsettled.add(form_id)
         return unsettled
 
     def _record_pushed(self, done: Iterable[tuple[PushPlan, RemoteState]], summary: SyncSummary) -> None:
         for plan, state in done:
             self._save_record(plan.latest, plan.record, state, MAPPING_VERSION)
+            self._solved(plan.latest.form_id)
             summary.pushed += 1
             self._audit(plan.latest, "sync.push", "pushed", {"version": plan.latest.version, "remoteVersionId": state.version_id})
             log.debug("pushed form %s version %d as Consent %s/_history/%s", plan.latest.form_id, plan.latest.version,
@@ -583,9 +804,9 @@ class SyncJob:
 
     def _save_record(self, latest: FormVersion, record: SyncRecord | None, state: RemoteState, mapping_version: int) -> None:
         self.store.save_sync_record(SyncRecord(
-            form_id=latest.form_id, pushed_version=latest.version, remote_id=state.resource_id, remote_version_id=state.version_id,
-            remote_last_updated=state.last_updated, pulled_version=record.pulled_version if record is not None else None,
-            mapping_version=mapping_version))
+            server=self.server, form_id=latest.form_id, pushed_version=latest.version, remote_id=state.resource_id,
+            remote_version_id=state.version_id, remote_last_updated=state.last_updated,
+            pulled_version=record.pulled_version if record is not None else None, mapping_version=mapping_version))
 
     def _remote_states(self, form_ids: list[str]) -> dict[str, list[RemoteState]]:
         """The server's current Consents for these forms, by form id: one search per URL-sized chunk."""
@@ -601,8 +822,8 @@ class SyncJob:
 
     # ---------------------------------------------------------------- pull
 
-    def _pull(self, summary: SyncSummary, dry_run: bool) -> None:
-        cursor = PullCursor.parse(self.store.get_cursor(PULL_CURSOR))
+    def _pull(self, summary: SyncSummary, dry_run: bool, *, from_start: bool) -> None:
+        cursor = PullCursor() if from_start else PullCursor.parse(self.store.get_cursor(self.server, PULL_CURSOR))
         params: list[tuple[str, str]] = [("identifier", f"{codes.ID_CONSENT_FORM}|")]
         if cursor.last_updated:
             params.append(("_lastUpdated", f"ge{cursor.last_updated}"))
@@ -612,20 +833,17 @@ class SyncJob:
             check_sorted(page, cursor)
             self._renew_lease(dry_run, summary)
             for remote in page:
-                if cursor.already_seen(remote):
-                    summary.unchanged += 1
-                else:
+                if not cursor.already_seen(remote):
                     self._pull_one(remote, summary, dry_run)
             cursor = cursor.advanced(page)
             if not dry_run and page:
-                self.store.set_cursor(PULL_CURSOR, cursor.dump())
+                self.store.set_cursor(self.server, PULL_CURSOR, cursor.dump())
             self._report("pull", len(page))
 
     def _pull_one(self, remote: RemoteState, summary: SyncSummary, dry_run: bool) -> None:
         form_id = casus_form_id(remote.resource)
-        record = self.store.sync_record(form_id) if form_id else None
+        record = (self.store.sync_record(self.server, form_id) or self._adopted(form_id, [remote])) if form_id else None
         if is_echo(remote, record):
-            summary.unchanged += 1
             return
         issues = validate_consent(remote.resource, "r4", profile=codes.PROFILE_CONSENT)
         if form_id is None and not is_blocking(issues):
@@ -641,14 +859,15 @@ class SyncJob:
             return
         latest = self._latest(form_id)
         if latest is not None and form_to_json(latest.form) == form_to_json(form):
-            summary.unchanged += 1
+            summary.mark_in_step(form_id)
             if not dry_run:
                 self._save_record(latest, record, remote, written_mapping_version(remote.resource))
+                self._solved(form_id, remote)
             return
         if latest is not None and has_unpushed_change(latest, record):
             reason = (f"changed on the server (version {remote.version_id}) while local version {latest.version} "
                       "has not been pushed")
-            self._conflict(summary, latest, reason, audit=not dry_run)
+            self._conflict(summary, latest, reason, remote=remote, dry_run=dry_run)
             return
         if dry_run:
             summary.pulled += 1
@@ -665,14 +884,24 @@ class SyncJob:
         except (VersionConflict, AlreadyExists):
             now = self._latest(form.form_id)
             if now is not None:
-                self._conflict(summary, now, "changed locally while the server's version was being pulled")
+                self._conflict(summary, now, "changed locally while the server's version was being pulled", remote=remote)
             return
         self.store.save_sync_record(SyncRecord(
-            form_id=form.form_id, pushed_version=stored.version, remote_id=remote.resource_id, remote_version_id=remote.version_id,
-            remote_last_updated=remote.last_updated, pulled_version=stored.version,
+            server=self.server, form_id=form.form_id, pushed_version=stored.version, remote_id=remote.resource_id,
+            remote_version_id=remote.version_id, remote_last_updated=remote.last_updated, pulled_version=stored.version,
             mapping_version=written_mapping_version(remote.resource)))
+        self._solved(form.form_id, remote)
         summary.pulled += 1
         log.debug("pulled Consent %s/_history/%s as form %s version %d", remote.resource_id, remote.version_id, form.form_id, stored.version)
+
+    def _adopted(self, form_id: str, remotes: Sequence[RemoteState]) -> SyncRecord | None:
+        """The record kept before sync state was per server, taken as this server's when the server holds the very
+        Consent it names (same server id: ids are the server's own), so an upgrade does not turn every change
+        the server made since the last sync into a conflict."""
+        legacy = self.store.sync_record(LEGACY_SERVER, form_id)
+        if legacy is None or legacy.remote_id is None or [r.resource_id for r in remotes] != [legacy.remote_id]:
+            return None
+        return replace(legacy, server=self.server)
 
     def _latest(self, form_id: str) -> FormVersion | None:
         try:
@@ -680,21 +909,140 @@ class SyncJob:
         except FormNotFound:
             return None
 
-    # ---------------------------------------------------------------- reporting
+    # ---------------------------------------------------------------- problems and reporting
 
-    def _conflict(self, summary: SyncSummary, latest: FormVersion, reason: str, *, audit: bool = True) -> None:
-        if summary.add_conflict(latest.form_id, reason):
+    def _conflict(self, summary: SyncSummary, latest: FormVersion, reason: str, *, remote: RemoteState | None = None,
+                  dry_run: bool = False) -> None:
+        if self._problem(summary, "conflict", latest.form_id, form_id=latest.form_id, remote=remote, local_version=latest.version,
+                         detail={"reason": reason}, dry_run=dry_run):
             log.warning("sync conflict on form %s (local version %d)", latest.form_id, latest.version)
-            if audit:
-                self._audit(latest, "sync.conflict", "conflict", {"version": latest.version})
+            if not dry_run:
+                self._audit(latest, "sync.conflict", "conflict", {"version": latest.version, "server": self.server})
 
     def _reject(self, summary: SyncSummary, remote: RemoteState, form_id: str | None, issues: list[Issue], dry_run: bool) -> None:
-        summary.add_rejected(operation_outcome(issues), form_id=form_id, remote_id=remote.resource_id)
+        key = form_id or f"Consent/{remote.resource_id}"
+        self._problem(summary, "rejected", key, form_id=form_id, remote=remote, local_version=None,
+                      detail={"outcome": operation_outcome(issues)}, dry_run=dry_run)
         log.warning("sync rejected Consent %s/_history/%s: %d issue(s)", remote.resource_id, remote.version_id, len(issues))
         if not dry_run:
             self.store.audit(actor=ACTOR, action="sync.rejected", resource=f"Consent/{remote.resource_id}", outcome="rejected",
-                             detail={"formId": form_id, "remoteVersionId": remote.version_id, "issueCount": len(issues)})
+                             detail={"formId": form_id, "remoteVersionId": remote.version_id, "issueCount": len(issues),
+                                     "server": self.server})
+
+    def _problem(self, summary: SyncSummary, kind: ProblemKind, key: str, *, form_id: str | None, remote: RemoteState | None,
+                 local_version: int | None, detail: dict[str, Any], dry_run: bool) -> bool:
+        """Report a problem in this run and keep it outstanding until solved; False if this run already reported it."""
+        problem = SyncProblem(kind=kind, key=key, form_id=form_id, remote_id=remote.resource_id if remote else None,
+                              remote_version_id=remote.version_id if remote else None, local_version=local_version, detail=detail)
+        if not summary.add_problem(problem):
+            return False
+        if not dry_run:
+            self.store.sync_state.save_problem(self.server, problem)
+            self._outstanding.add(problem.key)
+        return True
+
+    def _solved(self, form_id: str, remote: RemoteState | None = None) -> None:
+        """The form is in step with the server: any problem outstanding for it (or its server Consent) is over."""
+        state = self.store.sync_state
+        for key in (form_id, f"Consent/{remote.resource_id}" if remote is not None else None):
+            if key in self._outstanding and state.clear_problem(self.server, key):
+                self._outstanding.discard(key)
+                log.info("sync problem %s is solved", key)
+
+    def _list_outstanding(self, summary: SyncSummary, dry_run: bool) -> None:
+        """Every problem still outstanding with this server is reported by every run until it is solved.
+
+        After a real run the stored list is the whole truth (with when each was first seen); a dry run adds
+        the stored ones to what it found.
+        """
+        if not dry_run:
+            summary.reset_problems()
+        for problem in self.store.sync_state.problems(self.server):
+            summary.add_problem(problem)
 
     def _audit(self, latest: FormVersion, action: str, outcome: str, detail: dict[str, Any]) -> None:
         self.store.audit(actor=ACTOR, action=action, resource=f"form/{latest.form_id}", outcome=outcome, detail=detail,
                          subject=latest.form.young_person.nhs_number)
+
+    # ---------------------------------------------------------------- resolving a problem by hand
+
+    def resolve(self, form_id: str, keep: Literal["local", "server"], *, actor: str) -> dict[str, Any]:
+        """Make both sides agree on one form, choosing which side wins; audited, version-checked on both sides.
+
+        ``local`` writes the form's latest version over the server copy with ``If-Match`` on the server version
+        just read; ``server`` stores the server copy as a new local version, expecting the local version just
+        read.  Either side changing in between refuses the resolution (ResolveRefused) with nothing written.
+        Holds the sync lease while it works, so no run interleaves.
+        """
+        latest = self._latest(form_id)
+        if latest is None:
+            raise ResolveRefused(f"no form {form_id} in the store")
+        summary = SyncSummary(server=self.server)
+        self._take_lease(summary, record_refusal=False)
+        self._outstanding = {p.key for p in self.store.sync_state.problems(self.server)}
+        try:
+            remotes = self._remote_states([form_id]).get(form_id, [])
+            if len(remotes) != 1:
+                raise ResolveRefused(f"the server holds {len(remotes)} Consents for form {form_id}; exactly one is needed")
+            remote = remotes[0]
+            record = self.store.sync_record(self.server, form_id)
+            if keep == "local":
+                plan = PushPlan(latest, record, "update", remote)
+                try:
+                    state = self._send([plan])[0]
+                except (PreconditionFailed, Conflict) as exc:
+                    raise ResolveRefused("the server copy changed while resolving (412); look again and retry") from exc
+                except InvalidResource as exc:
+                    raise ResolveRefused(f"the server refused the local version ({exc.status})") from exc
+                self._save_record(latest, record, state, MAPPING_VERSION)
+                result = {"formId": form_id, "kept": "local", "localVersion": latest.version, "remoteVersionId": state.version_id}
+            else:
+                try:
+                    form = r4_to_form(remote.resource)
+                except InvalidInput as exc:
+                    raise ResolveRefused(f"the server copy is not a valid CASUS Consent ({len(exc.issues)} issue(s)); "
+                                         "keep the local version instead") from exc
+                try:
+                    stored = self.store.update_form(form, expected_version=latest.version, actor=actor, source="remote")
+                except VersionConflict as exc:
+                    raise ResolveRefused("the form changed locally while resolving; look again and retry") from exc
+                self.store.save_sync_record(SyncRecord(
+                    server=self.server, form_id=form_id, pushed_version=stored.version, remote_id=remote.resource_id,
+                    remote_version_id=remote.version_id, remote_last_updated=remote.last_updated, pulled_version=stored.version,
+                    mapping_version=written_mapping_version(remote.resource)))
+                latest = stored
+                result = {"formId": form_id, "kept": "server", "localVersion": stored.version, "remoteVersionId": remote.version_id}
+            self._solved(form_id, remote)
+            self.store.audit(actor=actor, action="sync.resolve", resource=f"form/{form_id}", outcome=f"kept-{keep}",
+                             detail={"server": self.server, "localVersion": result["localVersion"],
+                                     "remoteVersionId": result["remoteVersionId"]},
+                             subject=latest.form.young_person.nhs_number)
+            return result
+        finally:
+            self.store.release_lock(LOCK_NAME, self.owner)
+
+
+class ResolveRefused(SyncError):
+    """A resolution that could not be made safely; nothing was written (the message says why, ids only)."""
+
+
+def sync_status(store: Store, server: str) -> dict[str, Any]:
+    """What an operator asks before anything else: the last run, what waits to go, who holds the lease, what is
+    outstanding.  Reads the store only (no request to the FHIR server)."""
+    state = store.sync_state
+    last, success = state.last_run(server), state.last_run(server, outcome="in-step")
+    holder = state.lock_holder(LOCK_NAME)
+    problems = state.problems(server)
+    return {
+        "server": server,
+        "lastRun": None if last is None else {
+            "runId": last.run_id, "startedAt": last.started_at.isoformat(), "endedAt": last.ended_at.isoformat(),
+            "exitCode": last.exit_code, "outcome": last.outcome, "failure": last.summary.get("failure"),
+            "pushed": last.summary.get("pushed", 0), "pulled": last.summary.get("pulled", 0), "inStep": last.summary.get("inStep", 0)},
+        "lastSuccessAt": success.ended_at.isoformat() if success is not None else None,
+        "formsWaiting": state.forms_waiting(server),
+        "lease": None if holder is None else {"holder": holder.owner, "expiresAt": holder.expires_at.isoformat(),
+                                              "holderEnded": holder_is_dead(holder.owner)},
+        "conflicts": [p.to_json() for p in problems if p.kind == "conflict"],
+        "rejected": [p.to_json() for p in problems if p.kind == "rejected"],
+    }

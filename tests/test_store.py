@@ -24,6 +24,8 @@ from fhir_adapter.store.forms import STORED_FORM_VERSION, AlreadyExists, NotFoun
 from fhir_adapter.store.sync_state import SyncRecord
 from tests.support.facade import example_form
 
+SERVER = "http://127.0.0.1:8080/fhir"
+
 SAMPLE: dict[str, Any] = example_form()  # the shipped example form, profiles/examples/form-competent-under-16.json
 #: Words from the sample that are clinical or identifying content and must never reach the audit trail.
 IDENTIFYING = ("Alex", "Example", "9434765919", "2011-03-04", "CASUS-00123", "Jo Clinician", "Pat Example", "Patel", "Riverside", "Chris")
@@ -427,21 +429,33 @@ def test_disclosure_audit_names_the_exception_but_not_the_content(store: Store) 
 
 
 def test_cursor_is_none_until_set_and_then_holds_the_last_value(store: Store) -> None:
-    assert store.get_cursor("push") is None
-    store.set_cursor("push", "17")
-    store.set_cursor("push", "42")
-    store.set_cursor("pull", "2027-01-01T00:00:00Z")
-    assert (store.get_cursor("push"), store.get_cursor("pull")) == ("42", "2027-01-01T00:00:00Z")
+    assert store.get_cursor(SERVER, "push") is None
+    store.set_cursor(SERVER, "push", "17")
+    store.set_cursor(SERVER, "push", "42")
+    store.set_cursor(SERVER, "pull", "2027-01-01T00:00:00Z")
+    assert (store.get_cursor(SERVER, "push"), store.get_cursor(SERVER, "pull")) == ("42", "2027-01-01T00:00:00Z")
+
+
+def test_a_cursor_set_with_one_server_is_not_another_servers(store: Store) -> None:
+    store.set_cursor(SERVER, "push", "42")
+
+    assert store.get_cursor("https://other.example.org/fhir", "push") is None
 
 
 def test_sync_record_is_none_until_saved_and_a_save_replaces_it(store: Store) -> None:
-    assert store.sync_record(form_id(1)) is None
-    store.save_sync_record(SyncRecord(form_id(1), pushed_version=1, remote_id="abc", remote_version_id="1",
+    assert store.sync_record(SERVER, form_id(1)) is None
+    store.save_sync_record(SyncRecord(SERVER, form_id(1), pushed_version=1, remote_id="abc", remote_version_id="1",
                                       remote_last_updated="2027-01-01T00:00:00Z"))
-    replacement = SyncRecord(form_id(1), pushed_version=2, remote_id="abc", remote_version_id="2",
+    replacement = SyncRecord(SERVER, form_id(1), pushed_version=2, remote_id="abc", remote_version_id="2",
                              remote_last_updated="2027-01-02T00:00:00Z", pulled_version=None)
     store.save_sync_record(replacement)
-    assert store.sync_record(form_id(1)) == replacement
+    assert store.sync_record(SERVER, form_id(1)) == replacement
+
+
+def test_sync_records_of_one_server_are_not_another_servers(store: Store) -> None:
+    store.save_sync_record(SyncRecord(SERVER, form_id(1), pushed_version=1, remote_id="abc", remote_version_id="1"))
+
+    assert store.sync_record("https://other.example.org/fhir", form_id(1)) is None
 
 
 # --------------------------------------------------------------------------- leases
@@ -521,27 +535,32 @@ def test_migrated_schema_matches_the_tables_the_store_queries(store: Store, data
     assert actual == schema.table_columns()
 
 
-def test_sync_records_from_before_mapping_versions_read_as_unknown_after_the_upgrade(database_url: str) -> None:
+def test_sync_state_from_before_it_was_kept_per_server_is_kept_under_the_unknown_server(database_url: str) -> None:
     engine = create_engine(normalise_url(database_url))
     try:
         with engine.begin() as conn:
-            schema.migrate(conn, schema.MIGRATIONS[:3])
+            schema.migrate(conn, schema.MIGRATIONS[:4])
             conn.execute(text("INSERT INTO sync_records (form_id, pushed_version, remote_id, remote_version_id) "
                               "VALUES ('f-1', 1, 'srv-1', '1')"))
+            conn.execute(text("INSERT INTO sync_cursors (name, value, updated_at) VALUES ('sync.push', '7', '2026-01-01 00:00:00')"))
     finally:
         engine.dispose()
     with Store.open(database_url) as upgraded:
-        assert upgraded.sync_record("f-1") == SyncRecord("f-1", pushed_version=1, remote_id="srv-1", remote_version_id="1")
-        assert upgraded.form_ids_synced_with_mapping_before(2, "", 10) == ["f-1"]
+        assert upgraded.sync_record(schema.LEGACY_SERVER, "f-1") == SyncRecord(schema.LEGACY_SERVER, "f-1", pushed_version=1,
+                                                                                remote_id="srv-1", remote_version_id="1")
+        assert upgraded.get_cursor(schema.LEGACY_SERVER, "sync.push") == "7"
+        assert upgraded.get_cursor(SERVER, "sync.push") is None
 
 
-def test_only_records_of_an_older_mapping_are_listed_for_re_pushing(store: Store) -> None:
-    for n, version in enumerate([None, 1, 2]):
-        store.save_sync_record(SyncRecord(form_id(n), pushed_version=1, remote_id=f"srv-{n}", remote_version_id="1",
-                                          mapping_version=version))
-    store.save_sync_record(SyncRecord(form_id(3), pulled_version=1))
-    assert store.form_ids_synced_with_mapping_before(2, "", 10) == sorted([form_id(0), form_id(1)])
-    assert store.form_ids_synced_with_mapping_before(2, min(form_id(0), form_id(1)), 10) == [max(form_id(0), form_id(1))]
+def test_only_forms_the_server_is_known_to_hold_are_listed_for_checking(store: Store) -> None:
+    for n in range(3):
+        store.save_sync_record(SyncRecord(SERVER, form_id(n), pushed_version=1, remote_id=f"srv-{n}", remote_version_id="1"))
+    store.save_sync_record(SyncRecord(SERVER, form_id(3), pulled_version=1))
+    store.save_sync_record(SyncRecord("https://other.example.org/fhir", form_id(4), remote_id="srv-4"))
+    held = sorted(form_id(n) for n in range(3))
+
+    assert store.sync_state.form_ids_on_server(SERVER, "", 10) == held
+    assert store.sync_state.form_ids_on_server(SERVER, held[0], 10) == held[1:]
 
 
 def test_a_database_from_a_newer_adapter_is_refused(database_url: str) -> None:

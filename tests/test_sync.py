@@ -26,6 +26,7 @@ from fhir_adapter.form import ConsentForm, form_to_json, parse_form
 from fhir_adapter.mappings import MAPPING_VERSION, codes
 from fhir_adapter.mappings.r4 import form_to_r4, r4_to_form, written_mapping_version
 from fhir_adapter.store import Store
+from fhir_adapter.store.sync_state import server_key
 from fhir_adapter.sync import PULL_CURSOR, PUSH_CURSOR, SyncJob, SyncLocked
 from tests.support.facade import example_form
 from tests.support.fhir_server import SekmetServer
@@ -135,7 +136,7 @@ def test_push_saves_each_forms_sync_record_with_the_servers_id_and_version(any_s
     job(any_store, client).run()
 
     remote = only_on_server(client, form.form_id)
-    record = any_store.sync_record(form.form_id)
+    record = any_store.sync_record(server_key(client.base_url), form.form_id)
     assert record is not None
     assert (record.pushed_version, record.remote_id, record.remote_version_id) == (1, remote["id"], remote["meta"]["versionId"])
 
@@ -260,15 +261,31 @@ def test_a_server_consent_that_breaks_the_casus_profile_is_rejected_with_an_outc
     assert store.search(limit=0)[1] == 0
 
 
-def test_a_rejected_consent_is_reported_once_not_on_every_run(store: Store, client: FhirClient) -> None:
-    broken = form_to_r4(new_form())
+def test_a_rejected_consent_is_reported_again_on_every_run_while_the_server_keeps_it(store: Store, client: FhirClient) -> None:
+    form = new_form()
+    broken = form_to_r4(form)
     del broken["policy"]
-    client.create(broken)
+    created = client.create(broken)
     job(store, client).run()
 
     again = job(store, client).run()
 
-    assert (again.rejected, again.exit_code()) == ([], 0)
+    assert ([(r["remoteId"], r["formId"]) for r in again.rejected], again.exit_code()) == ([(created.id, form.form_id)], 1)
+
+
+def test_a_rejection_ends_once_the_server_copy_is_corrected(store: Store, client: FhirClient) -> None:
+    form = new_form()
+    broken = form_to_r4(form)
+    del broken["policy"]
+    created = client.create(broken)
+    job(store, client).run()
+    fixed = form_to_r4(form)
+    fixed["id"] = created.id
+    client.update(fixed)
+
+    summary = job(store, client).run()
+
+    assert (summary.rejected, summary.pulled, summary.exit_code()) == ([], 1, 0)
 
 
 # --------------------------------------------------------------------------- paging, idempotence, races
@@ -351,7 +368,7 @@ def test_a_conflicted_form_holds_the_push_cursor_so_the_next_run_looks_at_it_aga
 
     assert summary.pushed == 1
     assert only_on_server(client, later.form.form_id)
-    assert int(store.get_cursor(PUSH_CURSOR) or 0) < max(seq for seq, _ in store.versions_changed_since(0, 100))
+    assert int(store.get_cursor(server_key(client.base_url), PUSH_CURSOR) or 0) < max(seq for seq, _ in store.versions_changed_since(0, 100))
 
 
 # --------------------------------------------------------------------------- dry run and the lease
@@ -369,7 +386,9 @@ def test_a_dry_run_reports_what_would_happen_and_writes_nothing_anywhere(store: 
     assert server_versions(client) == before
     assert on_server(client, local.form_id) == []
     assert store.search(limit=0)[1] == 1
-    assert (store.get_cursor(PUSH_CURSOR), store.get_cursor(PULL_CURSOR), store.sync_record(local.form_id)) == (None, None, None)
+    server = server_key(client.base_url)
+    assert (store.get_cursor(server, PUSH_CURSOR), store.get_cursor(server, PULL_CURSOR), store.sync_record(server, local.form_id)) \
+        == (None, None, None)
 
 
 def test_a_run_refuses_to_start_while_another_holds_the_lease(store: Store, client: FhirClient) -> None:
@@ -475,7 +494,7 @@ def test_consents_an_older_mapping_wrote_are_re_pushed_once_in_the_new_shape(
     forms = push_in_the_version_1_shape(any_store, client, monkeypatch)
     if recorded.startswith("as NULL"):
         for f in forms:
-            record = any_store.sync_record(f.form_id)
+            record = any_store.sync_record(server_key(client.base_url), f.form_id)
             assert record is not None
             any_store.save_sync_record(replace(record, mapping_version=None))
     before = {f.form_id: only_on_server(client, f.form_id) for f in forms}
@@ -489,7 +508,7 @@ def test_consents_an_older_mapping_wrote_are_re_pushed_once_in_the_new_shape(
         assert int(now["meta"]["versionId"]) == int(before[f.form_id]["meta"]["versionId"]) + 1
         assert "type" not in now["provision"] and now["policyRule"]["coding"][0]["code"] == "OPTIN"
         assert r4_to_form(now) == f
-        record = any_store.sync_record(f.form_id)
+        record = any_store.sync_record(server_key(client.base_url), f.form_id)
         assert record is not None and (record.mapping_version, record.remote_version_id) == (MAPPING_VERSION, now["meta"]["versionId"])
     versions = server_versions(client)
 
@@ -508,7 +527,7 @@ def test_an_older_mapping_consent_changed_on_the_server_is_pulled_not_pushed_ove
 
     assert (summary.pushed, summary.pulled, summary.conflicts) == (0, 1, [])
     assert store.get(form.form_id).form == dad_now_shares(form)
-    record = store.sync_record(form.form_id)
+    record = store.sync_record(server_key(client.base_url), form.form_id)
     assert record is not None and record.mapping_version == MAPPING_VERSION
 
 

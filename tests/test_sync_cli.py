@@ -25,7 +25,8 @@ from fhir_adapter.sync_cli import ProgressLine, progress_for
 from tests.support.fhir_server import SekmetServer, free_port
 from tests.test_sync import new_form
 
-SUMMARY_KEYS = {"pushed", "pulled", "unchanged", "conflicts", "rejected", "retries", "requests", "durationSeconds", "dryRun"}
+SUMMARY_KEYS = {"server", "runId", "startedAt", "endedAt", "exitCode", "outcome", "failure", "full", "dryRun", "pushed", "pulled",
+                "inStep", "conflicts", "rejected", "deletedOnServer", "requests", "retries", "durationSeconds"}
 TOKEN = "casus-test-token-7f3a9c1e-never-print-me"
 
 
@@ -127,7 +128,7 @@ def test_the_bearer_token_is_never_printed_by_a_successful_run(store: Store, dat
     assert TOKEN not in result.stdout + result.stderr
 
 
-# --------------------------------------------------------------------------- exit 2: could not run
+# --------------------------------------------------------------------------- exit 2: failed
 
 
 def test_a_missing_server_url_exits_2_naming_the_setting(database: str) -> None:
@@ -135,16 +136,18 @@ def test_a_missing_server_url_exits_2_naming_the_setting(database: str) -> None:
 
     assert result.exit_code == 2
     assert "CASUS_FHIR_BASE_URL" in one_line_reason(result)
-    assert result.stdout == ""
+    assert (json.loads(result.stdout)["exitCode"], json.loads(result.stdout)["failure"]) == (2, "CASUS_FHIR_BASE_URL must be set")
 
 
-def test_a_held_lease_exits_2(store: Store, database: str) -> None:
+def test_a_held_lease_skips_the_run_with_exit_75_naming_the_holder_and_expiry(store: Store, database: str) -> None:
     assert store.acquire_lock("sync", "another-run", 600)
+    expires = store.sync_state.lock_holder("sync").expires_at.isoformat(timespec="seconds")  # type: ignore[union-attr]
 
     result = sync(settings(database, "http://127.0.0.1:9/fhir"))
 
-    assert result.exit_code == 2
-    assert "lease" in one_line_reason(result)
+    assert result.exit_code == 75
+    assert f"another-run until {expires}" in one_line_reason(result)
+    assert json.loads(result.stdout)["outcome"] == "skipped"
 
 
 def test_an_unreachable_server_exits_2(store: Store, database: str) -> None:
@@ -176,7 +179,7 @@ def test_plain_http_to_a_remote_host_is_refused_with_exit_2(database: str) -> No
 def test_the_plain_http_refusal_names_the_setting_not_a_python_argument(database: str) -> None:
     result = sync(settings(database, "http://fhir.example.org/fhir"))
 
-    assert one_line_reason(result) == ("sync: could not run: CASUS_FHIR_BASE_URL must use https "
+    assert one_line_reason(result) == ("sync: failed: CASUS_FHIR_BASE_URL must use https "
                                        "(plain http is allowed only to this machine: localhost, 127.0.0.0/8, ::1)")
 
 
@@ -185,7 +188,7 @@ def test_a_plain_http_token_url_is_refused_naming_its_setting(database: str) -> 
                            CASUS_FHIR_TOKEN_URL="http://auth.example.org/token"))
 
     assert result.exit_code == 2
-    assert one_line_reason(result).startswith("sync: could not run: CASUS_FHIR_TOKEN_URL must use https")
+    assert one_line_reason(result).startswith("sync: failed: CASUS_FHIR_TOKEN_URL must use https")
 
 
 def test_a_token_the_server_refuses_exits_2_without_printing_it(store: Store, database: str) -> None:

@@ -26,7 +26,7 @@ from fhir_adapter.form import ConsentForm
 from fhir_adapter.mappings import codes
 from fhir_adapter.mappings.r4 import form_to_r4
 from fhir_adapter.store import Store
-from fhir_adapter.store.sync_state import SyncRecord
+from fhir_adapter.store.sync_state import SyncRecord, server_key
 from fhir_adapter.sync import (
     MAX_IDENTIFIER_QUERY_CHARS,
     PULL_CURSOR,
@@ -42,6 +42,7 @@ from fhir_adapter.sync import (
 from tests.test_sync import changed, new_form
 
 BASE = "http://127.0.0.1:8099/fhir"
+SERVER = server_key(BASE)
 CONSENT = f"{BASE}/Consent"
 TOKEN_URL = "http://127.0.0.1:8099/token"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -141,7 +142,7 @@ def test_a_bearer_token_the_server_refuses_stops_the_run_without_naming_the_toke
 
     assert "401" in str(stopped.value)
     assert "s3cret" not in str(stopped.value)
-    assert store.get_cursor(PUSH_CURSOR) is None
+    assert store.get_cursor(SERVER, PUSH_CURSOR) is None
 
 
 # --------------------------------------------------------------------------- malformed answers
@@ -150,13 +151,13 @@ def test_a_bearer_token_the_server_refuses_stops_the_run_without_naming_the_toke
 def test_a_malformed_bundle_stops_the_pull_and_leaves_the_cursor_where_it_was(
         store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
     saved = PullCursor("2026-01-01T00:00:00Z").dump()
-    store.set_cursor(PULL_CURSOR, saved)
+    store.set_cursor(SERVER, PULL_CURSOR, saved)
     mocked.get(CONSENT, json={"resourceType": "Bundle", "type": "searchset", "entry": "not a list"}, headers=FHIR_JSON)
 
     with pytest.raises(SyncAborted, match=r"Bundle\.entry"):
         SyncJob(store, client).run(push=False)
 
-    assert store.get_cursor(PULL_CURSOR) == saved
+    assert store.get_cursor(SERVER, PULL_CURSOR) == saved
 
 
 def test_an_html_page_in_place_of_a_later_page_keeps_the_cursor_at_the_last_complete_page(
@@ -169,7 +170,7 @@ def test_an_html_page_in_place_of_a_later_page_keeps_the_cursor_at_the_last_comp
     with pytest.raises(SyncAborted, match="not FHIR JSON"):
         SyncJob(store, client).run(push=False)
 
-    assert PullCursor.parse(store.get_cursor(PULL_CURSOR)).last_updated == "2026-11-25T10:00:00.000Z"
+    assert PullCursor.parse(store.get_cursor(SERVER, PULL_CURSOR)).last_updated == "2026-11-25T10:00:00.000Z"
     assert store.get(form.form_id).form == form
 
 
@@ -180,7 +181,7 @@ def test_an_html_error_page_stops_the_push_with_nothing_recorded(store: Store, c
     with pytest.raises(SyncAborted, match="not FHIR JSON"):
         SyncJob(store, client).run()
 
-    assert (store.get_cursor(PUSH_CURSOR), store.sync_record(form.form_id)) == (None, None)
+    assert (store.get_cursor(SERVER, PUSH_CURSOR), store.sync_record(SERVER, form.form_id)) == (None, None)
 
 
 def test_an_html_answer_to_the_transaction_leaves_the_push_cursor_and_records_untouched(
@@ -192,7 +193,7 @@ def test_an_html_answer_to_the_transaction_leaves_the_push_cursor_and_records_un
     with pytest.raises(SyncAborted):
         SyncJob(store, client).run()
 
-    assert (store.get_cursor(PUSH_CURSOR), store.sync_record(form.form_id)) == (None, None)
+    assert (store.get_cursor(SERVER, PUSH_CURSOR), store.sync_record(SERVER, form.form_id)) == (None, None)
 
 
 def test_a_transaction_response_missing_entries_is_malformed_and_records_nothing(
@@ -204,8 +205,8 @@ def test_a_transaction_response_missing_entries_is_malformed_and_records_nothing
     with pytest.raises(SyncAborted, match="1 entries for 2 requests"):
         SyncJob(store, client).run()
 
-    assert store.get_cursor(PUSH_CURSOR) is None
-    assert [store.sync_record(f.form_id) for f in forms] == [None, None]
+    assert store.get_cursor(SERVER, PUSH_CURSOR) is None
+    assert [store.sync_record(SERVER, f.form_id) for f in forms] == [None, None]
 
 
 def test_search_results_out_of_last_updated_order_stop_the_run(store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
@@ -217,7 +218,7 @@ def test_search_results_out_of_last_updated_order_stop_the_run(store: Store, cli
     with pytest.raises(SyncAborted, match="_lastUpdated order"):
         SyncJob(store, client).run(push=False)
 
-    assert PullCursor.parse(store.get_cursor(PULL_CURSOR)).last_updated == "2026-11-25T10:00:05.000Z"
+    assert PullCursor.parse(store.get_cursor(SERVER, PULL_CURSOR)).last_updated == "2026-11-25T10:00:05.000Z"
 
 
 # --------------------------------------------------------------------------- refusals
@@ -226,8 +227,8 @@ def test_search_results_out_of_last_updated_order_stop_the_run(store: Store, cli
 def _synced_then_changed_locally(store: Store) -> tuple[ConsentForm, dict[str, Any]]:
     """A form pushed earlier (server copy srv-1 at version 1) and withdrawn locally since."""
     form = store.create_form(new_form(), actor="clinician").form
-    store.save_sync_record(SyncRecord(form.form_id, pushed_version=1, remote_id="srv-1", remote_version_id="1"))
-    store.set_cursor(PUSH_CURSOR, "1")
+    store.save_sync_record(SyncRecord(SERVER, form.form_id, pushed_version=1, remote_id="srv-1", remote_version_id="1"))
+    store.set_cursor(SERVER, PUSH_CURSOR, "1")
     store.update_form(changed(form, status="withdrawn"), expected_version=1, actor="clinician")
     return form, as_remote(form, "srv-1", "1", "2026-11-25T10:00:00.000Z")
 
@@ -242,7 +243,7 @@ def test_a_412_is_reclassified_once_and_a_second_412_is_a_conflict_that_holds_th
 
     assert [c["formId"] for c in summary.conflicts] == [form.form_id]
     assert (len(searches.calls), len(sends.calls)) == (2, 2)
-    assert store.get_cursor(PUSH_CURSOR) == "1"
+    assert store.get_cursor(SERVER, PUSH_CURSOR) == "1"
 
 
 def test_the_update_of_a_known_server_copy_carries_its_version_in_if_match(
@@ -288,10 +289,10 @@ def test_a_batch_the_server_refuses_is_sent_form_by_form_and_only_the_bad_form_i
     summary = SyncJob(store, client).run(pull=False)
 
     assert summary.pushed == 1
-    assert store.sync_record(good.form_id) is not None
+    assert store.sync_record(SERVER, good.form_id) is not None
     assert [(r["formId"], r["outcome"]["issue"][0]["diagnostics"]) for r in summary.rejected] == [
         (bad.form_id, "Consent.provision: not acceptable here")]
-    assert store.sync_record(bad.form_id) is None
+    assert store.sync_record(SERVER, bad.form_id) is None
 
 
 # --------------------------------------------------------------------------- pure helpers

@@ -179,6 +179,9 @@ def list_disclosures(nhs_number: str) -> Any:
 @require("admin")
 def audit_log() -> Any:
     actor = request.args.get("actor")
+    action = request.args.get("action")
+    if action is not None and (not action or len(action) > 100):
+        raise problem(400, "value", "action", "action must be an audit action name of 1 to 100 characters, e.g. sync.run")
     subject = request.args.get("subject")
     if subject is not None:
         checked_nhs_number(subject, "subject")
@@ -186,5 +189,5 @@ def audit_log() -> Any:
     if not raw_limit.isdigit():
         raise problem(400, "value", "limit", "limit must be a whole number")
     limit = min(int(raw_limit), 1000)
-    records = service().store.audit_log(actor=actor, subject=subject, limit=limit)
+    records = service().store.audit_log(actor=actor, subject=subject, action=action, limit=limit)
     return json_response({"audit": [r.to_json() for r in records]})

@@ -7,7 +7,7 @@ One module per job, each working through the shared ``Database`` (``engine.py``)
 * ``forms.py``: forms and their versions (and the decision path's one cache);
 * ``audit.py``: redaction and the audit trail (the one durable audit write);
 * ``disclosures.py``: disclosures made under a policy exception;
-* ``sync_state.py``: the sync job's cursors, per-form records and leases.
+* ``sync_state.py``: the sync job's state per FHIR server (cursors, per-form records, problems, runs) and leases.
 
 ``Store`` puts them behind one object, because the service, the sync job and the
 CLI each need several of them on the same database.
@@ -108,8 +108,9 @@ class Store:
         """Append an audit record; returns once it is committed, or raises AuditWriteFailed."""
         self.audit_trail.write(actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject)
 
-    def audit_log(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
-        return self.audit_trail.records(actor=actor, subject=subject, limit=limit)
+    def audit_log(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None,
+                  limit: int = 100) -> list[AuditRecord]:
+        return self.audit_trail.records(actor=actor, subject=subject, action=action, limit=limit)
 
     # ----------------------------------------------------------------------- disclosures (see disclosures.py)
 
@@ -121,24 +122,23 @@ class Store:
 
     # ----------------------------------------------------------------------- sync state (see sync_state.py)
 
-    def get_cursor(self, name: str) -> str | None:
-        return self.sync_state.get_cursor(name)
+    # Cursors, records and problems are per FHIR server (``sync_state.server_key``); the less used parts
+    # (problems, runs, lease holders) are reached through ``store.sync_state``.
 
-    def set_cursor(self, name: str, value: str) -> None:
-        self.sync_state.set_cursor(name, value)
+    def get_cursor(self, server: str, name: str) -> str | None:
+        return self.sync_state.get_cursor(server, name)
 
-    def sync_record(self, form_id: str) -> SyncRecord | None:
-        return self.sync_state.sync_record(form_id)
+    def set_cursor(self, server: str, name: str, value: str) -> None:
+        self.sync_state.set_cursor(server, name, value)
+
+    def sync_record(self, server: str, form_id: str) -> SyncRecord | None:
+        return self.sync_state.sync_record(server, form_id)
 
     def save_sync_record(self, rec: SyncRecord) -> None:
         self.sync_state.save_sync_record(rec)
-
-    def form_ids_synced_with_mapping_before(self, mapping_version: int, after: str, limit: int) -> list[str]:
-        return self.sync_state.form_ids_synced_with_mapping_before(mapping_version, after, limit)
 
     def acquire_lock(self, name: str, owner: str, ttl_seconds: int) -> bool:
         return self.sync_state.acquire_lock(name, owner, ttl_seconds)
 
     def release_lock(self, name: str, owner: str) -> None:
         self.sync_state.release_lock(name, owner)
-

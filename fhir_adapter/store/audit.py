@@ -254,8 +254,9 @@ class AuditTrail:
             self.close()
             raise
 
-    def records(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
-        """The most recent records, newest first, optionally for one actor and/or one subject."""
+    def records(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None,
+                limit: int = 100) -> list[AuditRecord]:
+        """The most recent records, newest first, optionally for one actor, one subject and/or one action."""
         page_bounds(limit, 0)
         t = schema.audit_log
         query = select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
@@ -263,6 +264,8 @@ class AuditTrail:
             query = query.where(t.c.actor == actor)
         if subject is not None:
             query = query.where(t.c.subject == subject)
+        if action is not None:
+            query = query.where(t.c.action == action)
         with self._db.read() as conn:
             return [_record_from_row(r) for r in conn.execute(query).all()]
 

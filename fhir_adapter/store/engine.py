@@ -84,11 +84,13 @@ def dumps(document: Any) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def upsert(conn: Connection, table: Table, values: dict[str, Any], *, key: str, only_if: ColumnElement[bool] | None = None) -> None:
-    """INSERT, or UPDATE the row with the same ``key`` (SQLite and PostgreSQL share SQLAlchemy's ON CONFLICT API)."""
+def upsert(conn: Connection, table: Table, values: dict[str, Any], *, key: str | tuple[str, ...],
+           only_if: ColumnElement[bool] | None = None) -> None:
+    """INSERT, or UPDATE the row with the same ``key`` column(s) (SQLite and PostgreSQL share SQLAlchemy's ON CONFLICT API)."""
+    keys = (key,) if isinstance(key, str) else key
     stmt = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
-    changes = {name: stmt.excluded[name] for name in values if name != key}
-    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changes, where=only_if))
+    changes = {name: stmt.excluded[name] for name in values if name not in keys}
+    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=changes, where=only_if))
 
 
 # --------------------------------------------------------------------------- engines

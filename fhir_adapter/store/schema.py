@@ -37,6 +37,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -151,8 +152,22 @@ disclosures = Table(
     Column("document", Text, nullable=False),
 )
 
+#: A FHIR server's normalised base URL (``sync_state.server_key``) is part of every key of the sync state, so
+#: pointing the job at another server starts from nothing there instead of reusing this server's positions.
+#: Rows from before state was kept per server carry ``LEGACY_SERVER``.
+SERVER_KEY_LENGTH = 400
+
 sync_cursors = Table(
     "sync_cursors", metadata,
+    Column("server", String(SERVER_KEY_LENGTH), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: sync_cursors as migration 1 created it (frozen: migration 5 keys it by server).
+_sync_cursors_v1 = Table(
+    "sync_cursors", MetaData(),
     Column("name", String(100), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
@@ -160,6 +175,7 @@ sync_cursors = Table(
 
 sync_records = Table(
     "sync_records", metadata,
+    Column("server", String(SERVER_KEY_LENGTH), primary_key=True),
     Column("form_id", String(64), primary_key=True),
     Column("pushed_version", Integer, nullable=True),
     Column("remote_id", String(200), nullable=True),
@@ -189,8 +205,46 @@ locks = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
+#: Problems a sync run found that stay until they are solved: a conflict (both sides changed) or a rejection
+#: (the server refused our Consent, or holds one that breaks the profile).  ``key`` is the form id, or
+#: ``Consent/<server id>`` for a server Consent without a usable form id.  A row is removed when the form or
+#: the server copy changes so that the problem is gone; every run and ``sync status`` list what remains.
+sync_problems = Table(
+    "sync_problems", metadata,
+    Column("server", String(SERVER_KEY_LENGTH), primary_key=True),
+    Column("key", String(300), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("form_id", String(64), nullable=True),
+    Column("remote_id", String(200), nullable=True),
+    Column("remote_version_id", String(200), nullable=True),
+    Column("local_version", Integer, nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+)
+
+#: One row per sync run that got as far as opening the store: what ``sync status`` shows as the last run and
+#: what the facade's metrics count (the counts the metrics add up are columns).  ``summary`` is the run's JSON
+#: summary (ids and counts only).
+sync_runs = Table(
+    "sync_runs", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("server", String(SERVER_KEY_LENGTH), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("exit_code", Integer, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("pushed", Integer, nullable=False),
+    Column("pulled", Integer, nullable=False),
+    Column("duration_seconds", Float, nullable=False),
+    Column("summary", Text, nullable=False),
+    Index("ix_sync_runs_server_ended_at", "server", "ended_at"),
+)
+
 
 FORM_VERSION_COUNTER = "form_versions"
+#: The server of sync state kept before it was keyed by server (which server it was is not known).
+LEGACY_SERVER = ""
 
 
 @dataclass(frozen=True)
@@ -201,7 +255,8 @@ class Migration:
 
 
 def _v1_initial_schema(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[forms, form_versions, counters, audit_log, disclosures, sync_cursors, locks])
+    metadata.create_all(conn, tables=[forms, form_versions, counters, audit_log, disclosures, locks])
+    _sync_cursors_v1.create(conn)
     _sync_records_v1.create(conn)
     conn.execute(insert(counters).values(name=FORM_VERSION_COUNTER, value=0))
 
@@ -221,11 +276,34 @@ def _v4_sync_mapping_version(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE sync_records ADD COLUMN mapping_version INTEGER"))
 
 
+def _rekey_by_server(conn: Connection, table: Table) -> None:
+    """Rebuild ``table`` with the server as the first key column; existing rows keep ``LEGACY_SERVER``.
+
+    A copy without constraints is taken first and the original dropped, so the new table's primary key can
+    take the original's constraint name (PostgreSQL keeps constraint names with a renamed table).
+    """
+    name, copy = table.name, f"{table.name}_before_v5"
+    old_columns = ", ".join(c.name for c in table.columns if c.name != "server")
+    conn.execute(text(f"CREATE TABLE {copy} AS SELECT {old_columns} FROM {name}"))
+    conn.execute(text(f"DROP TABLE {name}"))
+    table.create(conn)
+    conn.execute(text(f"INSERT INTO {name} (server, {old_columns}) SELECT :legacy, {old_columns} FROM {copy}"),
+                 {"legacy": LEGACY_SERVER})
+    conn.execute(text(f"DROP TABLE {copy}"))
+
+
+def _v5_sync_per_server(conn: Connection) -> None:
+    _rekey_by_server(conn, sync_cursors)
+    _rekey_by_server(conn, sync_records)
+    metadata.create_all(conn, tables=[sync_problems, sync_runs])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
     Migration(2, "drained audit journal segments", _v2_audit_journal),
     Migration(3, "audit records committed directly: journal segments dropped", _v3_drop_audit_journal),
     Migration(4, "mapping version of each Consent sync pushed", _v4_sync_mapping_version),
+    Migration(5, "sync state per FHIR server; outstanding sync problems; sync runs", _v5_sync_per_server),
 )
 
 

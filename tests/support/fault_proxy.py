@@ -255,7 +255,8 @@ class FaultProxy:
     """Forwards to ``upstream_base_url`` on loopback, injecting faults at ``rate`` from ``random.Random(seed)``."""
 
     def __init__(self, upstream_base_url: str, *, rate: float = 0.18, seed: int = 20261125, max_delay_s: float = 0.3,
-                 kinds: Sequence[Fault] = FAULTS, sleep: Callable[[float], None] = time.sleep) -> None:
+                 kinds: Sequence[Fault] = FAULTS, sleep: Callable[[float], None] = time.sleep, writes_only: bool = False,
+                 max_faults: int | None = None) -> None:
         parts = urlsplit(upstream_base_url)
         if parts.scheme != "http" or parts.hostname not in _LOOPBACK or parts.port is None:
             raise ValueError("the fault proxy only fronts an http server on loopback with an explicit port")
@@ -264,6 +265,7 @@ class FaultProxy:
         self._upstream = _Upstream(parts.hostname, parts.port, origin_of(upstream_base_url))
         self._path = parts.path.rstrip("/")
         self.rate, self.seed, self.max_delay_s, self.kinds = rate, seed, max_delay_s, tuple(kinds)
+        self.writes_only, self.max_faults = writes_only, max_faults  # aim faults at writes; stop after this many
         self._rng = random.Random(seed)
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -338,6 +340,11 @@ class FaultProxy:
     def _decide(self, *, is_write: bool) -> Decision:
         with self._lock:
             decision = decide(self._rng, self.rate, self.kinds, self.max_delay_s)
+            spent = self.max_faults is not None and self._counts["faults"] >= self.max_faults
+            if decision.fault is not None and ((self.writes_only and not is_write) or spent):
+                decision = Decision(None)
+            if decision.fault is not None:
+                self._counts["faults"] += 1
             self._counts["requests"] += 1
             if decision.fault is not None:
                 self._counts[_COUNT_FIELD[decision.fault]] += 1
