@@ -2,8 +2,10 @@
 
 The fast tests need no Node: they rebuild everything but the snapshots in Python and compare with the
 committed packages.  The integration tests install the pinned Node tools into ``.cache/`` and rebuild
-the packages byte for byte (snapshots included), then load the R4 package into Medplum's validator
-and check each example against its profile and each deliberately broken copy against the rule it breaks.
+the packages byte for byte (snapshots included), then load the R4 package into Medplum's validator, and
+the R4 and R5 packages into HAPI's (the HL7 validator's core, installed by Maven into ``.cache/``), and
+check each example against its profile and each deliberately broken copy against the rule it breaks; for
+broken CASUS invariants HAPI and the adapter's own validator must name the same ones at the same places.
 """
 
 from __future__ import annotations
