@@ -153,14 +153,14 @@ def emit_summary(document: dict[str, Any], summary_file: Path | None) -> str | N
 
 
 def server_of(env: Mapping[str, str]) -> str:
-    """The normalised server the settings name, or what they say when it cannot be normalised (never secret)."""
+    """The normalised server the settings name (scheme, host, port and path: never a user or password), or ""."""
     from .store.sync_state import server_key
 
     raw = env.get("CASUS_FHIR_BASE_URL", "").strip()
     try:
         return server_key(raw) if raw else ""
     except ValueError:
-        return raw[:200]
+        return ""
 
 
 def run_sync(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, full: bool, batch_size: int, page_size: int,

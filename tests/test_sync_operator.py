@@ -118,3 +118,14 @@ def test_resolve_is_refused_when_the_server_copy_is_not_a_valid_casus_consent(
 
     assert result.exit_code == 2 and "refused, nothing written" in result.stderr
     assert store.get(form_id).version == 1
+
+
+def test_status_without_a_configured_server_lists_every_server_the_store_has_synced_with(
+        store: Store, database: str, client: FhirClient) -> None:
+    store.create_form(new_form(), actor="clinician")
+    SyncJob(store, client).run()
+
+    result = CliRunner().invoke(main, ["sync", "status", "--format", "json"], env={"CASUS_DATABASE_URL": database,
+                                                                                   "CASUS_FHIR_BASE_URL": None})
+
+    assert [s["server"] for s in json.loads(result.stdout)] == [client.base_url]

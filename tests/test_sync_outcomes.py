@@ -20,6 +20,7 @@ from fhir_adapter.cli import main
 from fhir_adapter.fhir_client import FhirClient
 from fhir_adapter.store import Store
 from fhir_adapter.sync import SyncJob
+from fhir_adapter.sync_cli import write_atomically
 from tests.support.fault_proxy import running_fault_proxy
 from tests.support.fhir_server import SekmetServer, free_port
 from tests.test_sync import dad_now_shares, new_form, only_on_server
@@ -134,3 +135,23 @@ def test_json_logs_are_one_object_a_line_with_a_utc_time_and_the_run_id_and_no_i
     assert lines and all(line["time"].endswith("Z") for line in lines)
     assert any(line.get("runId") == run_id and line["logger"] == "fhir_adapter.sync" for line in lines)
     assert form.young_person.nhs_number not in done.stderr
+
+
+@pytest.mark.integration
+def test_full_on_the_command_line_walks_everything_and_writes_nothing_to_a_server_in_step(
+        store: Store, database: str, fresh_fhir_server: SekmetServer) -> None:
+    store.create_form(new_form(), actor="clinician")
+    assert sync(database, fresh_fhir_server.base_url).exit_code == 0
+
+    summary = json.loads(sync(database, fresh_fhir_server.base_url, "--full").stdout)
+
+    assert (summary["full"], summary["pushed"], summary["inStep"], summary["exitCode"]) == (True, 0, 1, 0)
+
+
+def test_the_summary_file_is_replaced_in_one_step_leaving_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "sync.json"
+    target.write_text("previous")
+
+    write_atomically(target, "next")
+
+    assert (target.read_text(), sorted(p.name for p in tmp_path.iterdir())) == ("next", ["sync.json"])
