@@ -10,7 +10,6 @@ field, or a 500 carrying an incident id and nothing else).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
@@ -35,8 +34,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         JSON_SORT_KEYS=False,
     )
     if store is None:
-        _ensure_sqlite_directory(settings.database_url)
-        store = Store.open(settings.database_url)
+        store = Store.open(settings.database_url)  # a SQLite file and its folder are created private
     app.extensions[SERVICE_EXTENSION] = ConsentService(store)
     app.register_blueprint(health.bp)
     app.register_blueprint(forms_api.bp)
@@ -53,8 +51,3 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     app.wsgi_app = RequestPipeline(app, lean={"decisions.decide": decisions_api.lean_decision(app)})  # type: ignore[method-assign]
     return app
-
-
-def _ensure_sqlite_directory(url: str) -> None:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

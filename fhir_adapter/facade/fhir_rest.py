@@ -24,6 +24,8 @@ from ..validation import CONSENT_PROFILES, Version, validate_consent
 from .protocol import (
     etag,
     expected_version,
+    instant,
+    is_whole_number,
     json_body,
     json_response,
     principal,
@@ -31,6 +33,7 @@ from .protocol import (
     require,
     service,
     version_headers,
+    whole_number,
 )
 
 bp = Blueprint("fhir", __name__)
@@ -47,9 +50,14 @@ def fhir_version() -> Version:
 
 
 def base_url() -> str:
+    """The FHIR base for links: absolute only from CASUS_PUBLIC_BASE_URL, otherwise a path from the server root.
+
+    Never from the request's Host header, which the caller writes: a link built from it could point
+    another reader of the same Bundle (a cache, a log, the next client) at the caller's server.
+    """
     configured = current_app.config.get("CASUS_PUBLIC_BASE_URL")
     prefix = request.root_path + bp_prefix(request.blueprint)
-    return (configured.rstrip("/") if configured else request.host_url.rstrip("/")) + prefix
+    return (configured.rstrip("/") if configured else "") + prefix
 
 
 def bp_prefix(name: str | None) -> str:
@@ -122,7 +130,7 @@ def read(form_id: str) -> Any:
 @bp.get("/Consent/<form_id>/_history/<version>")
 @require("consent.read")
 def vread(form_id: str, version: str) -> Any:
-    if not version.isdigit():
+    if not is_whole_number(version):
         raise problem(404, "not-found", "Consent._history", f"version {version!r} does not exist")
     return consent_response(service().read(form_id, int(version), actor=principal().name))
 
@@ -189,21 +197,13 @@ def search_criteria(args: Any) -> tuple[dict[str, Any], int, int]:
 
 def last_updated(raw: str) -> tuple[str, datetime]:
     prefix, value = (raw[:2], raw[2:]) if raw[:2].isalpha() else ("ge", raw)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise problem(400, "value", "_lastUpdated", "must be a FHIR dateTime with a prefix, e.g. gt2026-11-01T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise problem(400, "value", "_lastUpdated", "must carry a time zone")
-    return prefix, moment
+    return prefix, instant(value, "_lastUpdated")
 
 
 def bounded_int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise problem(400, "value", name, f"{name} must be a whole number")
-    return max(low, min(int(raw), high))
+    return max(low, min(whole_number(raw, name), high))
 
 
 def searchset(found: list[FormVersion], total: int, count: int, offset: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from urllib.parse import unquote_plus, urlsplit
 import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec error handler used by QueryArgs
 from flask import Flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import RequestRedirect, RoutingException
 
 from ..access import Principal, Refusal, authenticate, authorise
 from ..consent_service import FormIdMismatch
@@ -128,6 +128,10 @@ def _refused(refusal: Refusal) -> HttpProblem:
     return HttpProblem(refusal.status, [error(code, "", refusal.reason)], headers)
 
 
+#: The longest query string any route reads: more than every parameter of the longest question needs, and a
+#: bound on what a caller can make the audit record.
+MAX_QUERY_BYTES = 4096
+
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase.upper()}" for s in HTTPStatus}
 
 
@@ -152,6 +156,8 @@ class RequestPipeline:
         added = (*SECURITY_HEADERS, ("X-Request-ID", request_id))
         rule, who = "<unmatched>", "-"
         try:
+            if len(environ.get("QUERY_STRING", "")) > MAX_QUERY_BYTES:
+                raise HttpProblem(414, [error("too-long", "", f"the query string is longer than {MAX_QUERY_BYTES} bytes")])
             path = environ.get("PATH_INFO") or "/"
             matched, lean = self._lean.get(path, (None, None)) if method == "GET" else (None, None)
             if matched is None:
@@ -164,16 +170,40 @@ class RequestPipeline:
                 environ[PRINCIPAL_KEY] = caller
                 return self._through_flask(environ, start_response, added, (method, rule, who, request_id, started))
             answer = lean(environ, caller)  # type: ignore[arg-type]  # lean routes all declare a scope
-        except RequestRedirect as exc:  # a rule with a trailing slash asked for without one: same host, so a relative URL
-            target = urlsplit(exc.new_url)
-            location = target.path + (f"?{target.query}" if target.query else "")
-            answer = Answer(exc.code, b"", "text/plain; charset=utf-8", (("Location", location),))
+        except RequestRedirect as exc:
+            answer = self._odd_path(exc, environ.get("HTTP_AUTHORIZATION"))
         except Exception as exc:
             answer = render_error(exc, rule)
         start_response(_status_line(answer.status), [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))),
                                                      *answer.headers, *added])
         _log_request(method, rule, answer.status, started, who, request_id)
         return [b""] if method == "HEAD" else [answer.body]
+
+    def _odd_path(self, redirect: RequestRedirect, authorization: str | None) -> Answer:
+        """A path the URL map would redirect (``//`` in it, a slash missing): a 404 naming the route's own path.
+
+        Not a redirect: a 308 would answer before the token check and reveal which routes exist to anyone;
+        here the caller is authenticated as the route itself requires first, and a FHIR client gets an
+        OperationOutcome, never a redirect page.
+        """
+        canonical = urlsplit(redirect.new_url).path
+        try:
+            try:
+                endpoint: str | None = self._urls.match(canonical, "GET", return_rule=True)[0].endpoint
+            except (HTTPException, RoutingException):  # a route that answers another method only
+                endpoint = None
+            if endpoint is None:
+                self._caller_with_any_token(authorization)
+            else:
+                self._caller(endpoint, authorization)
+        except HttpProblem as refused:
+            return render_error(refused)
+        return outcome_answer(404, [error("not-found", "", f"no such path; this route is {canonical}")])
+
+    def _caller_with_any_token(self, authorization: str | None) -> None:
+        found = authenticate(authorization, self._app.config["CASUS_GRANTS"], datetime.now(UTC))
+        if isinstance(found, Refusal):
+            raise _refused(found)
 
     def _caller(self, endpoint: str, authorization: str | None) -> Principal | None:
         """The authenticated caller, None for a public view; raises the 401/403 HttpProblem."""
