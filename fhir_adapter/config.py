@@ -32,6 +32,9 @@ class Settings:
     max_body_bytes: int = 1_000_000
     public_base_url: str | None = None  # for absolute links in Bundles when behind a proxy
     page_size: int = 20
+    connection_limit: int = 1_000  # open connections waitress keeps before it stops accepting
+    channel_timeout_seconds: int = 30  # a connection silent this long is closed
+    validate_concurrency: int = 2  # $validate requests run at once; more get 503 with Retry-After
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -42,11 +45,14 @@ class Settings:
             grants=grants_from_env(env),
             max_body_bytes=_positive_int(env.get("CASUS_MAX_BODY_BYTES", "1000000"), "CASUS_MAX_BODY_BYTES"),
             public_base_url=env.get("CASUS_PUBLIC_BASE_URL") or None,
+            connection_limit=_positive_int(env.get("CASUS_CONNECTION_LIMIT", "1000"), "CASUS_CONNECTION_LIMIT"),
+            channel_timeout_seconds=_positive_int(env.get("CASUS_CHANNEL_TIMEOUT_SECONDS", "30"), "CASUS_CHANNEL_TIMEOUT_SECONDS"),
+            validate_concurrency=_positive_int(env.get("CASUS_VALIDATE_CONCURRENCY", "2"), "CASUS_VALIDATE_CONCURRENCY"),
         )
 
 
 def _positive_int(value: str, name: str) -> int:
-    if not value.strip().isdigit() or int(value) <= 0:
+    if not (value.strip().isascii() and value.strip().isdigit()) or len(value.strip()) > 12 or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive whole number")
     return int(value)
 

@@ -187,6 +187,23 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+def element_count(value: Any, stop_above: int) -> int:
+    """JSON values in ``value`` (objects, arrays and primitives), counted until the count passes ``stop_above``.
+
+    What validation costs grows with this count (and faster than linearly when most elements have issues),
+    far more than with the document's bytes.
+    """
+    count, pending = 0, [value]
+    while pending and count <= stop_above:
+        item = pending.pop()
+        count += 1
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
+
+
 def base_issues(document: Any, version: FhirVersion) -> list[Issue]:
     """Structural problems of a Consent against base FHIR R4 (4.0.1) or R5 (5.0.0)."""
     if not isinstance(document, dict):

@@ -17,6 +17,7 @@ from flask import Flask, request
 from .config import Settings
 from .consent_service import ConsentService
 from .store import Store
+from .validation_workers import ValidationWorkers
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     if store is None:
         store = Store.open(settings.database_url)  # a SQLite file and its folder are created private
     app.extensions[SERVICE_EXTENSION] = ConsentService(store)
+    app.extensions[fhir_rest.VALIDATION_WORKERS_EXTENSION] = ValidationWorkers(settings.validate_concurrency)
     app.register_blueprint(health.bp)
     app.register_blueprint(forms_api.bp)
     app.register_blueprint(decisions_api.bp)
