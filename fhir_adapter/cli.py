@@ -198,8 +198,8 @@ def serve(host: str, port: int, threads: int) -> None:
     CASUS_DATABASE_URL (default sqlite:///instance/casus.sqlite3), CASUS_TOKENS_FILE or CASUS_TOKENS.
     """
     settings = _settings_or_exit()
-    if not settings.grants:
-        _fail("configuration error: no bearer tokens configured (CASUS_TOKENS_FILE or CASUS_TOKENS)")
+    if not settings.grants and settings.oauth is None:
+        _fail("configuration error: no bearer tokens configured (CASUS_TOKENS_FILE or CASUS_TOKENS) and no CASUS_OAUTH_ISSUER")
     app = _app_or_exit(settings, "CASUS_DATABASE_URL")
     server = _listen_or_exit(app, host, port, _serving_limits(settings, threads), ident="casus")
     click.echo(f"serving the CASUS facade on http://{host}:{server.effective_port} ({threads} threads, "

@@ -16,6 +16,7 @@ from flask import Flask, request
 
 from .config import Settings
 from .consent_service import ConsentService
+from .oauth_tokens import AccessTokenVerifier
 from .store import Store
 from .validation_workers import ValidationWorkers
 
@@ -32,6 +33,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         CASUS_GRANTS=settings.grants,
         CASUS_PUBLIC_BASE_URL=settings.public_base_url,
+        CASUS_OAUTH=settings.oauth,
+        CASUS_OAUTH_VERIFIER=AccessTokenVerifier(settings.oauth) if settings.oauth else None,
+        CASUS_OAUTH_TOKEN_ENDPOINT=settings.oauth.token_endpoint if settings.oauth else None,
         JSON_SORT_KEYS=False,
     )
     if store is None:

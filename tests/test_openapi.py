@@ -180,7 +180,7 @@ def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
 
 def is_public(path: str) -> bool:
     """The health checks, the CapabilityStatements and the SMART configuration: what any client reads before it has a token."""
-    return path.startswith("/health/") or path.endswith("/metadata") or path.startswith("/.well-known/")
+    return path.startswith("/health/") or path.endswith("/metadata") or "/.well-known/" in path
 
 
 def test_only_the_public_routes_are_unguarded_and_documented_without_security(app: Flask, document: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode
 from flask import Blueprint, Response, current_app, request
 from werkzeug.datastructures import MultiDict
 
+from ..access import SCOPES
 from ..consent_service import form_from_fhir
 from ..fhir_structure import element_count
 from ..mappings import codes, r4, r5
@@ -151,6 +152,28 @@ def metadata() -> Any:
         fhir_version="4.0.1" if version == "r4" else "5.0.0", base_url=base_url(), profiles=[CONSENT_PROFILES[version]],
         interactions=interactions, operations=operations, search_parameters=SEARCH_PARAMETERS,
         token_endpoint=current_app.config.get("CASUS_OAUTH_TOKEN_ENDPOINT"), software_version=SOFTWARE_VERSION), fhir=True)
+
+
+@bp.get("/.well-known/smart-configuration")
+def smart_configuration() -> Any:
+    """SMART's discovery document: public, and only when an authorisation server is configured."""
+    oauth = current_app.config.get("CASUS_OAUTH")
+    if oauth is None:
+        raise problem(404, "not-found", "", "no OAuth authorisation server is configured; this server takes its own bearer tokens")
+    document: dict[str, Any] = {
+        "issuer": oauth.issuer,
+        "jwks_uri": oauth.jwks_url,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "scopes_supported": ["system/Consent.rs", "system/Consent.cu", "system/Consent.cruds", "system/Consent.read",
+                             "system/Consent.write", "system/Consent.*",
+                             *(f"casus/{scope}" for scope in sorted(SCOPES))],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+    }
+    if oauth.token_endpoint:
+        document["token_endpoint"] = oauth.token_endpoint
+    return json_response(document)
 
 
 def _software_version() -> str:

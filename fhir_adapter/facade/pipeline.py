@@ -39,6 +39,7 @@ from werkzeug.routing import RequestRedirect, RoutingException
 
 from ..access import Principal, Refusal, authenticate, authorise
 from ..consent_service import FormIdMismatch
+from ..oauth_tokens import looks_like_jwt
 from ..outcome import InvalidInput, error
 from ..store.forms import AlreadyExists, NotFound, VersionConflict
 from .protocol import PRINCIPAL_KEY, Answer, HttpProblem, etag, outcome_answer
@@ -131,6 +132,8 @@ def _refused(refusal: Refusal) -> HttpProblem:
 #: The longest query string any route reads: more than every parameter of the longest question needs, and a
 #: bound on what a caller can make the audit record.
 MAX_QUERY_BYTES = 4096
+#: The longest access token read (a JWT with many scopes is a few KB).
+MAX_ACCESS_TOKEN_CHARS = 8192
 
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase.upper()}" for s in HTTPStatus}
 
@@ -201,16 +204,24 @@ class RequestPipeline:
         return outcome_answer(404, [error("not-found", "", f"no such path; this route is {canonical}")])
 
     def _caller_with_any_token(self, authorization: str | None) -> None:
-        found = authenticate(authorization, self._app.config["CASUS_GRANTS"], datetime.now(UTC))
-        if isinstance(found, Refusal):
+        if isinstance(found := self._authenticate(authorization), Refusal):
             raise _refused(found)
+
+    def _authenticate(self, authorization: str | None) -> Principal | Refusal:
+        """A JWT goes to the authorisation server's verifier when one is configured; anything else to the static tokens."""
+        verifier = self._app.config.get("CASUS_OAUTH_VERIFIER")
+        if verifier is not None and authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer" and len(token.strip()) <= MAX_ACCESS_TOKEN_CHARS and looks_like_jwt(token.strip()):
+                return verifier.authenticate(token.strip())
+        return authenticate(authorization, self._app.config["CASUS_GRANTS"], datetime.now(UTC))
 
     def _caller(self, endpoint: str, authorization: str | None) -> Principal | None:
         """The authenticated caller, None for a public view; raises the 401/403 HttpProblem."""
         view = self._app.view_functions.get(endpoint)
         if not hasattr(view, "required_scope"):
             return None
-        found = authenticate(authorization, self._app.config["CASUS_GRANTS"], datetime.now(UTC))
+        found = self._authenticate(authorization)
         if isinstance(found, Refusal):
             raise _refused(found)
         scope = view.required_scope  # type: ignore[union-attr]
