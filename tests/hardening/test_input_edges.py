@@ -9,6 +9,7 @@ parsers, parameters long enough to bloat the audit trail, and paths the URL map 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -127,7 +128,7 @@ def test_a_long_parameter_in_a_question_is_refused_before_it_reaches_the_audit(f
     assert response.status_code == 400 and not any(record["action"] == "decision" for record in audit)
 
 
-@pytest.mark.parametrize("path", ["/fhir//metadata", "/api//decision", f"/fhir/Consent/{FORM_ID}//_history"])
+@pytest.mark.parametrize("path", ["/fhir//Consent", "/api//decision", f"/fhir/Consent/{FORM_ID}//_history"])
 def test_a_path_with_an_empty_segment_needs_a_token_and_then_is_a_404_outcome(facade: Facade, figures: FigureBook, path: str) -> None:
     anonymous = facade.client.get(path)
     known = facade.client.get(path, headers=bearer("admin"))
@@ -145,3 +146,26 @@ def test_links_never_follow_the_host_header_without_a_public_base_url(facade: Fa
     urls = [link["url"] for link in found["link"]] + [entry["fullUrl"] for entry in found["entry"]]
     assert created.status_code == 201 and created.headers["Location"].startswith("/fhir/Consent/")
     assert urls and all(url.startswith("/fhir/Consent") for url in urls) and "attacker.example" not in json.dumps(found)
+
+
+def test_puts_without_if_match_from_many_clients_never_get_412(facade: Facade, figures: FigureBook) -> None:
+    _created(facade)
+    consent = facade.client.get(f"/fhir/Consent/{FORM_ID}", headers=bearer("admin")).json
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def writer() -> None:
+        for _ in range(10):
+            status = facade.client.put(f"/fhir/Consent/{FORM_ID}", json=consent, headers=bearer("admin")).status_code
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=writer) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    figures.add(SECTION, "PUTs without If-Match from 10 clients", len(statuses))
+    figures.add(SECTION, "... answered 412", statuses.count(412))
+    figures.add(SECTION, "... answered 409 (still changing after five tries)", statuses.count(409))
+    assert len(statuses) == 100 and set(statuses) <= {200, 409}
