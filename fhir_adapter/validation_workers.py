@@ -10,7 +10,9 @@ than queued, because a queued request would hold one of the server's few worker 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -21,11 +23,27 @@ _POOL_LOCK = threading.Lock()
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 
+#: How often a worker checks that the serving process is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _leave_with_parent(parent: int) -> None:
+    """In each worker: exit when the serving process has gone, however it went (even SIGKILL, which runs no cleanup)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _pool(size: int) -> ProcessPoolExecutor:
     """One pool per size per process, started on first use ("spawn": never a fork of a threaded server)."""
     with _POOL_LOCK:
         if size not in _POOLS:
-            _POOLS[size] = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"))
+            _POOLS[size] = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=_leave_with_parent, initargs=(os.getpid(),))
         return _POOLS[size]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from fhir_adapter.config import ConfigurationError, Settings
 from fhir_adapter.facade.fhir_rest import MAX_VALIDATE_ELEMENTS
@@ -105,3 +106,48 @@ def test_validate_answers_503_with_retry_after_while_every_worker_is_busy(valida
     busy = next(a for a in answers if a.status_code == 503)
     assert set(statuses) == {200, 503}
     assert busy.headers["Retry-After"] == "2" and busy.json["issue"][0]["code"] == "throttled"
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from /proc")
+def test_validation_workers_leave_when_the_serving_process_is_killed(tmp_path: Path) -> None:
+    port = free_port()
+    token = "serving-test-token-0123456789"
+    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/t.db",
+           "CASUS_TOKENS": json.dumps([{"name": "it", "token": token, "scopes": ["admin"]}])}
+    process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", process)
+        consent = (EXAMPLES / "Consent-casus-example-withdrawn.json").read_bytes()
+        response = requests.post(f"http://127.0.0.1:{port}/fhir/Consent/$validate", data=consent, timeout=60,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+        assert response.status_code == 200
+        workers = _children(process.pid)
+        assert workers
+        process.kill()  # SIGKILL: no cleanup runs in the server
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        stop_process(process)
