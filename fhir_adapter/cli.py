@@ -198,11 +198,12 @@ def serve(host: str, port: int, threads: int) -> None:
     CASUS_DATABASE_URL (default sqlite:///instance/casus.sqlite3), CASUS_TOKENS_FILE or CASUS_TOKENS.
     """
     settings = _settings_or_exit()
-    if not settings.grants:
-        _fail("configuration error: no bearer tokens configured (CASUS_TOKENS_FILE or CASUS_TOKENS)")
+    if not settings.grants and settings.oauth is None:
+        _fail("configuration error: no bearer tokens configured (CASUS_TOKENS_FILE or CASUS_TOKENS) and no CASUS_OAUTH_ISSUER")
     app = _app_or_exit(settings, "CASUS_DATABASE_URL")
-    server = _listen_or_exit(app, host, port, threads=threads, ident="casus", clear_untrusted_proxy_headers=True)
-    click.echo(f"serving the CASUS facade on http://{host}:{server.effective_port} ({threads} threads)", err=True)
+    server = _listen_or_exit(app, host, port, _serving_limits(settings, threads), ident="casus")
+    click.echo(f"serving the CASUS facade on http://{host}:{server.effective_port} ({threads} threads, "
+               f"at most {server.adj.connection_limit} connections)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
 
@@ -235,12 +236,19 @@ def _app_or_exit(settings: Any, setting: str) -> Any:
         _fail(f"cannot open the database named by {setting} ({type(exc).__name__})")
 
 
-def _listen_or_exit(app: Any, host: str, port: int, **options: Any) -> Any:
-    """A waitress server bound to host:port (0 picks a free port), or one line saying why it cannot listen."""
-    from waitress.server import create_server
+def _serving_limits(settings: Any, threads: int) -> Any:
+    from .serving import ServingLimits
+
+    return ServingLimits(threads=threads, connection_limit=settings.connection_limit,
+                         channel_timeout_seconds=settings.channel_timeout_seconds, max_body_bytes=settings.max_body_bytes)
+
+
+def _listen_or_exit(app: Any, host: str, port: int, limits: Any, *, ident: str) -> Any:
+    """A waitress server bound to host:port (0 picks a free port) with ``limits``, or one line saying why it cannot listen."""
+    from .serving import create_server
 
     try:
-        return create_server(app, host=host, port=port, **options)
+        return create_server(app, host, port, limits, ident=ident)
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
 
@@ -323,9 +331,10 @@ def demo(port: int, database: Path, smoke: bool) -> None:
     tokens = _demo_tokens(token_file)
     grants = tuple(TokenGrant(role, hash_token(tokens[role]), frozenset(scopes)) for role, scopes in DEMO_ROLES.items())
     user = PasswordUser(DEMO_USER, "Demo Clinician", generate_password_hash(_demo_password(token_file)), frozenset(DEMO_ROLES["clinician"]))
-    app = _app_or_exit(Settings(database_url=f"sqlite:///{database}", grants=grants, users=(user,)), "--database")
+    settings = Settings(database_url=f"sqlite:///{database}", grants=grants, users=(user,))
+    app = _app_or_exit(settings, "--database")
     loaded = _load_demo_forms(app, PROFILES_DIR / "examples")
-    server = _listen_or_exit(app, "127.0.0.1", port, threads=4, ident="casus-demo")
+    server = _listen_or_exit(app, "127.0.0.1", port, _serving_limits(settings, 4), ident="casus-demo")
     port = server.effective_port
     base = f"http://127.0.0.1:{port}"
     click.echo(f"CASUS demo: {loaded} sample forms loaded into {database}; serving on {base}", err=True)

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .access import SCOPES, PasswordUser, TokenGrant
+from .fhir_client import ConfigurationError as UnsafeUrl
+from .fhir_client import check_transport_security
+from .oauth_tokens import MAX_LEEWAY_SECONDS, OAuthSettings
 
 DEFAULT_DATABASE_URL = "sqlite:///instance/casus.sqlite3"
 
@@ -36,6 +39,10 @@ class Settings:
     users: tuple[PasswordUser, ...] = ()  # who may sign in to the consent pages with a password
     session_idle_minutes: int = 20  # a consent page session ends after this long without a request ...
     session_max_hours: int = 10  # ... and after this long whatever happens
+    connection_limit: int = 1_000  # open connections waitress keeps before it stops accepting
+    channel_timeout_seconds: int = 30  # a connection silent this long is closed
+    validate_concurrency: int = 2  # $validate requests run at once; more get 503 with Retry-After
+    oauth: OAuthSettings | None = None  # access tokens from the trust's authorisation server, beside the static tokens
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -50,11 +57,37 @@ class Settings:
             users=users_from_env(env),
             session_idle_minutes=_positive_int(env.get("CASUS_SESSION_IDLE_MINUTES", "20"), "CASUS_SESSION_IDLE_MINUTES"),
             session_max_hours=_positive_int(env.get("CASUS_SESSION_MAX_HOURS", "10"), "CASUS_SESSION_MAX_HOURS"),
+            connection_limit=_positive_int(env.get("CASUS_CONNECTION_LIMIT", "1000"), "CASUS_CONNECTION_LIMIT"),
+            channel_timeout_seconds=_positive_int(env.get("CASUS_CHANNEL_TIMEOUT_SECONDS", "30"), "CASUS_CHANNEL_TIMEOUT_SECONDS"),
+            validate_concurrency=_positive_int(env.get("CASUS_VALIDATE_CONCURRENCY", "2"), "CASUS_VALIDATE_CONCURRENCY"),
+            oauth=oauth_from_env(env),
         )
 
 
+def oauth_from_env(env: Mapping[str, str]) -> OAuthSettings | None:
+    """CASUS_OAUTH_ISSUER and its companions, or None when no authorisation server is configured."""
+    issuer = env.get("CASUS_OAUTH_ISSUER")
+    if not issuer:
+        return None
+    for name in ("CASUS_OAUTH_AUDIENCE", "CASUS_OAUTH_JWKS_URL"):
+        if not env.get(name):
+            raise ConfigurationError(f"{name} is required with CASUS_OAUTH_ISSUER")
+    for name in ("CASUS_OAUTH_JWKS_URL", "CASUS_OAUTH_TOKEN_ENDPOINT"):
+        if env.get(name):
+            try:
+                check_transport_security(env[name])
+            except UnsafeUrl:
+                raise ConfigurationError(f"{name} must be an https URL (http only on loopback)") from None
+    leeway = _positive_int(env.get("CASUS_OAUTH_LEEWAY_SECONDS", "60"), "CASUS_OAUTH_LEEWAY_SECONDS")
+    if leeway > MAX_LEEWAY_SECONDS:
+        raise ConfigurationError(f"CASUS_OAUTH_LEEWAY_SECONDS must be at most {MAX_LEEWAY_SECONDS}")
+    return OAuthSettings(issuer=issuer, audience=env["CASUS_OAUTH_AUDIENCE"], jwks_url=env["CASUS_OAUTH_JWKS_URL"],
+                         token_endpoint=env.get("CASUS_OAUTH_TOKEN_ENDPOINT") or None, leeway_seconds=leeway,
+                         ca_bundle=env.get("CASUS_OAUTH_CA_BUNDLE") or None)
+
+
 def _positive_int(value: str, name: str) -> int:
-    if not value.strip().isdigit() or int(value) <= 0:
+    if not (value.strip().isascii() and value.strip().isdigit()) or len(value.strip()) > 12 or int(value) <= 0:
         raise ConfigurationError(f"{name} must be a positive whole number")
     return int(value)
 

@@ -15,6 +15,7 @@ type's format.
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -93,7 +94,12 @@ def fhirpath(loc: tuple[Any, ...], root: str = "Consent") -> str:
 
 
 def load_json(text: str | bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[Any, list[Issue]]:
-    """Parse JSON text defensively: size limit, UTF-8, nesting depth; never raises.
+    """Parse JSON text defensively: size limit, UTF-8, I-JSON (RFC 7493), nesting depth; never raises.
+
+    I-JSON because a document two readers can read differently is a way round the checks: a repeated key
+    (``"status":"withdrawn","status":"active"``) is read as the last one here and may be read as the
+    first elsewhere, and a lone surrogate (``"\\ud800"``) cannot be stored or sent on as UTF-8.  Integers
+    are capped at MAX_NUMBER_DIGITS digits, far below Python's 4,300-digit conversion limit (which raises).
 
     ``max_bytes`` is raised only by the CLI, which reads local Bundles of many Consents, never request bodies.
     """
@@ -105,14 +111,70 @@ def load_json(text: str | bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[A
         except UnicodeDecodeError as exc:
             return None, [error("structure", "", f"document is not UTF-8 (byte {exc.start})")]
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_object_without_repeats, parse_int=_bounded_int, parse_constant=_no_constant)
+    except NotIJson as exc:
+        return None, [error("structure", exc.where, str(exc))]
     except json.JSONDecodeError as exc:
         return None, [error("structure", "", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
     except RecursionError:
         return None, [error("structure", "", "JSON nested too deeply")]
     if _depth(doc) > MAX_DEPTH:
         return None, [error("structure", "", f"JSON nested deeper than {MAX_DEPTH} levels")]
+    if (where := _lone_surrogate(doc, "")) is not None:
+        return None, [error("structure", where, "text holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)")]
     return doc, []
+
+
+#: The longest integer a document may hold: FHIR's integer64 has 19 digits, and decimals are parsed as floats.
+MAX_NUMBER_DIGITS = 32
+
+
+class NotIJson(ValueError):
+    """The document is JSON but not I-JSON; ``where`` names the member when it is known."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise NotIJson(f"the member {repeated!r} appears more than once in one object", repeated)
+    return found
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise NotIJson(f"a number has more than {MAX_NUMBER_DIGITS} digits")
+    return int(digits)
+
+
+def _no_constant(name: str) -> Any:
+    raise NotIJson(f"{name} is not a JSON number")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, where: str) -> str | None:
+    """The path of the first string (key or value) holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        return where if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if _SURROGATE.search(key):
+                return where or "(a member name)"
+            if (found := _lone_surrogate(item, path)) is not None:
+                return found
+    if isinstance(value, list):
+        for n, item in enumerate(value):
+            if (found := _lone_surrogate(item, f"{where}[{n}]")) is not None:
+                return found
+    return None
 
 
 def _depth(value: Any, level: int = 0) -> int:
@@ -123,6 +185,23 @@ def _depth(value: Any, level: int = 0) -> int:
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level + 1)
     return level
+
+
+def element_count(value: Any, stop_above: int) -> int:
+    """JSON values in ``value`` (objects, arrays and primitives), counted until the count passes ``stop_above``.
+
+    What validation costs grows with this count (and faster than linearly when most elements have issues),
+    far more than with the document's bytes.
+    """
+    count, pending = 0, [value]
+    while pending and count <= stop_above:
+        item = pending.pop()
+        count += 1
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
 
 
 def base_issues(document: Any, version: FhirVersion) -> list[Issue]:

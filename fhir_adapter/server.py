@@ -11,14 +11,15 @@ field, or a 500 carrying an incident id and nothing else).
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
 
 from .config import Settings
 from .consent_service import ConsentService
+from .oauth_tokens import AccessTokenVerifier
 from .store import Store
+from .validation_workers import ValidationWorkers
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Flask:
@@ -34,12 +35,15 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         CASUS_GRANTS=settings.grants,
         CASUS_PUBLIC_BASE_URL=settings.public_base_url,
         CASUS_USERS=settings.users,
+        CASUS_OAUTH=settings.oauth,
+        CASUS_OAUTH_VERIFIER=AccessTokenVerifier(settings.oauth) if settings.oauth else None,
+        CASUS_OAUTH_TOKEN_ENDPOINT=settings.oauth.token_endpoint if settings.oauth else None,
         JSON_SORT_KEYS=False,
     )
     if store is None:
-        _ensure_sqlite_directory(settings.database_url)
-        store = Store.open(settings.database_url)
+        store = Store.open(settings.database_url)  # a SQLite file and its folder are created private
     app.extensions[SERVICE_EXTENSION] = ConsentService(store, backdated_after=timedelta(days=settings.backdated_days))
+    app.extensions[fhir_rest.VALIDATION_WORKERS_EXTENSION] = ValidationWorkers(settings.validate_concurrency)
     app.register_blueprint(health.bp)
     app.register_blueprint(forms_api.bp)
     app.register_blueprint(decisions_api.bp)
@@ -59,8 +63,3 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     app.wsgi_app = RequestPipeline(app, lean={"decisions.decide": decisions_api.lean_decision(app)})  # type: ignore[method-assign]
     return app
-
-
-def _ensure_sqlite_directory(url: str) -> None:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -69,9 +69,14 @@ def test_a_served_facade_records_a_form_answers_a_decision_and_serves_fhir(serve
 
 
 def test_a_served_facade_refuses_requests_without_a_token(served):
-    response = requests.get(f"{served}/fhir/metadata", timeout=10)
+    response = requests.get(f"{served}/fhir/Consent", timeout=10)
     assert response.status_code == 401
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_served_facade_answers_its_capability_statement_without_a_token(served):
+    response = requests.get(f"{served}/fhir/metadata", timeout=10)
+    assert response.status_code == 200 and response.json()["resourceType"] == "CapabilityStatement"
 
 
 def test_serve_refuses_to_start_without_tokens(tmp_path: Path):

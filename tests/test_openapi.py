@@ -178,10 +178,15 @@ def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- (3) security and scopes
 
 
-def test_only_the_health_routes_are_unguarded_and_documented_without_security(app: Flask, document: dict[str, Any]) -> None:
+def is_public(path: str) -> bool:
+    """The health checks, the CapabilityStatements and the SMART configuration: what any client reads before it has a token."""
+    return path.startswith("/health/") or path.endswith("/metadata") or "/.well-known/" in path
+
+
+def test_only_the_public_routes_are_unguarded_and_documented_without_security(app: Flask, document: dict[str, Any]) -> None:
     ops = documented_operations(document)
     unguarded = {key for key, view in app_operations(app).items() if not hasattr(view, "required_scope")}
-    assert unguarded == {key for key in ops if key[0].startswith("/health/")}
+    assert unguarded == {key for key in ops if is_public(key[0])}
     assert all(ops[key]["security"] == [] for key in unguarded)
 
 
@@ -189,7 +194,7 @@ def test_every_guarded_operation_declares_bearer_security_with_its_views_scope(a
     ops = documented_operations(document)
     wrong = []
     for key, view in app_operations(app).items():
-        if key[0].startswith("/health/"):
+        if is_public(key[0]):
             continue
         scope = view.required_scope
         op = ops[key]
@@ -208,7 +213,7 @@ def test_every_guarded_operation_documents_401_and_scoped_ones_403_as_operation_
     responses = document["components"]["responses"]
     missing = []
     for key, op in documented_operations(document).items():
-        if key[0].startswith("/health/"):
+        if is_public(key[0]):
             continue
         expected = ["401", "403"] if op["x-required-scope"] else ["401"]
         for status in expected:

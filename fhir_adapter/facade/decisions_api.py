@@ -23,6 +23,7 @@ from .protocol import (
     Answer,
     checked_nhs_number,
     flask_response,
+    instant,
     json_answer,
     json_body,
     json_response,
@@ -30,6 +31,7 @@ from .protocol import (
     problem,
     require,
     service,
+    whole_number,
 )
 
 bp = Blueprint("decisions", __name__, url_prefix="/api")
@@ -45,18 +47,20 @@ def request_wants_fhir() -> bool:
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise problem(400, "value", name, "must be an ISO 8601 date-time with a time zone") from None
-    if moment.tzinfo is None:
-        raise problem(400, "value", name, "must carry a time zone")
-    return moment
+    return None if value is None else instant(value, name)
+
+
+#: The question's parameters, each capped before it can reach the engine or the audit record: codes,
+#: identifiers and instants are short, and a 100,000-character purpose is not a question.
+CAPPED_PARAMETERS = ("patient", "recipient-identifier", "recipient-role", "recipient-person", "information-type",
+                     "purpose", "at", "known-at")
+MAX_PARAMETER_CHARS = 256
 
 
 def decision_request(args: Any) -> decision.DecisionRequest:
+    for name in CAPPED_PARAMETERS:
+        if any(len(value) > MAX_PARAMETER_CHARS for value in args.getlist(name)):
+            raise problem(400, "too-long", name, f"{name} is longer than {MAX_PARAMETER_CHARS} characters")
     patient = args.get("patient")
     if not patient:
         raise problem(400, "required", "patient", "the patient's NHS number is required")
@@ -185,9 +189,6 @@ def audit_log() -> Any:
     subject = request.args.get("subject")
     if subject is not None:
         checked_nhs_number(subject, "subject")
-    raw_limit = request.args.get("limit", "100")
-    if not raw_limit.isdigit():
-        raise problem(400, "value", "limit", "limit must be a whole number")
-    limit = min(int(raw_limit), 1000)
+    limit = min(whole_number(request.args.get("limit", "100"), "limit"), 1000)
     records = service().store.audit_log(actor=actor, subject=subject, action=action, limit=limit)
     return json_response({"audit": [r.to_json() for r in records]})

@@ -11,19 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
+from werkzeug.datastructures import MultiDict
 
+from ..access import SCOPES
 from ..consent_service import RecordedInFuture, form_from_fhir
+from ..fhir_structure import element_count
 from ..mappings import codes, r4, r5
-from ..outcome import Issue, operation_outcome
-from ..store.forms import FormVersion
-from ..validation import CONSENT_PROFILES, Version, validate_consent
+from ..nhs_number import is_valid as nhs_number_is_valid
+from ..outcome import Issue, error, operation_outcome
+from ..store.forms import AlreadyExists, FormVersion, VersionConflict
+from ..validation import CONSENT_PROFILES, Version
+from ..validation_workers import ValidationWorkers
+from .capability import SearchParameter, capability_statement, declared
 from .protocol import (
+    FHIR_JSON,
+    HttpProblem,
     etag,
     expected_version,
+    instant,
+    is_whole_number,
     json_body,
     json_response,
     principal,
@@ -31,15 +43,45 @@ from .protocol import (
     require,
     service,
     version_headers,
+    whole_number,
 )
 
 bp = Blueprint("fhir", __name__)
 FHIR_VERSIONS: dict[str, Version] = {"fhir": "r4", "fhir_r4": "r4", "fhir_r5": "r5"}
 WRITERS: dict[str, Callable[[Any], dict[str, Any]]] = {"r4": r4.form_to_r4, "r5": r5.form_to_r5}
 STATUS_TO_FORM = {row.code: row.value for row in codes.STATUS_R4}
-SEARCH_PARAMS = {"patient:identifier", "patient.identifier", "subject:identifier", "identifier", "status", "_lastUpdated",
-                 "_count", "_offset", "_format", "_pretty"}
+#: The search parameters the CapabilityStatement declares: the parser below reads each of them.
+SEARCH_PARAMETERS = (
+    SearchParameter("patient", "reference", "the young person: Patient/<NHS number> (a Patient's id is its NHS number, as in "
+                                            "the NHS PDS FHIR API), or patient:identifier=https://fhir.nhs.uk/Id/nhs-number|<NHS number>"),
+    SearchParameter("identifier", "token", "the CASUS form id: https://fhir.cpft.nhs.uk/casus/Id/consent-form|<form id>"),
+    SearchParameter("status", "token", "the Consent status"),
+    SearchParameter("_lastUpdated", "date", "with a prefix: gt, ge, lt or le"),
+    SearchParameter("_count", "number", "page size, at most 100 (default 20); also on _history"),
+    SearchParameter("_offset", "number", "where the page starts; the next link carries it"),
+    SearchParameter("_summary", "token", "count (the total only) or false"),
+    SearchParameter("_total", "token", "none, estimate or accurate (every total is accurate)"),
+)
+#: Every parameter a search accepts: the declared ones, the identifier forms of patient, and the output ones.
+SEARCH_PARAMS = {p.name for p in SEARCH_PARAMETERS} | {"patient:identifier", "patient.identifier", "subject:identifier",
+                                                     "_format", "_pretty"}
+HISTORY_PARAMS = {"_count", "_format", "_pretty"}
 MAX_COUNT = 100
+JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+#: A PUT without If-Match applies to whatever version is current; when another write lands first it is tried again.
+PUT_ATTEMPTS = 5
+
+
+@bp.before_request
+def negotiate() -> None:
+    """JSON only: a request for XML (or anything else) by ``_format`` or Accept gets 406, never JSON it did not ask for."""
+    requested = request.args.get("_format")
+    if requested is not None:
+        if requested.split(";")[0].strip() not in JSON_FORMATS:
+            raise problem(406, "not-supported", "_format", "only JSON is served (_format=json or application/fhir+json)")
+        return
+    if request.headers.get("Accept") and request.accept_mimetypes.best_match([FHIR_JSON, "application/json"]) is None:
+        raise problem(406, "not-supported", "Accept", "only JSON is served: accept application/fhir+json")
 
 
 def fhir_version() -> Version:
@@ -47,9 +89,14 @@ def fhir_version() -> Version:
 
 
 def base_url() -> str:
+    """The FHIR base for links: absolute only from CASUS_PUBLIC_BASE_URL, otherwise a path from the server root.
+
+    Never from the request's Host header, which the caller writes: a link built from it could point
+    another reader of the same Bundle (a cache, a log, the next client) at the caller's server.
+    """
     configured = current_app.config.get("CASUS_PUBLIC_BASE_URL")
     prefix = request.root_path + bp_prefix(request.blueprint)
-    return (configured.rstrip("/") if configured else request.host_url.rstrip("/")) + prefix
+    return (configured.rstrip("/") if configured else "") + prefix
 
 
 def bp_prefix(name: str | None) -> str:
@@ -68,76 +115,109 @@ def recorded_time_field() -> str:
     return "Consent.dateTime" if fhir_version() == "r4" else f"Consent.extension.where(url='{codes.EXT_RECORDED_AT}').valueDateTime"
 
 
-def consent_response(found: FormVersion, status: int = 200) -> Any:
+def consent_response(found: FormVersion, status: int = 200, *, conditional: bool = False, written: bool = False) -> Any:
+    """The Consent; 304 when ``conditional`` and If-None-Match names its version; for a write, what Prefer asks."""
     headers = version_headers(found.version, found.stored_at)
     if status == 201:
         headers["Location"] = f"{base_url()}/Consent/{found.form_id}/_history/{found.version}"
+    if conditional and _names_version(request.headers.get("If-None-Match"), found.version):
+        return Response(status=304, headers=headers)
+    preference = _return_preference() if written else "representation"
+    if preference == "minimal":
+        return Response(status=status, headers=headers)
+    if preference == "OperationOutcome":
+        said = "created" if status == 201 else "updated"
+        outcome = operation_outcome([Issue("information", "informational", "Consent", f"Consent {found.form_id} {said} as version {found.version}")])
+        return json_response(outcome, status, fhir=True, headers=headers)
     return json_response(render_consent(found), status, fhir=True, headers=headers)
 
 
+def _names_version(if_none_match: str | None, version: int) -> bool:
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or f'"{version}"' in tags
+
+
+def _return_preference() -> str:
+    """Prefer: return=minimal | representation | OperationOutcome (RFC 7240, as FHIR uses it); representation by default."""
+    for preference in request.headers.get("Prefer", "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"') in ("minimal", "representation", "OperationOutcome"):
+            return value.strip().strip('"')
+    return "representation"
+
+
 @bp.get("/metadata")
-@require(None)
 def metadata() -> Any:
+    """Public, as SMART App Launch and common practice expect: it says what the server does, nothing about anyone."""
     version = fhir_version()
-    return json_response(capability_statement(version, base_url()), fhir=True)
+    interactions, operations = declared(current_app.url_map, request.blueprint or "fhir")
+    return json_response(capability_statement(
+        fhir_version="4.0.1" if version == "r4" else "5.0.0", base_url=base_url(), profiles=[CONSENT_PROFILES[version]],
+        interactions=interactions, operations=operations, search_parameters=SEARCH_PARAMETERS,
+        token_endpoint=current_app.config.get("CASUS_OAUTH_TOKEN_ENDPOINT"), software_version=SOFTWARE_VERSION), fhir=True)
 
 
-def capability_statement(version: Version, url: str) -> dict[str, Any]:
-    interactions = ["read", "vread", "history-instance", "search-type", "create", "update"]
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": "2026-11-25",
-        "publisher": "CASUS, Cambridgeshire and Peterborough NHS Foundation Trust",
-        "kind": "instance",
-        "software": {"name": "casus-fhir-adapter", "version": "0.1.0"},
-        "implementation": {"description": "CASUS FHIR Consent adapter", "url": url},
-        "fhirVersion": "4.0.1" if version == "r4" else "5.0.0",
-        "format": ["application/fhir+json"],
-        "rest": [{
-            "mode": "server",
-            "security": {"description": "Bearer tokens with scopes consent.read, form.write, validate, decision.read, admin."},
-            "resource": [{
-                "type": "Consent",
-                "profile": CONSENT_PROFILES[version],
-                "interaction": [{"code": c} for c in interactions],
-                "versioning": "versioned-update",
-                "readHistory": True,
-                "updateCreate": True,
-                "conditionalCreate": False,
-                "searchParam": [
-                    {"name": "patient", "type": "reference",
-                     "documentation": "use patient:identifier=https://fhir.nhs.uk/Id/nhs-number|<NHS number>"},
-                    {"name": "identifier", "type": "token"},
-                    {"name": "status", "type": "token"},
-                    {"name": "_lastUpdated", "type": "date"},
-                ],
-                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
-            }],
-        }],
+@bp.get("/.well-known/smart-configuration")
+def smart_configuration() -> Any:
+    """SMART's discovery document: public, and only when an authorisation server is configured."""
+    oauth = current_app.config.get("CASUS_OAUTH")
+    if oauth is None:
+        raise problem(404, "not-found", "", "no OAuth authorisation server is configured; this server takes its own bearer tokens")
+    document: dict[str, Any] = {
+        "issuer": oauth.issuer,
+        "jwks_uri": oauth.jwks_url,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "scopes_supported": ["system/Consent.rs", "system/Consent.cu", "system/Consent.cruds", "system/Consent.read",
+                             "system/Consent.write", "system/Consent.*",
+                             *(f"casus/{scope}" for scope in sorted(SCOPES))],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
     }
+    if oauth.token_endpoint:
+        document["token_endpoint"] = oauth.token_endpoint
+    return json_response(document)
+
+
+def _software_version() -> str:
+    try:
+        return package_version("casus-fhir-adapter")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+SOFTWARE_VERSION = _software_version()
 
 
 @bp.get("/Consent/<form_id>")
 @require("consent.read")
 def read(form_id: str) -> Any:
-    return consent_response(service().read(form_id, actor=principal().name))
+    return consent_response(service().read(form_id, actor=principal().name), conditional=True)
 
 
 @bp.get("/Consent/<form_id>/_history/<version>")
 @require("consent.read")
 def vread(form_id: str, version: str) -> Any:
-    if not version.isdigit():
+    if not is_whole_number(version):
         raise problem(404, "not-found", "Consent._history", f"version {version!r} does not exist")
-    return consent_response(service().read(form_id, int(version), actor=principal().name))
+    return consent_response(service().read(form_id, int(version), actor=principal().name), conditional=True)
 
 
 @bp.get("/Consent/<form_id>/_history")
 @require("consent.read")
 def history(form_id: str) -> Any:
+    unknown = sorted(set(request.args) - HISTORY_PARAMS)
+    if unknown:
+        raise problem(400, "not-supported", unknown[0], f"history parameter {unknown[0]!r} is not supported")
+    raw_count = request.args.get("_count")
     versions = service().history(form_id, actor=principal().name)
-    entries = [history_entry(v) for v in reversed(versions)]
-    return json_response({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}, fhir=True)
+    newest_first = list(reversed(versions))
+    if raw_count is not None:  # without _count, every version (a form has few)
+        newest_first = newest_first[:bounded_int(raw_count, "_count", MAX_COUNT, 0, MAX_COUNT)]
+    entries = [history_entry(v) for v in newest_first]
+    return json_response({"resourceType": "Bundle", "type": "history", "total": len(versions), "entry": entries}, fhir=True)
 
 
 def history_entry(found: FormVersion) -> dict[str, Any]:
@@ -155,14 +235,24 @@ def history_entry(found: FormVersion) -> dict[str, Any]:
 @require("consent.read")
 def search() -> Any:
     criteria, count, offset = search_criteria(request.args)
+    summary, total_mode = request.args.get("_summary", "false"), request.args.get("_total", "accurate")
+    if summary not in ("count", "false"):
+        raise problem(400, "not-supported", "_summary", "_summary may be count or false")
+    if total_mode not in ("none", "estimate", "accurate"):
+        raise problem(400, "value", "_total", "_total must be none, estimate or accurate")
+    if summary == "count":
+        count = 0
     found, total = service().search(actor=principal().name, limit=count, offset=offset, **criteria)
-    return json_response(searchset(found, total, count, offset), fhir=True)
+    bundle = searchset(found, total, count, offset)
+    if total_mode == "none" and summary != "count":
+        del bundle["total"]
+    return json_response(bundle, fhir=True)
 
 
-def search_criteria(args: Any) -> tuple[dict[str, Any], int, int]:
+def search_criteria(args: Any, where: str | None = None) -> tuple[dict[str, Any], int, int]:
     unknown = sorted(set(args) - SEARCH_PARAMS)
     if unknown:
-        raise problem(400, "not-supported", unknown[0], f"search parameter {unknown[0]!r} is not supported")
+        raise problem(400, "not-supported", where or unknown[0], f"search parameter {unknown[0]!r} is not supported")
     criteria: dict[str, Any] = {}
     patient = args.get("patient:identifier") or args.get("patient.identifier") or args.get("subject:identifier")
     if patient:
@@ -170,6 +260,8 @@ def search_criteria(args: Any) -> tuple[dict[str, Any], int, int]:
         if sep and system != codes.NHS_NUMBER:
             raise problem(400, "value", "patient:identifier", f"patients are searched by NHS number ({codes.NHS_NUMBER}|<number>)")
         criteria["nhs_number"] = value
+    if "patient" in args:
+        criteria["nhs_number"] = patient_reference(args["patient"])
     if "identifier" in args:
         system, sep, value = args["identifier"].rpartition("|")
         if sep and system != codes.ID_CONSENT_FORM:
@@ -192,23 +284,25 @@ def search_criteria(args: Any) -> tuple[dict[str, Any], int, int]:
     return criteria, count, offset
 
 
+def patient_reference(value: str) -> str:
+    """The NHS number a ``patient`` reference names: Patient/<NHS number>, an absolute URL ending so, or the bare id."""
+    kind, slash, patient_id = value.rstrip("/").rpartition("/")
+    if slash and kind.rpartition("/")[2] != "Patient":
+        raise problem(400, "value", "patient", "give a Patient reference: Patient/<NHS number>")
+    if not nhs_number_is_valid(patient_id):
+        raise problem(400, "value", "patient", "a Patient's id here is its NHS number (10 digits with a Modulus 11 check digit)")
+    return patient_id
+
+
 def last_updated(raw: str) -> tuple[str, datetime]:
     prefix, value = (raw[:2], raw[2:]) if raw[:2].isalpha() else ("ge", raw)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise problem(400, "value", "_lastUpdated", "must be a FHIR dateTime with a prefix, e.g. gt2026-11-01T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise problem(400, "value", "_lastUpdated", "must carry a time zone")
-    return prefix, moment
+    return prefix, instant(value, "_lastUpdated")
 
 
 def bounded_int(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise problem(400, "value", name, f"{name} must be a whole number")
-    return max(low, min(int(raw), high))
+    return max(low, min(whole_number(raw, name), high))
 
 
 def searchset(found: list[FormVersion], total: int, count: int, offset: int) -> dict[str, Any]:
@@ -233,10 +327,27 @@ def searchset(found: list[FormVersion], total: int, count: int, offset: int) -> 
 @require("form.write")
 def create() -> Any:
     form = form_from_fhir(json_body(), fhir_version())
+    condition = request.headers.get("If-None-Exist")
+    if condition is not None:
+        existing = _conditional_match(condition)
+        if existing is not None:
+            return consent_response(existing, 200, written=True)
     try:
-        return consent_response(service().create(form, actor=principal().name), 201)
+        return consent_response(service().create(form, actor=principal().name), 201, written=True)
     except RecordedInFuture as exc:
         raise problem(422, "processing", recorded_time_field(), exc.issues[0].diagnostics) from None
+
+
+def _conditional_match(condition: str) -> FormVersion | None:
+    """The one Consent a conditional create's search finds; None for none, 412 for several (FHIR's rules)."""
+    query = MultiDict(parse_qsl(condition.lstrip("?"), keep_blank_values=True))
+    if not query:
+        raise problem(400, "value", "If-None-Exist", "give search parameters, e.g. identifier=<system>|<form id>")
+    criteria, _, _ = search_criteria(query, where="If-None-Exist")
+    found, total = service().search(actor=principal().name, limit=2, offset=0, **criteria)
+    if total > 1:
+        raise problem(412, "multiple-matches", "If-None-Exist", f"{total} Consents match; make the condition narrower")
+    return found[0] if found else None
 
 
 @bp.put("/Consent/<form_id>")
@@ -248,21 +359,40 @@ def update(form_id: str) -> Any:
     form = form_from_fhir(body, fhir_version())
     if form.form_id != form_id:
         raise problem(400, "invariant", "Consent.identifier", "the CASUS form identifier must equal the Consent id in the URL")
-    try:
-        saved, created = service().put(form, expected_version=expected_version(required=False), actor=principal().name)
-    except RecordedInFuture as exc:
-        raise problem(422, "processing", recorded_time_field(), exc.issues[0].diagnostics) from None
-    return consent_response(saved, 201 if created else 200)
+    asked = expected_version(required=False)
+    for _ in range(PUT_ATTEMPTS):
+        try:
+            saved, created = service().put(form, expected_version=asked, actor=principal().name)
+            return consent_response(saved, 201 if created else 200, written=True)
+        except RecordedInFuture as exc:
+            raise problem(422, "processing", recorded_time_field(), exc.issues[0].diagnostics) from None
+        except (VersionConflict, AlreadyExists):
+            if asked is not None:  # a version check the client asked for: 412 is its answer
+                raise
+    raise problem(409, "conflict", "Consent", f"the Consent changed {PUT_ATTEMPTS} times while this update was applied; send it again")
+
+
+#: The most JSON values $validate takes: 2.5 times the largest CASUS Consent (about 400), and a bound on its CPU
+#: time (1.5-2.5 s at the bound with an issue on every element; 30 ms for a valid Consent), so one caller
+#: cannot starve the rest.  (Cost grows faster than the count: each issue is located in the whole document.)
+MAX_VALIDATE_ELEMENTS = 1_000
+#: Where the app keeps the worker processes $validate runs in.
+VALIDATION_WORKERS_EXTENSION = "casus.validation_workers"
 
 
 @bp.post("/Consent/$validate")
 @require("validate")
 def validate() -> Any:
     body = json_body()
+    if (count := element_count(body, MAX_VALIDATE_ELEMENTS)) > MAX_VALIDATE_ELEMENTS:
+        raise problem(413, "too-long", "", f"$validate takes at most {MAX_VALIDATE_ELEMENTS} JSON values; this body has more than {count - 1}")
     resource, profile = body, None
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
         resource, profile = validate_parameters(body)
-    issues: list[Issue] = validate_consent(resource, fhir_version(), profile=profile)
+    workers: ValidationWorkers = current_app.extensions[VALIDATION_WORKERS_EXTENSION]
+    issues = workers.validate(resource, fhir_version(), profile)
+    if issues is None:
+        raise HttpProblem(503, [error("throttled", "", "other validations are running; try again shortly")], {"Retry-After": "2"})
     service().store.audit(actor=principal().name, action="validate", resource="Consent", outcome="ok",
                           detail={"errors": sum(i.severity in ("error", "fatal") for i in issues)})
     return json_response(operation_outcome(issues), fhir=True)

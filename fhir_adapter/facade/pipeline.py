@@ -35,10 +35,11 @@ from urllib.parse import unquote_plus, urlsplit
 import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec error handler used by QueryArgs
 from flask import Flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import RequestRedirect, RoutingException
 
 from ..access import Principal, Refusal, authenticate, authorise
 from ..consent_service import FormIdMismatch, NotADraft
+from ..oauth_tokens import looks_like_jwt
 from ..outcome import InvalidInput, error
 from ..store.forms import AlreadyExists, NotFound, VersionConflict
 from .protocol import PRINCIPAL_KEY, SESSION_ACTOR_KEY, Answer, HttpProblem, etag, outcome_answer
@@ -130,6 +131,12 @@ def _refused(refusal: Refusal) -> HttpProblem:
     return HttpProblem(refusal.status, [error(code, "", refusal.reason)], headers)
 
 
+#: The longest query string any route reads: more than every parameter of the longest question needs, and a
+#: bound on what a caller can make the audit record.
+MAX_QUERY_BYTES = 4096
+#: The longest access token read (a JWT with many scopes is a few KB).
+MAX_ACCESS_TOKEN_CHARS = 8192
+
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase.upper()}" for s in HTTPStatus}
 
 
@@ -154,6 +161,8 @@ class RequestPipeline:
         added = (*SECURITY_HEADERS, ("X-Request-ID", request_id))
         rule, who = "<unmatched>", "-"
         try:
+            if len(environ.get("QUERY_STRING", "")) > MAX_QUERY_BYTES:
+                raise HttpProblem(414, [error("too-long", "", f"the query string is longer than {MAX_QUERY_BYTES} bytes")])
             path = environ.get("PATH_INFO") or "/"
             matched, lean = self._lean.get(path, (None, None)) if method == "GET" else (None, None)
             if matched is None:
@@ -166,10 +175,8 @@ class RequestPipeline:
                 environ[PRINCIPAL_KEY] = caller
                 return self._through_flask(environ, start_response, added, (method, rule, who, request_id, started))
             answer = lean(environ, caller)  # type: ignore[arg-type]  # lean routes all declare a scope
-        except RequestRedirect as exc:  # a rule with a trailing slash asked for without one: same host, so a relative URL
-            target = urlsplit(exc.new_url)
-            location = target.path + (f"?{target.query}" if target.query else "")
-            answer = Answer(exc.code, b"", "text/plain; charset=utf-8", (("Location", location),))
+        except RequestRedirect as exc:
+            answer = self._odd_path(exc, environ.get("HTTP_AUTHORIZATION"))
         except Exception as exc:
             answer = render_error(exc, rule)
         start_response(_status_line(answer.status), [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))),
@@ -177,12 +184,46 @@ class RequestPipeline:
         _log_request(method, rule, answer.status, started, who, request_id)
         return [b""] if method == "HEAD" else [answer.body]
 
+    def _odd_path(self, redirect: RequestRedirect, authorization: str | None) -> Answer:
+        """A path the URL map would redirect (``//`` in it, a slash missing): a 404 naming the route's own path.
+
+        Not a redirect: a 308 would answer before the token check and reveal which routes exist to anyone;
+        here the caller is authenticated as the route itself requires first, and a FHIR client gets an
+        OperationOutcome, never a redirect page.
+        """
+        canonical = urlsplit(redirect.new_url).path
+        try:
+            try:
+                endpoint: str | None = self._urls.match(canonical, "GET", return_rule=True)[0].endpoint
+            except (HTTPException, RoutingException):  # a route that answers another method only
+                endpoint = None
+            if endpoint is None:
+                self._caller_with_any_token(authorization)
+            else:
+                self._caller(endpoint, authorization)
+        except HttpProblem as refused:
+            return render_error(refused)
+        return outcome_answer(404, [error("not-found", "", f"no such path; this route is {canonical}")])
+
+    def _caller_with_any_token(self, authorization: str | None) -> None:
+        if isinstance(found := self._authenticate(authorization), Refusal):
+            raise _refused(found)
+
+    def _authenticate(self, authorization: str | None) -> Principal | Refusal:
+        """A JWT goes to the authorisation server's verifier when one is configured; anything else to the static tokens."""
+        verifier = self._app.config.get("CASUS_OAUTH_VERIFIER")
+        if verifier is not None and authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer" and len(token.strip()) <= MAX_ACCESS_TOKEN_CHARS and looks_like_jwt(token.strip()):
+                return verifier.authenticate(token.strip())
+        return authenticate(authorization, self._app.config["CASUS_GRANTS"], datetime.now(UTC))
+
     def _caller(self, endpoint: str, authorization: str | None) -> Principal | None:
         """The authenticated caller, None for a public view; raises the 401/403 HttpProblem."""
         view = self._app.view_functions.get(endpoint)
         if not hasattr(view, "required_scope"):
             return None
-        found = authenticate(authorization, self._app.config["CASUS_GRANTS"], datetime.now(UTC))
+        found = self._authenticate(authorization)
         if isinstance(found, Refusal):
             raise _refused(found)
         scope = view.required_scope  # type: ignore[union-attr]

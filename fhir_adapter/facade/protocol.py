@@ -142,9 +142,55 @@ def expected_version(required: bool = True) -> int | None:
     if value.startswith("W/"):
         value = value[2:]
     value = value.strip('"')
-    if not value.isdigit():
-        raise problem(400, "value", "If-Match", "If-Match must be a version ETag such as W/\"3\"")
+    if not is_whole_number(value):
+        raise problem(400, "value", "If-Match", "If-Match must be a version ETag such as W/\"3\" (digits 0-9)")
     return int(value)
+
+
+#: Longest whole number a header or parameter may hold (Python refuses to convert more than 4,300 digits).
+MAX_WHOLE_NUMBER_DIGITS = 64
+
+
+def is_whole_number(text: str) -> bool:
+    """Digits 0-9 only, at most 64 of them (a longer one is no version, count or limit; a shorter one beyond
+    64 bits is answered as the store answers it: not found, or stale).
+
+    ``str.isdigit`` alone is not enough: it is true of '²' and '٣', which ``int`` then refuses or reads as 3.
+    """
+    return 0 < len(text) <= MAX_WHOLE_NUMBER_DIGITS and text.isascii() and text.isdigit()
+
+
+def whole_number(raw: str, name: str) -> int:
+    """A parameter that must be a whole number, or a 400 naming it."""
+    if not is_whole_number(raw):
+        raise problem(400, "value", name, f"{name} must be a whole number written with the digits 0-9")
+    return int(raw)
+
+
+#: The instants a question or a search may name; outside them a UK-time conversion can overflow.
+EARLIEST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2999, 12, 31, tzinfo=UTC)
+
+
+def instant(value: str, name: str) -> datetime:
+    """An ISO 8601 date-time with a time zone between 1900 and 2999, or a 400 naming the parameter.
+
+    ``0001-01-01T00:00:00+00:00`` and ``9999-12-31T23:59:59-14:00`` parse, but moving them to UTC or
+    to UK time leaves the range a datetime can hold; such an instant is refused here, before any use.
+    """
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise problem(400, "value", name, "must be an ISO 8601 date-time with a time zone, e.g. 2026-11-01T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise problem(400, "value", name, "must carry a time zone")
+    try:
+        in_utc = moment.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or not EARLIEST_INSTANT <= in_utc <= LATEST_INSTANT:
+        raise problem(400, "value", name, "must lie between 1900-01-01 and 2999-12-31")
+    return moment
 
 
 def last_modified(moment: datetime) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -152,11 +153,31 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 in a 0700 folder, and warn when an existing one is open to others.
+
+    The file holds young people's names and choices; SQLite creates a new file with the umask's mode
+    (usually 0644) and gives its ``-wal`` and ``-shm`` files the database file's mode, so creating the
+    database file 0600 first makes all three private.  Existing modes are the operator's to change: a
+    warning, not a refusal, since a shared group may be deliberate.
+    """
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for place, kind in ((folder, "folder"), (path, "file")):
+        mode = place.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("the SQLite database %s is open to other users (mode %o); chmod %s it",
+                        kind, mode, "700" if kind == "folder" else "600")
+
+
 def _sqlite_engine(url: URL) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:")
     if not in_memory:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_file(Path(database).expanduser())
     # An in-memory database exists only on its one connection (useful for single-threaded tests only).
     pool: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {}
     # hide_parameters: even with SQL logging switched on, bound values (NHS numbers, documents) never reach a log.

@@ -1,0 +1,80 @@
+"""Serving the facade under waitress with limits, so that a few clients cannot stop it for everyone.
+
+waitress reads every request on one I/O thread and hands only complete requests to its worker threads, so an
+idle or slow connection costs a file descriptor, not a worker.  Its defaults still let a handful of clients
+stop the server: at 100 open connections (``connection_limit``) it stops accepting, so a health check waits
+behind idle sockets, and ``select()`` cannot watch more than 1,024 descriptors.  Here the limit is high (and
+the process's open-file limit raised to fit it), ``poll()`` is used, a silent connection is closed after
+``channel_timeout`` seconds, and request headers and bodies are capped.  What is left — many clients from
+many addresses, or a client that trickles bytes forever — is the reverse proxy's job (docs/operators.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("fhir_adapter.serving")
+
+#: File descriptors the process needs besides its connections: the listening socket, the database, logs, imports.
+SPARE_DESCRIPTORS = 64
+#: Largest request header block (request line, headers, query string); a bearer token is at most 4 KB.
+MAX_HEADER_BYTES = 65_536
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one client, or a few, may hold of the server; every figure is a setting (docs/operators.md)."""
+
+    threads: int = 8
+    connection_limit: int = 1_000
+    channel_timeout_seconds: int = 30
+    max_body_bytes: int = 1_000_000
+
+    def waitress_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``waitress.create_server``.
+
+        waitress's body limit is set at twice the facade's, so a body just over the facade's limit gets the
+        facade's 413 OperationOutcome, and a body far over it is cut off by waitress before it is buffered.
+        """
+        return {
+            "threads": self.threads,
+            "connection_limit": fitted_connection_limit(self.connection_limit),
+            "channel_timeout": self.channel_timeout_seconds,
+            "cleanup_interval": max(1, min(30, self.channel_timeout_seconds // 2)),
+            "max_request_body_size": 2 * self.max_body_bytes,
+            "max_request_header_size": MAX_HEADER_BYTES,
+            "asyncore_use_poll": True,
+            "clear_untrusted_proxy_headers": True,
+        }
+
+
+def fitted_connection_limit(wanted: int) -> int:
+    """``wanted``, after raising the soft open-file limit to hold it; less, with a warning, if the hard limit is lower.
+
+    A connection limit above the open-file limit would make accept() fail instead of queueing new clients.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit from %d", soft)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fitted = max(1, soft - SPARE_DESCRIPTORS)
+        log.warning("connection limit lowered from %d to %d to fit the open-file limit (%d); raise it (ulimit -n, LimitNOFILE)",
+                    wanted, fitted, soft)
+        return fitted
+    return wanted
+
+
+def create_server(app: Any, host: str, port: int, limits: ServingLimits, *, ident: str = "casus") -> Any:
+    """A waitress server for ``app`` on host:port with ``limits``; raises OSError when it cannot listen."""
+    from waitress.server import create_server as waitress_server
+
+    return waitress_server(app, host=host, port=port, ident=ident, **limits.waitress_options())
