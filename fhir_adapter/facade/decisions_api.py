@@ -55,6 +55,8 @@ def parse_time(value: str | None, name: str) -> datetime | None:
 CAPPED_PARAMETERS = ("patient", "recipient-identifier", "recipient-role", "recipient-person", "information-type",
                      "purpose", "at", "known-at")
 MAX_PARAMETER_CHARS = 256
+#: More information types than the CASUS code table holds several times over is not a question either.
+MAX_INFORMATION_TYPES = 64
 
 
 def decision_request(args: Any) -> decision.DecisionRequest:
@@ -81,6 +83,8 @@ def decision_request(args: Any) -> decision.DecisionRequest:
     types = tuple(t for raw in args.getlist("information-type") for t in raw.split(",") if t)
     if not types:
         raise problem(400, "required", "information-type", "ask about at least one information type")
+    if len(types) > MAX_INFORMATION_TYPES:
+        raise problem(400, "too-long", "information-type", f"ask about at most {MAX_INFORMATION_TYPES} information types at once")
     purpose = args.get("purpose")
     if not purpose:
         raise problem(400, "required", "purpose", "the purpose of use (v3 ActReason code, e.g. TREAT) is required")

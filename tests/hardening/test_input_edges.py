@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.facade.decisions_api import MAX_PARAMETER_CHARS
+from fhir_adapter.facade.decisions_api import MAX_INFORMATION_TYPES, MAX_PARAMETER_CHARS
 from fhir_adapter.facade.pipeline import MAX_QUERY_BYTES
 from tests.hardening.conftest import Facade
 from tests.hardening.figures import FigureBook
@@ -119,6 +119,16 @@ def test_a_long_query_string_is_refused_before_it_reaches_the_audit(facade: Faca
     longest = max((len(json.dumps(record)) for record in audit), default=0)
     figures.add(SECTION, "longest audit record after an oversize query (characters)", longest)
     assert response.status_code == 414 and is_operation_outcome(response.data)
+    assert not any(record["action"] == "decision" for record in audit)
+
+
+def test_a_question_about_too_many_information_types_is_refused_before_it_reaches_the_audit(facade: Facade) -> None:
+    context = {"patient": "9434765919", "recipientRole": "mother", "purpose": "TREAT",
+               "informationTypes": ["attendance"] * (MAX_INFORMATION_TYPES + 1)}
+    response = facade.client.post("/cds-services/casus-consent", headers=bearer("admin"),
+                                  json={"hook": "casus-consent-consult", "hookInstance": "x", "context": context})
+    audit = facade.client.get("/api/audit", headers=bearer("admin")).json["audit"]
+    assert response.status_code == 400 and _expressions(response.data) == ["information-type"]
     assert not any(record["action"] == "decision" for record in audit)
 
 
