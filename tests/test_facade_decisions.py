@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import pytest
@@ -22,8 +23,13 @@ def loaded(client):
     return client
 
 
+#: The moment questions are about unless they say: inside every period of the sample form, so answers do not
+#: change with the day the tests run.
+INSIDE_THE_CHOICES = "2026-12-01T12:00:00+00:00"
+
+
 def ask(client, **params):
-    query = {"patient": NHS, "purpose": "TREAT", **params}
+    query = {"patient": NHS, "purpose": "TREAT", "at": INSIDE_THE_CHOICES, **params}
     return client.get(f"/api/decision?{urlencode(query, doseq=True)}", headers=bearer("ehr"))
 
 
@@ -65,7 +71,8 @@ def test_changing_the_form_changes_the_answer_and_as_of_uses_the_choice_then(loa
 
 def test_a_withdrawn_consent_permits_nothing(loaded):
     loaded.post(f"/api/forms/{FORM_ID}/withdraw", headers={**bearer("clinician"), "If-Match": 'W/"1"'})
-    assert ask(loaded, **{"recipient-role": "mother", "information-type": "attendance"}).json["decision"] == "deny"
+    verdict = ask(loaded, **{"recipient-role": "mother", "information-type": "attendance", "at": datetime.now(UTC).isoformat()}).json
+    assert verdict["decision"] == "deny" and verdict["consent"]["reference"] == f"Consent/{FORM_ID}/_history/2"
 
 
 def test_a_court_not_on_the_form_may_be_asked_about_under_a_court_order(loaded):
