@@ -255,10 +255,10 @@ class AuditTrail:
             raise
 
     def records(self, *, actor: str | None = None, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
-        """The most recent records, newest first, optionally for one actor and/or one subject."""
+        """The most recent records, newest first (in the order they were written), optionally for one actor and/or one subject."""
         page_bounds(limit, 0)
         t = schema.audit_log
-        query = select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        query = select(t).order_by(t.c.id.desc()).limit(limit)
         if actor is not None:
             query = query.where(t.c.actor == actor)
         if subject is not None:
