@@ -312,7 +312,7 @@ class Forms:
             query = query.join(heads, and_(heads.c.form_id == fv.c.form_id, heads.c.latest_version == fv.c.version))
         else:
             query = query.where(fv.c.version == version)
-        with self._db.read() as conn:
+        with self._db.read_one() as conn:
             row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"form {form_id}" + (f" version {version}" if version is not None else "") + " not found")
@@ -321,7 +321,7 @@ class Forms:
     def history(self, form_id: str) -> list[FormVersion]:
         """Every version of a form, oldest first. Raises NotFound (a stored form always has version 1)."""
         fv = schema.form_versions
-        with self._db.read() as conn:
+        with self._db.read_one() as conn:
             rows = conn.execute(select(fv).where(fv.c.form_id == form_id).order_by(fv.c.version)).all()
         if not rows:
             raise NotFound(f"form {form_id} not found")
@@ -360,8 +360,9 @@ class Forms:
         if found is None:
             fv = schema.form_versions
             query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
-            with self._db.read() as conn:
-                found = tuple(_version_from_row(r) for r in conn.execute(query).all())
+            with self._db.read_one() as conn:
+                rows = conn.execute(query).all()
+            found = tuple(_version_from_row(r) for r in rows)
             self._patients.put(marker, nhs_number, found)
         return found
 
