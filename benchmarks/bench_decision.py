@@ -277,8 +277,8 @@ class Facade:
     url: str
     load_seconds: float
     asked: dict[str, list[str]]
-    process: subprocess.Popen | None = None
-    port: int = 0
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)  # workload -> the server asked
     rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -307,13 +307,13 @@ def new_database(backend: str, name: str, tmp: str, cluster: Any) -> str:
 def fetch_answers(facade: Facade, answers: dict[str, tuple[str, list[tuple[str, str]]]]) -> None:
     """Every decision question once, for the floor's dict: the facade's very bytes (same body, same headers,
     its request id included), so the load generator, which shares the two cores, parses the same response."""
-    conn = http.client.HTTPConnection("127.0.0.1", facade.port, timeout=10)
     for name, paths in facade.asked.items():
         if name.startswith("decisions"):
+            conn = http.client.HTTPConnection("127.0.0.1", facade.ports[name], timeout=10)
             for path in paths:
                 body, headers = one_response(conn, path)
                 answers[path] = body.decode(), [(k, v) for k, v in headers if k.lower() not in SERVER_HEADERS]
-    conn.close()
+            conn.close()
 
 
 def main() -> None:
@@ -342,8 +342,15 @@ def main() -> None:
                     url = new_database(backend, f"bench_{size}", tmp, cluster)
                     facade = Facade(backend, size, url, build_store(url, size), workloads(size, working_set))
                     print(f"{backend}: {size} young people loaded in {facade.load_seconds:.1f} s", file=sys.stderr, flush=True)
-                    facade.port = free_port()
-                    facade.process = start(FACADE, [str(args.threads), url, TOKEN], facade.port, tmp)
+                    # The cold workload gets a server of its own on the same store, so it does not empty the
+                    # patient cache the working set's server has built (an EHR's day does not alternate the two).
+                    for name in facade.asked:
+                        if name == "decisions, cold" or not facade.processes:
+                            port = free_port()
+                            facade.processes.append(start(FACADE, [str(args.threads), url, TOKEN], port, tmp))
+                            facade.ports[name] = port
+                        else:
+                            facade.ports[name] = facade.ports["decisions, working set"]
                     facades.append(facade)
             answers: dict[str, tuple[str, list[tuple[str, str]]]] = {}
             for facade in facades:
@@ -360,10 +367,11 @@ def main() -> None:
                 floor_rounds.append(load(floor_port, floor_paths, args.clients, args.seconds))
                 for facade in facades:
                     for name, paths in facade.asked.items():
-                        facade.rounds.setdefault(name, []).append(load(facade.port, paths, args.clients, args.seconds))
+                        facade.rounds.setdefault(name, []).append(load(facade.ports[name], paths, args.clients, args.seconds))
         finally:
             for facade in facades:
-                stop_process(facade.process)
+                for process in facade.processes:
+                    stop_process(process)
             stop_process(floor)
             if cluster is not None:
                 cluster.stop()
