@@ -162,14 +162,20 @@ def _patterns_as_formats(node: Any, formats: dict[str, Callable[[str], bool]]) -
         return [_patterns_as_formats(item, formats) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _patterns_as_formats(value, formats) for key, value in node.items() if key != "pattern"}
-    if "pattern" in node:
+    keyword = isinstance(node.get("pattern"), str)  # a property *named* pattern holds a schema, not a string
+    out = {key: _patterns_as_formats(value, formats) for key, value in node.items() if not (keyword and key == "pattern")}
+    if keyword:
         if "format" in node:
             raise ValueError("a schema node with both pattern and format cannot be checked by the fast validator")
         name = f"casus-pattern-{len(formats)}"
-        formats[name] = re.compile(node["pattern"]).search  # type: ignore[assignment]
+        formats[name] = _matcher(node["pattern"])
         out["format"] = name
     return out
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    search = re.compile(pattern).search
+    return lambda value: search(value) is not None
 
 
 @lru_cache(maxsize=1)
