@@ -14,12 +14,21 @@ neighbour on the machine hits all of them alike; the table gives each server's m
 Targets: the facade's p99 under 10 ms (over every request of every round) and its median round
 at least 60% of the floor's median round, in requests per second.
 
-With ``--patients N`` the store also holds N synthetic young people (the mapping benchmark's six-person
-form, each with its own NHS number) and the clients cycle through three questions about each of them plus
-one in ten about unknown patients, instead of asking one question over and over: the facade's caches then
-sees a working set, and the floor answers each question's own response from its dict.
+With ``--patients N [N ...]`` (a size sweep) each size gets its own store, filled through the store's bulk
+load (``Store.bulk_load``, not HTTP): N synthetic young people, each with a three-version history of the
+mapping benchmark's six-person form.  Each size is then asked, round by round with the others:
+  * decisions, working set: three questions about each of the same number of young people at every size
+    (the smallest size's count, at most 500), drawn evenly from the whole store, plus one in ten about
+    unknown patients -- so only the store's size changes between sizes, and the first size is the baseline;
+  * decisions, cold (sizes above 2,000 young people): questions about 3,000 young people, more than the
+    patient cache holds, so every question reads the patient's versions from the database;
+  * the per-patient endpoints for the working set: GET /api/patients/{nhs}/summary, GET
+    /api/forms/{id}/history and GET /fhir/Consent?patient:identifier=...|{nhs}.
+Target: decisions on the working set at the largest size within 1.2x of the smallest in req/s and p99.
+``--postgres`` adds every size on a real PostgreSQL server (tests/support/postgres.py's throw-away cluster).
 
 Run:  python benchmarks/bench_decision.py [--seconds 10] [--rounds 3] [--clients 2] [--threads 2] [--patients 0]
+      python benchmarks/bench_decision.py --patients 500 10000 100000 [--postgres] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -53,21 +64,13 @@ QUERY = "/api/decision?" + urlencode({"patient": "9434765919", "recipient-role":
                                       "information-type": "attendance", "purpose": "TREAT"})
 
 FACADE = textwrap.dedent("""
-    import json, sys, waitress
-    from pathlib import Path
-    sys.path.insert(0, "benchmarks")
-    from bench_decision import bench_form
+    import sys, waitress
     from fhir_adapter.access import TokenGrant
     from fhir_adapter.config import Settings, hash_token
-    from fhir_adapter.form import PROFILES_DIR, parse_form
     from fhir_adapter.server import create_app
-    port, threads, db, token, patients = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-    app = create_app(Settings(database_url=f"sqlite:///{db}", grants=(TokenGrant("bench", hash_token(token), frozenset({"decision.read"})),)))
-    service = app.extensions["casus"]
-    for path in sorted((PROFILES_DIR / "examples").glob("form-*.json")):
-        service.create(parse_form(json.loads(path.read_text())), actor="bench")
-    for n in range(patients):
-        service.create(bench_form(n), actor="bench")
+    port, threads, url, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    grant = TokenGrant("bench", hash_token(token), frozenset({"decision.read", "consent.read"}))
+    app = create_app(Settings(database_url=url, grants=(grant,)))
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
 """)
 
@@ -82,6 +85,10 @@ FLOOR = textwrap.dedent("""
         return [payload]
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
 """)
+#: Young people asked about in the cold workload: more than the patient cache holds (2,000), so none is cached.
+COLD_PATIENTS = 3000
+#: Young people in the working set at most (the smallest size's count, if smaller).
+WORKING_SET = 500
 #: Added by waitress itself to every response, the floor's included.
 SERVER_HEADERS = {"content-length", "date", "server", "connection"}
 
@@ -92,7 +99,30 @@ def bench_form(n: int) -> Any:
 
     form = realistic_form(n)
     young = dataclasses.replace(form.young_person, nhs_number=nhs_number_for(n))
-    return dataclasses.replace(form, form_id=str(uuid.UUID(int=10**6 + n, version=4)), young_person=young)
+    return dataclasses.replace(form, form_id=bench_form_id(n), young_person=young)
+
+
+def bench_history(n: int) -> list[Any]:
+    """Young person n's three versions: two earlier choices (other forms' people), then bench_form(n)."""
+    from bench_mapping import realistic_form
+
+    latest = bench_form(n)
+    earlier = [dataclasses.replace(realistic_form(n + shift), form_id=latest.form_id, young_person=latest.young_person)
+               for shift in (7, 13)]
+    return [*earlier, latest]
+
+
+def build_store(url: str, patients: int) -> float:
+    """Fill an empty store with the example forms and ``patients`` young people (bulk load); seconds taken."""
+    from fhir_adapter.form import PROFILES_DIR, parse_form
+    from fhir_adapter.store import Store
+
+    started = time.perf_counter()
+    with Store.open(url) as store:
+        for path in sorted((PROFILES_DIR / "examples").glob("form-*.json")):
+            store.create_form(parse_form(json.loads(path.read_text())), actor="bench")
+        store.bulk_load((bench_history(n) for n in range(patients)), actor="bench")
+    return time.perf_counter() - started
 
 
 def nhs_number_for(n: int) -> str:
@@ -106,14 +136,18 @@ def nhs_number_for(n: int) -> str:
 
 
 def questions(patients: int) -> list[str]:
-    """The request paths the clients cycle through (fixed order, so every run asks the same)."""
-    if patients == 0:
-        return [QUERY]
+    """Questions about every one of ``patients`` young people (fixed order, so every run asks the same)."""
+    return questions_about(range(patients)) if patients else [QUERY]
+
+
+def questions_about(people: Sequence[int]) -> list[str]:
+    """Three questions about each young person (the roles and types of people 0-2 on their form, see
+    realistic_form) and, for every tenth, one about an unknown patient; shuffled with a fixed seed."""
     from bench_mapping import ROLES, TYPES
 
     paths = []
-    for n in range(patients):
-        for i in range(3):  # the roles and types of people 0-2 on form n (see realistic_form)
+    for n in people:
+        for i in range(3):
             paths.append("/api/decision?" + urlencode({"patient": nhs_number_for(n), "recipient-role": ROLES[(n + i) % len(ROLES)],
                                                        "information-type": TYPES[(n + i) % len(TYPES)], "purpose": "TREAT"}))
         if n % 10 == 0:
@@ -121,6 +155,33 @@ def questions(patients: int) -> list[str]:
                                                        "information-type": "attendance", "purpose": "TREAT"}))
     random.Random(0).shuffle(paths)
     return paths
+
+
+def spread(size: int, count: int) -> list[int]:
+    """``count`` young people drawn evenly from a store of ``size``."""
+    count = min(count, size)
+    return [i * size // count for i in range(count)]
+
+
+def workloads(size: int, working_set: int) -> dict[str, list[str]]:
+    """What each workload asks of a store holding ``size`` young people (see the module doc)."""
+    from fhir_adapter.mappings import codes
+
+    if size == 0:
+        return {"decisions": [QUERY]}
+    people = spread(size, working_set)
+    asked = {"decisions, working set": questions_about(people)}
+    if size > COLD_PATIENTS * 2 // 3:
+        asked["decisions, cold"] = questions_about(spread(size, COLD_PATIENTS))
+    asked["summary"] = [f"/api/patients/{nhs_number_for(n)}/summary" for n in people]
+    asked["history"] = [f"/api/forms/{bench_form_id(n)}/history" for n in people]
+    asked["FHIR search by patient"] = ["/fhir/Consent?" + urlencode({"patient:identifier": f"{codes.NHS_NUMBER}|{nhs_number_for(n)}"})
+                                       for n in people]
+    return asked
+
+
+def bench_form_id(n: int) -> str:
+    return str(uuid.UUID(int=10**6 + n, version=4))
 
 
 def free_port() -> int:
@@ -207,6 +268,54 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
 
 
+@dataclass
+class Facade:
+    """One facade server on one filled store."""
+
+    backend: str
+    size: int
+    url: str
+    load_seconds: float
+    asked: dict[str, list[str]]
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)  # workload -> the server asked
+    rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def postgres_cluster() -> Any:
+    """The test suite's throw-away PostgreSQL cluster (fsync and synchronous_commit off: the data is disposable)."""
+    from tests.support.postgres import LocalCluster, _server_account, find_server_bin
+
+    bin_dir = find_server_bin()
+    if bin_dir is None:
+        raise SystemExit("--postgres: no PostgreSQL server binaries found (scripts/bootstrap.sh --with-postgres installs them)")
+    cluster = LocalCluster(bin_dir, _server_account())
+    cluster.init()
+    cluster.start()
+    return cluster
+
+
+def new_database(backend: str, name: str, tmp: str, cluster: Any) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{os.path.join(tmp, name + '.db')}"
+    from tests.support.postgres import _execute_autocommit
+
+    _execute_autocommit(cluster.url("postgres"), f"CREATE DATABASE {name}")
+    return cluster.url(name)
+
+
+def fetch_answers(facade: Facade, answers: dict[str, tuple[str, list[tuple[str, str]]]]) -> None:
+    """Every decision question once, for the floor's dict: the facade's very bytes (same body, same headers,
+    its request id included), so the load generator, which shares the two cores, parses the same response."""
+    for name, paths in facade.asked.items():
+        if name.startswith("decisions"):
+            conn = http.client.HTTPConnection("127.0.0.1", facade.ports[name], timeout=10)
+            for path in paths:
+                body, headers = one_response(conn, path)
+                answers[path] = body.decode(), [(k, v) for k, v in headers if k.lower() not in SERVER_HEADERS]
+            conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="length of one round of load")
@@ -215,54 +324,106 @@ def main() -> None:
     # core) without the load generator itself oversubscribing the machine; --clients 4 --threads 4 shows that case.
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes (one connection each)")
     parser.add_argument("--threads", type=int, default=2, help="waitress threads in every server")
-    parser.add_argument("--patients", type=int, default=0, help="synthetic young people asked about (0: one question, repeated)")
+    parser.add_argument("--patients", type=int, nargs="+", default=[0],
+                        help="store sizes in young people (0: the examples only, one question repeated); the first is the baseline")
+    parser.add_argument("--postgres", action="store_true", help="every size on PostgreSQL too, beside SQLite")
     args = parser.parse_args()
-    paths = questions(args.patients)
-    servers: dict[str, tuple[subprocess.Popen, int]] = {}
-    names = {"floor": "floor: bare WSGI, same response from a dict",
-             "facade": "facade: GET /api/decision"}
+    sizes = sorted(set(args.patients))
+    working_set = min(WORKING_SET, min(sizes)) if min(sizes) else WORKING_SET
+    backends = ["sqlite", "postgresql"] if args.postgres else ["sqlite"]
+    facades: list[Facade] = []
+    floor: subprocess.Popen | None = None
+    cluster = None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            port = free_port()
-            servers["facade"] = start(FACADE, [str(args.threads), os.path.join(tmp, "facade.db"), TOKEN, str(args.patients)],
-                                      port, tmp), port
-            facade = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            cluster = postgres_cluster() if args.postgres else None
+            for backend in backends:
+                for size in sizes:
+                    url = new_database(backend, f"bench_{size}", tmp, cluster)
+                    facade = Facade(backend, size, url, build_store(url, size), workloads(size, working_set))
+                    print(f"{backend}: {size} young people loaded in {facade.load_seconds:.1f} s", file=sys.stderr, flush=True)
+                    # The cold workload gets a server of its own on the same store, so it does not empty the
+                    # patient cache the working set's server has built (an EHR's day does not alternate the two).
+                    for name in facade.asked:
+                        if name == "decisions, cold" or not facade.processes:
+                            port = free_port()
+                            facade.processes.append(start(FACADE, [str(args.threads), url, TOKEN], port, tmp))
+                            facade.ports[name] = port
+                        else:
+                            facade.ports[name] = facade.ports["decisions, working set"]
+                    facades.append(facade)
             answers: dict[str, tuple[str, list[tuple[str, str]]]] = {}
-            for path in paths:  # every question once, for the floor's dict
-                body, headers = one_response(facade, path)
-                # The floor sends the facade's very bytes: same body, same headers (its request id included),
-                # so the load generator, which shares the two cores, parses the same response from each.
-                answers[path] = body.decode(), [(k, v) for k, v in headers if k.lower() not in SERVER_HEADERS]
-            facade.close()
-            assert json.loads(answers[paths[0]][0])["decision"] in ("permit", "deny")
+            for facade in facades:
+                fetch_answers(facade, answers)
+            first = facades[0]
+            floor_paths = next(paths for name, paths in first.asked.items() if name.startswith("decisions"))
+            assert json.loads(answers[floor_paths[0]][0])["decision"] in ("permit", "deny")
             answers_file = Path(tmp) / "floor.json"
             answers_file.write_text(json.dumps(answers))
-            port = free_port()
-            servers["floor"] = start(FLOOR, [str(args.threads), str(answers_file)], port, tmp), port
-            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            floor_port = free_port()
+            floor = start(FLOOR, [str(args.threads), str(answers_file)], floor_port, tmp)
+            floor_rounds: list[dict[str, Any]] = []
             for _ in range(args.rounds):
-                for name in names:
-                    rounds[name].append(load(servers[name][1], paths, args.clients, args.seconds))
+                floor_rounds.append(load(floor_port, floor_paths, args.clients, args.seconds))
+                for facade in facades:
+                    for name, paths in facade.asked.items():
+                        facade.rounds.setdefault(name, []).append(load(facade.ports[name], paths, args.clients, args.seconds))
         finally:
-            for process, _ in servers.values():
-                stop_process(process)
-    results = {name: median_round(r) for name, r in rounds.items()}
-    asked = "one question, repeated" if args.patients == 0 else f"{len(paths)} questions about {args.patients} young people, cycled"
-    print(f"{args.clients} client processes, waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:.0f} s "
-          f"per server in turns (median round shown), {asked}, cpu count {os.cpu_count()}")
-    print(f"| {'server':<44} | {'req/s':>7} | {'vs floor':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'max ms':>7} | {'errors':>6} |")
-    print(f"|{'-' * 46}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
-    for name, label in names.items():
-        r = results[name]
-        share = r["rps"] / results["floor"]["rps"]
-        print(f"| {label:<44} | {r['rps']:>7.0f} | {share:>8.0%} | {r['p50']:>7.2f} | {r['p99']:>7.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |")
-    app, bare = results["facade"], results["floor"]
-    share = app["rps"] / bare["rps"]
-    p99 = pooled_p99(rounds["facade"])
-    worst = max(r["p99"] for r in rounds["facade"])
-    print(f"facade throughput = {share:.1%} of the floor (target >= 60%): {'MET' if share >= 0.6 else 'NOT MET'}; "
-          f"p99 over all {sum(r['requests'] for r in rounds['facade']):.0f} requests {p99:.2f} ms (worst round {worst:.2f}) "
-          f"(target < 10 ms): {'MET' if p99 < 10 else 'NOT MET'}")
+            for facade in facades:
+                for process in facade.processes:
+                    stop_process(process)
+            stop_process(floor)
+            if cluster is not None:
+                cluster.stop()
+    report(args, facades, floor_rounds, floor_paths, working_set)
+
+
+def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[dict[str, Any]], floor_paths: list[str],
+           working_set: int) -> None:
+    bare = median_round(floor_rounds)
+    asked = f"working set: {working_set} young people per size" if facades[0].size else "the examples only, one question repeated"
+    print(f"{args.clients} client processes, waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s per "
+          f"workload in turns (median round shown; p99 over every request of every round), cpu count {os.cpu_count()}, {asked}")
+    print(f"| {'database':<10} | {'young people':>12} | {'load s':>6} | {'workload':<44} | {'req/s':>6} | {'vs floor':>8} | "
+          f"{'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} |")
+    print(f"|{'-' * 12}|{'-' * 14}|{'-' * 8}|{'-' * 46}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|")
+    print(f"| {'-':<10} | {'-':>12} | {'-':>6} | {'floor: bare WSGI, same response from a dict':<44} | {bare['rps']:>6.0f} | {'100%':>8} | "
+          f"{'-':>8} | {bare['p50']:>6.2f} | {pooled_p99(floor_rounds):>6.2f} | {bare['max']:>7.1f} | {bare['errors']:>6.0f} |")
+    baselines: dict[tuple[str, str], tuple[float, float]] = {}
+    for facade in facades:
+        for name, rounds in facade.rounds.items():
+            r, p99 = median_round(rounds), pooled_p99(rounds)
+            baselines.setdefault((facade.backend, name), (r["rps"], p99))
+            base_rps = baselines[(facade.backend, name)][0]
+            share = f"{r['rps'] / bare['rps']:.0%}" if name.startswith("decisions") else "-"
+            label = "GET /api/decision" if name == "decisions" else name
+            print(f"| {facade.backend:<10} | {facade.size:>12,} | {facade.load_seconds:>6.1f} | {label:<44} | {r['rps']:>6.0f} | {share:>8} | "
+                  f"{r['rps'] / base_rps:>8.2f} | {r['p50']:>6.2f} | {p99:>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |")
+    verdicts(facades, baselines)
+
+
+def verdicts(facades: list[Facade], baselines: dict[tuple[str, str], tuple[float, float]]) -> None:
+    """The targets: the largest size within 1.2x of the first, per backend; PostgreSQL beside SQLite."""
+    largest = {f.backend: f for f in facades}
+    for backend, facade in largest.items():
+        for name, rounds in facade.rounds.items():
+            base_rps, base_p99 = baselines[(backend, name)]
+            rps, p99 = median_round(rounds)["rps"], pooled_p99(rounds)
+            slower, later = base_rps / rps, p99 / base_p99
+            if facade is facades[0] or name == "decisions, cold":
+                continue
+            met = slower <= 1.2 and later <= 1.2
+            print(f"{backend} {name} at {facade.size:,} young people vs the first size: req/s {rps:.0f} vs {base_rps:.0f} "
+                  f"({slower:.2f}x slower), p99 {p99:.2f} vs {base_p99:.2f} ms ({later:.2f}x) (target within 1.2x): "
+                  f"{'MET' if met else 'NOT MET'}")
+    if "postgresql" in largest:
+        for sqlite_facade, pg_facade in zip([f for f in facades if f.backend == "sqlite"],
+                                            [f for f in facades if f.backend == "postgresql"], strict=True):
+            name = "decisions, working set" if sqlite_facade.size else "decisions"
+            lite, pg = median_round(sqlite_facade.rounds[name]), median_round(pg_facade.rounds[name])
+            share, p99 = pg["rps"] / lite["rps"], pooled_p99(pg_facade.rounds[name])
+            print(f"postgresql decisions at {pg_facade.size:,}: {share:.0%} of SQLite's req/s (target >= 50%), p99 {p99:.2f} ms "
+                  f"(target < 15 ms): {'MET' if share >= 0.5 and p99 < 15 else 'NOT MET'}")
 
 
 if __name__ == "__main__":

@@ -191,8 +191,10 @@ def _settings_or_exit() -> Any:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--threads", default=8, show_default=True, type=int, help="Worker threads (waitress).")
-def serve(host: str, port: int, threads: int) -> None:
+@click.option("--threads", default=8, show_default=True, type=int, help="Worker threads (waitress), in each process.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes sharing the socket (one per core; needs fork: Linux).")
+def serve(host: str, port: int, threads: int, workers: int) -> None:
     """Run the facade under waitress, a production WSGI server, with settings from the environment.
 
     CASUS_DATABASE_URL (default sqlite:///instance/casus.sqlite3), CASUS_TOKENS_FILE or CASUS_TOKENS.
@@ -200,12 +202,35 @@ def serve(host: str, port: int, threads: int) -> None:
     settings = _settings_or_exit()
     if not settings.grants and settings.oauth is None:
         _fail("configuration error: no bearer tokens configured (CASUS_TOKENS_FILE or CASUS_TOKENS) and no CASUS_OAUTH_ISSUER")
-    app = _app_or_exit(settings, "CASUS_DATABASE_URL")
-    server = _listen_or_exit(app, host, port, _serving_limits(settings, threads), ident="casus")
+    app = _app_or_exit(settings, "CASUS_DATABASE_URL")  # opens the store and migrates it, once, before any worker starts
+    limits = _serving_limits(settings, threads)
+    if workers > 1:
+        _serve_workers(app, settings, host, port, limits, workers)
+    server = _listen_or_exit(app, host, port, limits, ident="casus")
     click.echo(f"serving the CASUS facade on http://{host}:{server.effective_port} ({threads} threads, "
                f"at most {server.adj.connection_limit} connections)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
+
+
+def _serve_workers(app: Any, settings: Any, host: str, port: int, limits: Any, workers: int) -> NoReturn:
+    """``serve --workers N``: the socket bound here, N forked waitress processes on it (see worker_processes)."""
+    from .facade.protocol import service
+    from .server import create_app
+    from .worker_processes import listening_socket, run_workers
+
+    service(app).store.close()  # each worker opens its own: connections must not cross a fork
+    try:
+        sock = listening_socket(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
+    click.echo(f"serving the CASUS facade on http://{host}:{sock.getsockname()[1]} "
+               f"({workers} worker processes, {limits.threads} threads each)", err=True)
+    try:
+        status = run_workers(lambda: create_app(settings), sock, workers, ident="casus", **limits.waitress_options())
+    except OSError as exc:
+        _fail(f"cannot start worker processes: {exc}")
+    sys.exit(status)
 
 
 def _fail(message: str) -> NoReturn:

@@ -12,9 +12,14 @@ many addresses, or a client that trickles bytes forever — is the reverse proxy
 from __future__ import annotations
 
 import logging
-import resource
+import select
 from dataclasses import dataclass
 from typing import Any
+
+try:
+    import resource
+except ImportError:  # Windows: no rlimits; its socket limits are the system's own
+    resource = None  # type: ignore[assignment]
 
 log = logging.getLogger("fhir_adapter.serving")
 
@@ -46,7 +51,7 @@ class ServingLimits:
             "cleanup_interval": max(1, min(30, self.channel_timeout_seconds // 2)),
             "max_request_body_size": 2 * self.max_body_bytes,
             "max_request_header_size": MAX_HEADER_BYTES,
-            "asyncore_use_poll": True,
+            "asyncore_use_poll": hasattr(select, "poll"),  # Windows has only select()
             "clear_untrusted_proxy_headers": True,
         }
 
@@ -56,6 +61,8 @@ def fitted_connection_limit(wanted: int) -> int:
 
     A connection limit above the open-file limit would make accept() fail instead of queueing new clients.
     """
+    if resource is None:
+        return wanted
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = wanted + SPARE_DESCRIPTORS
     if soft != resource.RLIM_INFINITY and soft < needed:

@@ -18,7 +18,7 @@ details; the audit trail keeps ids, actions, codes and outcomes only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -80,6 +80,9 @@ class Store:
     def update_form(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local",
                     flags: tuple[str, ...] = ()) -> FormVersion:
         return self.forms.update(form, expected_version=expected_version, actor=actor, source=source, flags=flags)
+
+    def bulk_load(self, histories: Iterable[Sequence[ConsentForm]], *, actor: str, source: str = "local") -> int:
+        return self.forms.bulk_load(histories, actor=actor, source=source)
 
     def get(self, form_id: str, version: int | None = None) -> FormVersion:
         return self.forms.get(form_id, version)

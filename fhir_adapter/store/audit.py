@@ -232,24 +232,29 @@ class AuditTrail:
     def _write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
         """One transaction for the batch, on one connection kept for the purpose (the commit lock serialises its use).
 
-        On SQLite the connection is in autocommit mode (see engine.py): a lone row's INSERT is its own
-        transaction, committed when the statement completes; a batch is wrapped in BEGIN IMMEDIATE ... COMMIT.
+        The connection is in autocommit mode (SQLite: see engine.py; PostgreSQL: set here, on a connection
+        taken out of the pool for good so no other user inherits the mode): a lone row's INSERT is its own
+        transaction, committed when the statement completes (on PostgreSQL one round trip, not BEGIN, INSERT
+        and COMMIT); a batch is wrapped in BEGIN (IMMEDIATE on SQLite) ... COMMIT.
         A failure closes the connection: the next batch starts on a fresh one.
         """
         if self._conn is None:
-            self._conn = self._db.engine.raw_connection()
+            self._conn = self._own_connection()
         try:
             cursor = self._conn.cursor()
             try:
-                if self._sqlite and len(rows) == 1:
+                if len(rows) == 1:
                     cursor.execute(self._insert.sql, self._insert.params(rows[0]))
                     return
-                if self._sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")
-                cursor.executemany(self._insert.sql, [self._insert.params(row) for row in rows])
+                cursor.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
+                try:
+                    cursor.executemany(self._insert.sql, [self._insert.params(row) for row in rows])
+                except Exception:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
             finally:
                 cursor.close()
-            self._conn.commit()
         except Exception:
             self.close()
             raise
@@ -259,7 +264,7 @@ class AuditTrail:
         """The most recent records, newest first, optionally for one actor, one subject and/or one action."""
         page_bounds(limit, 0)
         t = schema.audit_log
-        query = select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        query = select(t).order_by(t.c.id.desc()).limit(limit)
         if actor is not None:
             query = query.where(t.c.actor == actor)
         if subject is not None:
@@ -268,6 +273,14 @@ class AuditTrail:
             query = query.where(t.c.action == action)
         with self._db.read() as conn:
             return [_record_from_row(r) for r in conn.execute(query).all()]
+
+    def _own_connection(self) -> Any:
+        conn = self._db.engine.raw_connection()
+        if not self._sqlite:
+            driver: Any = conn.driver_connection
+            conn.detach()  # closed, not returned to the pool, when done: the pool's users expect transactions
+            driver.autocommit = True
+        return conn
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -35,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..form import ConsentForm, form_to_json, parse_form
 from . import schema
-from .audit import AuditTrail
+from .audit import AuditTrail, audit_row
 from .engine import Database, StoreError, dumps, page_bounds, require_actor, require_aware
 
 log = logging.getLogger("fhir_adapter.store")
@@ -44,6 +45,9 @@ log = logging.getLogger("fhir_adapter.store")
 MAX_VERSION = 2**63 - 1
 #: How many patients' versions the decision path keeps (see Forms.versions_for_patient).
 PATIENT_CACHE_SIZE = 2_000
+#: Forms per transaction in a bulk load: big enough that commits are a small part of the cost, small enough that
+#: a transaction's rows (about 3 versions of ~1.5 kB each, and their audit rows) stay a few megabytes.
+BULK_LOAD_BATCH_FORMS = 500
 #: The audit action the store writes itself, inside the transaction that stores a version.
 STORED_FORM_VERSION = "store.form-version"
 
@@ -98,6 +102,27 @@ def checked_document(form: ConsentForm) -> tuple[str, ConsentForm]:
     """
     document = form_to_json(form)
     return dumps(document), parse_form(document)
+
+
+def _checked_history(history: Sequence[ConsentForm]) -> list[tuple[str, ConsentForm]]:
+    """Every version of one form, checked as a single write would check it."""
+    if not history:
+        raise ValueError("a form's history needs at least one version")
+    checked = [checked_document(form) for form in history]
+    if len({form.form_id for _, form in checked}) != 1:
+        raise ValueError("every version in a form's history must have the same form id")
+    return checked
+
+
+def _batches(items: Iterable[Sequence[ConsentForm]], size: int) -> Iterator[list[Sequence[ConsentForm]]]:
+    batch: list[Sequence[ConsentForm]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _version_from_row(row: Row[Any]) -> FormVersion:
@@ -213,6 +238,54 @@ class Forms:
             except IntegrityError as exc:  # the unique (form_id, version) backstop: someone else made this version
                 raise VersionConflict(expected_version + 1, form_id=parsed.form_id, expected_version=expected_version) from exc
 
+    def bulk_load(self, histories: Iterable[Sequence[ConsentForm]], *, actor: str, source: str = "local",
+                  batch_forms: int = BULK_LOAD_BATCH_FORMS) -> int:
+        """Store new forms, each with every version it has had (oldest first); returns how many versions were stored.
+
+        For loading existing records without a request, a transaction and a counter round trip per version: every
+        version is checked and audited as ``create`` and ``update`` do it, but ``batch_forms`` forms share one
+        transaction, one counter update and one multi-row insert per table.  Each batch commits on its own; a
+        batch with a form id already stored (AlreadyExists), a form that breaks a rule (InvalidInput) or a history
+        whose versions name different forms (ValueError) stores nothing, and the batches before it stay stored.
+        """
+        require_actor(actor)
+        _require_source(source)
+        if batch_forms < 1:
+            raise ValueError("batch_forms must be at least 1")
+        stored = 0
+        for batch in _batches(histories, batch_forms):
+            checked = [_checked_history(history) for history in batch]
+            stored += self._load_batch(checked, actor=actor, source=source)
+        return stored
+
+    def _load_batch(self, histories: list[list[tuple[str, ConsentForm]]], *, actor: str, source: str) -> int:
+        count = sum(len(h) for h in histories)
+        now = self._db.now()
+        heads, versions, audits = [], [], []
+        with self._db.write() as conn:
+            t = schema.counters
+            last = conn.execute(update(t).where(t.c.name == schema.FORM_VERSION_COUNTER)
+                                .values(value=t.c.value + count).returning(t.c.value)).scalar_one()
+            seq = last - count
+            for history in histories:
+                latest = history[-1][1]
+                heads.append({"form_id": latest.form_id, "latest_version": len(history), "nhs_number": latest.young_person.nhs_number,
+                              "status": latest.status, "updated_at": now})
+                for version, (document, form) in enumerate(history, start=1):
+                    seq += 1
+                    versions.append({"seq": seq, "form_id": form.form_id, "version": version, "nhs_number": form.young_person.nhs_number,
+                                     "status": form.status, "document": document, "recorded_at": now, "actor": actor, "source": source})
+                    audits.append(audit_row(now, actor=actor, action=STORED_FORM_VERSION, resource=f"form/{form.form_id}",
+                                            outcome="created" if version == 1 else "updated", subject=form.young_person.nhs_number,
+                                            detail={"version": version, "status": form.status, "source": source}))
+            try:
+                conn.execute(insert(schema.forms), heads)
+            except IntegrityError as exc:
+                raise AlreadyExists("a form in this batch is already stored (or named twice)") from exc
+            conn.execute(insert(schema.form_versions), versions)
+            conn.execute(insert(schema.audit_log), audits)
+        return count
+
     def _append_version(self, conn: Connection, form: ConsentForm, document: str, *, version: int, now: datetime,
                         actor: str, source: str, flags: tuple[str, ...]) -> FormVersion:
         seq = self._next_number(conn, schema.FORM_VERSION_COUNTER)
@@ -246,7 +319,7 @@ class Forms:
             query = query.join(heads, and_(heads.c.form_id == fv.c.form_id, heads.c.latest_version == fv.c.version))
         else:
             query = query.where(fv.c.version == version)
-        with self._db.read() as conn:
+        with self._db.read_one() as conn:
             row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"form {form_id}" + (f" version {version}" if version is not None else "") + " not found")
@@ -255,7 +328,7 @@ class Forms:
     def history(self, form_id: str) -> list[FormVersion]:
         """Every version of a form, oldest first. Raises NotFound (a stored form always has version 1)."""
         fv = schema.form_versions
-        with self._db.read() as conn:
+        with self._db.read_one() as conn:
             rows = conn.execute(select(fv).where(fv.c.form_id == form_id).order_by(fv.c.version)).all()
         if not rows:
             raise NotFound(f"form {form_id} not found")
@@ -294,8 +367,9 @@ class Forms:
         if found is None:
             fv = schema.form_versions
             query = select(fv).where(fv.c.nhs_number == nhs_number).order_by(fv.c.recorded_at, fv.c.seq)
-            with self._db.read() as conn:
-                found = tuple(_version_from_row(r) for r in conn.execute(query).all())
+            with self._db.read_one() as conn:
+                rows = conn.execute(query).all()
+            found = tuple(_version_from_row(r) for r in rows)
             self._patients.put(marker, nhs_number, found)
         return found
 

@@ -127,8 +127,25 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+#: Written on every decision, so it carries one index besides its key: ``subject``, for "who looked at this
+#: young person's choices?".  Newest first is key order (ids are handed out as rows are written).
 audit_log = Table(
     "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(100), nullable=False),
+    Column("resource", String(200), nullable=True),
+    Column("outcome", String(50), nullable=False),
+    Column("detail", Text, nullable=False),
+    # The NHS number whose consent was read or decided on: the audit must answer "who looked at this young
+    # person's choices?". The audit table is access-controlled data, not a log; nothing else identifying goes here.
+    Column("subject", String(10), nullable=True, index=True),
+)
+
+#: audit_log as migration 1 created it (frozen: a later migration drops the indexes on at and actor).
+_audit_log_v1 = Table(
+    "audit_log", MetaData(),
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", UTCDateTime, nullable=False, index=True),
     Column("actor", String(200), nullable=False, index=True),
@@ -136,8 +153,6 @@ audit_log = Table(
     Column("resource", String(200), nullable=True),
     Column("outcome", String(50), nullable=False),
     Column("detail", Text, nullable=False),
-    # The NHS number whose consent was read or decided on: the audit must answer "who looked at this young
-    # person's choices?". The audit table is access-controlled data, not a log; nothing else identifying goes here.
     Column("subject", String(10), nullable=True, index=True),
 )
 
@@ -255,7 +270,8 @@ class Migration:
 
 
 def _v1_initial_schema(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[forms, form_versions, counters, audit_log, disclosures, locks])
+    metadata.create_all(conn, tables=[forms, form_versions, counters, disclosures, locks])
+    _audit_log_v1.create(conn)
     _sync_cursors_v1.create(conn)
     _sync_records_v1.create(conn)
     conn.execute(insert(counters).values(name=FORM_VERSION_COUNTER, value=0))
@@ -298,12 +314,20 @@ def _v5_sync_per_server(conn: Connection) -> None:
     metadata.create_all(conn, tables=[sync_problems, sync_runs])
 
 
+def _v6_audit_write_indexes(conn: Connection) -> None:
+    # Every decision writes an audit row; each index is one more page to change in its commit.  Reads order by
+    # id and filter by subject (indexed); a filter by actor walks back from the newest row.
+    conn.execute(text("DROP INDEX IF EXISTS ix_audit_log_at"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_audit_log_actor"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
     Migration(2, "drained audit journal segments", _v2_audit_journal),
     Migration(3, "audit records committed directly: journal segments dropped", _v3_drop_audit_journal),
     Migration(4, "mapping version of each Consent sync pushed", _v4_sync_mapping_version),
     Migration(5, "sync state per FHIR server; outstanding sync problems; sync runs", _v5_sync_per_server),
+    Migration(6, "audit log: indexes on at and actor dropped (one write per decision, fewer pages)", _v6_audit_write_indexes),
 )
 
 

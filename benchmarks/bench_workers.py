@@ -1,0 +1,113 @@
+"""Decisions from one vs several worker processes (`fhir-adapter serve --workers N`), on SQLite and PostgreSQL.
+
+Each backend gets one store filled by the store's bulk load (``--patients`` young people, three versions
+each, see bench_decision.py); ``fhir-adapter serve`` is started on it once per worker count, as an operator
+would run it, and all servers take turns, round by round, under the same load: ``--clients`` load-generator
+processes with persistent connections asking the working-set questions of bench_decision.py.  The
+load generator shares the machine's cores with the servers, so on a 2-core machine two workers and the
+clients compete for the same two cores; the table says how much of the second core the second worker gets.
+Target: two workers >= 1.7x one worker's req/s at the same p99 budget.
+
+Run:  python benchmarks/bench_workers.py [--workers 1 2] [--patients 500] [--postgres] [--seconds 5] [--rounds 3] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decision import (
+    REPO,
+    TOKEN,
+    build_store,
+    free_port,
+    load,
+    median_round,
+    new_database,
+    pooled_p99,
+    postgres_cluster,
+    questions_about,
+    spread,
+)
+
+from tests.support.processes import stop_process
+
+
+def serve(url: str, workers: int, threads: int, log_dir: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "CASUS_DATABASE_URL": url,
+           "CASUS_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["decision.read"]}])}
+    with open(os.path.join(log_dir, f"serve-{port}.log"), "wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", str(threads),
+                                    "--workers", str(workers)], cwd=REPO, env=env, stdout=log_file, stderr=log_file)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process, port
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(Path(log_dir, f"serve-{port}.log").read_text(errors="replace")[-2000:]) from None
+            time.sleep(0.1)
+    stop_process(process)
+    raise SystemExit("serve did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts compared; the first is the baseline")
+    parser.add_argument("--patients", type=int, default=500, help="young people in the store (all asked about)")
+    parser.add_argument("--seconds", type=float, default=5, help="length of one round of load")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per server, taken in turns")
+    parser.add_argument("--clients", type=int, default=4, help="load-generator processes (one connection each)")
+    parser.add_argument("--threads", type=int, default=2, help="waitress threads in each worker process")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL too, beside SQLite")
+    args = parser.parse_args()
+    paths = questions_about(spread(args.patients, args.patients))
+    backends = ["sqlite", "postgresql"] if args.postgres else ["sqlite"]
+    servers: dict[tuple[str, int], tuple[subprocess.Popen[bytes], int]] = {}
+    rounds: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    cluster = None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cluster = postgres_cluster() if args.postgres else None
+            for backend in backends:
+                url = new_database(backend, "bench_workers", tmp, cluster)
+                build_store(url, args.patients)
+                for workers in args.workers:
+                    servers[(backend, workers)] = serve(url, workers, args.threads, tmp)
+            for _ in range(args.rounds):
+                for key, (_, port) in servers.items():
+                    rounds.setdefault(key, []).append(load(port, paths, args.clients, args.seconds))
+        finally:
+            for process, _ in servers.values():
+                stop_process(process)
+            if cluster is not None:
+                cluster.stop()
+    print(f"{args.clients} client processes, waitress {args.threads} threads per worker, {args.rounds} rounds of {args.seconds:g} s "
+          f"per server in turns (median round shown; p99 over every request of every round), {len(paths)} questions about "
+          f"{args.patients} young people, cpu count {os.cpu_count()}")
+    print(f"| {'database':<10} | {'workers':>7} | {'req/s':>6} | {'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} |")
+    print(f"|{'-' * 12}|{'-' * 9}|{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|")
+    for (backend, workers), runs in rounds.items():
+        r, base = median_round(runs), median_round(rounds[(backend, args.workers[0])])
+        print(f"| {backend:<10} | {workers:>7} | {r['rps']:>6.0f} | {r['rps'] / base['rps']:>7.2f}x | {r['p50']:>6.2f} | "
+              f"{pooled_p99(runs):>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |")
+    for backend in backends:
+        base, best = rounds[(backend, args.workers[0])], rounds[(backend, args.workers[-1])]
+        gain = median_round(best)["rps"] / median_round(base)["rps"]
+        print(f"{backend}: {args.workers[-1]} workers = {gain:.2f}x {args.workers[0]} (target >= 1.7x), p99 {pooled_p99(best):.2f} ms "
+              f"vs {pooled_p99(base):.2f} ms: {'MET' if gain >= 1.7 and pooled_p99(best) <= pooled_p99(base) else 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
