@@ -14,6 +14,7 @@ demo: install
 test:
 	bash scripts/bootstrap.sh --with-postgres
 	$(VENV)/bin/ruff check fhir_adapter tests benchmarks scripts
+	$(VENV)/bin/ruff format --check fhir_adapter tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 	bash scripts/check_wheel.sh

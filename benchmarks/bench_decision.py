@@ -60,8 +60,7 @@ sys.path.insert(0, str(REPO))  # the process helpers live in the test support pa
 from tests.support.processes import stop_process  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
-QUERY = "/api/decision?" + urlencode({"patient": "9434765919", "recipient-role": "mother",
-                                      "information-type": "attendance", "purpose": "TREAT"})
+QUERY = "/api/decision?" + urlencode({"patient": "9434765919", "recipient-role": "mother", "information-type": "attendance", "purpose": "TREAT"})
 
 FACADE = textwrap.dedent("""
     import sys, waitress
@@ -107,8 +106,7 @@ def bench_history(n: int) -> list[Any]:
     from bench_mapping import realistic_form
 
     latest = bench_form(n)
-    earlier = [dataclasses.replace(realistic_form(n + shift), form_id=latest.form_id, young_person=latest.young_person)
-               for shift in (7, 13)]
+    earlier = [dataclasses.replace(realistic_form(n + shift), form_id=latest.form_id, young_person=latest.young_person) for shift in (7, 13)]
     return [*earlier, latest]
 
 
@@ -148,11 +146,22 @@ def questions_about(people: Sequence[int]) -> list[str]:
     paths = []
     for n in people:
         for i in range(3):
-            paths.append("/api/decision?" + urlencode({"patient": nhs_number_for(n), "recipient-role": ROLES[(n + i) % len(ROLES)],
-                                                       "information-type": TYPES[(n + i) % len(TYPES)], "purpose": "TREAT"}))
+            paths.append(
+                "/api/decision?"
+                + urlencode(
+                    {
+                        "patient": nhs_number_for(n),
+                        "recipient-role": ROLES[(n + i) % len(ROLES)],
+                        "information-type": TYPES[(n + i) % len(TYPES)],
+                        "purpose": "TREAT",
+                    }
+                )
+            )
         if n % 10 == 0:
-            paths.append("/api/decision?" + urlencode({"patient": nhs_number_for(10**7 + n), "recipient-role": "mother",
-                                                       "information-type": "attendance", "purpose": "TREAT"}))
+            paths.append(
+                "/api/decision?"
+                + urlencode({"patient": nhs_number_for(10**7 + n), "recipient-role": "mother", "information-type": "attendance", "purpose": "TREAT"})
+            )
     random.Random(0).shuffle(paths)
     return paths
 
@@ -175,8 +184,9 @@ def workloads(size: int, working_set: int) -> dict[str, list[str]]:
         asked["decisions, cold"] = questions_about(spread(size, COLD_PATIENTS))
     asked["summary"] = [f"/api/patients/{nhs_number_for(n)}/summary" for n in people]
     asked["history"] = [f"/api/forms/{bench_form_id(n)}/history" for n in people]
-    asked["FHIR search by patient"] = ["/fhir/Consent?" + urlencode({"patient:identifier": f"{codes.NHS_NUMBER}|{nhs_number_for(n)}"})
-                                       for n in people]
+    asked["FHIR search by patient"] = [
+        "/fhir/Consent?" + urlencode({"patient:identifier": f"{codes.NHS_NUMBER}|{nhs_number_for(n)}"}) for n in people
+    ]
     return asked
 
 
@@ -245,8 +255,7 @@ def client_worker(port: int, paths: list[str], offset: int, seconds: float, queu
 
 def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, Any]:
     queue: multiprocessing.Queue = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=client_worker, args=(port, paths, c * len(paths) // clients, seconds, queue))
-               for c in range(clients)]
+    workers = [multiprocessing.Process(target=client_worker, args=(port, paths, c * len(paths) // clients, seconds, queue)) for c in range(clients)]
     for w in workers:
         w.start()
     results = [queue.get(timeout=seconds + 60) for _ in workers]
@@ -255,8 +264,15 @@ def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str,
     latencies = sorted(x for lat, _ in results for x in lat)
     errors = sum(e for _, e in results)
     q = statistics.quantiles(latencies, n=100)
-    return {"rps": len(latencies) / seconds, "p50": q[49] * 1000, "p99": q[98] * 1000, "max": latencies[-1] * 1000,
-            "requests": len(latencies), "errors": errors, "latencies": latencies}
+    return {
+        "rps": len(latencies) / seconds,
+        "p50": q[49] * 1000,
+        "p99": q[98] * 1000,
+        "max": latencies[-1] * 1000,
+        "requests": len(latencies),
+        "errors": errors,
+        "latencies": latencies,
+    }
 
 
 def pooled_p99(rounds: list[dict[str, Any]]) -> float:
@@ -324,8 +340,13 @@ def main() -> None:
     # core) without the load generator itself oversubscribing the machine; --clients 4 --threads 4 shows that case.
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes (one connection each)")
     parser.add_argument("--threads", type=int, default=2, help="waitress threads in every server")
-    parser.add_argument("--patients", type=int, nargs="+", default=[0],
-                        help="store sizes in young people (0: the examples only, one question repeated); the first is the baseline")
+    parser.add_argument(
+        "--patients",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="store sizes in young people (0: the examples only, one question repeated); the first is the baseline",
+    )
     parser.add_argument("--postgres", action="store_true", help="every size on PostgreSQL too, beside SQLite")
     args = parser.parse_args()
     sizes = sorted(set(args.patients))
@@ -378,17 +399,22 @@ def main() -> None:
     report(args, facades, floor_rounds, floor_paths, working_set)
 
 
-def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[dict[str, Any]], floor_paths: list[str],
-           working_set: int) -> None:
+def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[dict[str, Any]], floor_paths: list[str], working_set: int) -> None:
     bare = median_round(floor_rounds)
     asked = f"working set: {working_set} young people per size" if facades[0].size else "the examples only, one question repeated"
-    print(f"{args.clients} client processes, waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s per "
-          f"workload in turns (median round shown; p99 over every request of every round), cpu count {os.cpu_count()}, {asked}")
-    print(f"| {'database':<10} | {'young people':>12} | {'load s':>6} | {'workload':<44} | {'req/s':>6} | {'vs floor':>8} | "
-          f"{'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} |")
+    print(
+        f"{args.clients} client processes, waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s per "
+        f"workload in turns (median round shown; p99 over every request of every round), cpu count {os.cpu_count()}, {asked}"
+    )
+    print(
+        f"| {'database':<10} | {'young people':>12} | {'load s':>6} | {'workload':<44} | {'req/s':>6} | {'vs floor':>8} | "
+        f"{'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} |"
+    )
     print(f"|{'-' * 12}|{'-' * 14}|{'-' * 8}|{'-' * 46}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|")
-    print(f"| {'-':<10} | {'-':>12} | {'-':>6} | {'floor: bare WSGI, same response from a dict':<44} | {bare['rps']:>6.0f} | {'100%':>8} | "
-          f"{'-':>8} | {bare['p50']:>6.2f} | {pooled_p99(floor_rounds):>6.2f} | {bare['max']:>7.1f} | {bare['errors']:>6.0f} |")
+    print(
+        f"| {'-':<10} | {'-':>12} | {'-':>6} | {'floor: bare WSGI, same response from a dict':<44} | {bare['rps']:>6.0f} | {'100%':>8} | "
+        f"{'-':>8} | {bare['p50']:>6.2f} | {pooled_p99(floor_rounds):>6.2f} | {bare['max']:>7.1f} | {bare['errors']:>6.0f} |"
+    )
     baselines: dict[tuple[str, str], tuple[float, float]] = {}
     for facade in facades:
         for name, rounds in facade.rounds.items():
@@ -397,8 +423,10 @@ def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[d
             base_rps = baselines[(facade.backend, name)][0]
             share = f"{r['rps'] / bare['rps']:.0%}" if name.startswith("decisions") else "-"
             label = "GET /api/decision" if name == "decisions" else name
-            print(f"| {facade.backend:<10} | {facade.size:>12,} | {facade.load_seconds:>6.1f} | {label:<44} | {r['rps']:>6.0f} | {share:>8} | "
-                  f"{r['rps'] / base_rps:>8.2f} | {r['p50']:>6.2f} | {p99:>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |")
+            print(
+                f"| {facade.backend:<10} | {facade.size:>12,} | {facade.load_seconds:>6.1f} | {label:<44} | {r['rps']:>6.0f} | {share:>8} | "
+                f"{r['rps'] / base_rps:>8.2f} | {r['p50']:>6.2f} | {p99:>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |"
+            )
     verdicts(facades, baselines)
 
 
@@ -413,17 +441,22 @@ def verdicts(facades: list[Facade], baselines: dict[tuple[str, str], tuple[float
             if facade is facades[0] or name == "decisions, cold":
                 continue
             met = slower <= 1.2 and later <= 1.2
-            print(f"{backend} {name} at {facade.size:,} young people vs the first size: req/s {rps:.0f} vs {base_rps:.0f} "
-                  f"({slower:.2f}x slower), p99 {p99:.2f} vs {base_p99:.2f} ms ({later:.2f}x) (target within 1.2x): "
-                  f"{'MET' if met else 'NOT MET'}")
+            print(
+                f"{backend} {name} at {facade.size:,} young people vs the first size: req/s {rps:.0f} vs {base_rps:.0f} "
+                f"({slower:.2f}x slower), p99 {p99:.2f} vs {base_p99:.2f} ms ({later:.2f}x) (target within 1.2x): "
+                f"{'MET' if met else 'NOT MET'}"
+            )
     if "postgresql" in largest:
-        for sqlite_facade, pg_facade in zip([f for f in facades if f.backend == "sqlite"],
-                                            [f for f in facades if f.backend == "postgresql"], strict=True):
+        for sqlite_facade, pg_facade in zip(
+            [f for f in facades if f.backend == "sqlite"], [f for f in facades if f.backend == "postgresql"], strict=True
+        ):
             name = "decisions, working set" if sqlite_facade.size else "decisions"
             lite, pg = median_round(sqlite_facade.rounds[name]), median_round(pg_facade.rounds[name])
             share, p99 = pg["rps"] / lite["rps"], pooled_p99(pg_facade.rounds[name])
-            print(f"postgresql decisions at {pg_facade.size:,}: {share:.0%} of SQLite's req/s (target >= 50%), p99 {p99:.2f} ms "
-                  f"(target < 15 ms): {'MET' if share >= 0.5 and p99 < 15 else 'NOT MET'}")
+            print(
+                f"postgresql decisions at {pg_facade.size:,}: {share:.0%} of SQLite's req/s (target >= 50%), p99 {p99:.2f} ms "
+                f"(target < 15 ms): {'MET' if share >= 0.5 and p99 < 15 else 'NOT MET'}"
+            )
 
 
 if __name__ == "__main__":

@@ -54,15 +54,21 @@ def realistic_form(n: int) -> ConsentForm:
         role = ROLES[(n + i) % len(ROLES)]
         professional = codes.PERSON_ROLES.row(role).kind == "professional"
         share = (n + i) % 3 != 0
-        people.append(Person(
-            id=f"p{i}", name=f"Person {i}", role=role, sharing="share" if share else "do-not-share",
-            organisation=Organisation(f"Org {i}", "D81001") if professional else None,
-            identifiers=(Identifier("gmc", "1234567"),) if professional else (),
-            information_types=tuple(TYPES[(n + i + k) % len(TYPES)] for k in range(3)) if share else (),
-            period=Period(date(2026, 11, 20), date(2027, 5, 20)) if i % 2 else None,
-        ))
+        people.append(
+            Person(
+                id=f"p{i}",
+                name=f"Person {i}",
+                role=role,
+                sharing="share" if share else "do-not-share",
+                organisation=Organisation(f"Org {i}", "D81001") if professional else None,
+                identifiers=(Identifier("gmc", "1234567"),) if professional else (),
+                information_types=tuple(TYPES[(n + i + k) % len(TYPES)] for k in range(3)) if share else (),
+                period=Period(date(2026, 11, 20), date(2027, 5, 20)) if i % 2 else None,
+            )
+        )
     return ConsentForm(
-        form_id=str(uuid.UUID(int=n + 1, version=4)), status="active",
+        form_id=str(uuid.UUID(int=n + 1, version=4)),
+        status="active",
         young_person=YoungPerson("9434765919", "Young Person", date(2011, 3, 4), "CASUS-1"),
         recorded=Recorded(recorded, Professional("Clinician", (Identifier("nmc", "12A3456B"),))),
         decision_maker=DecisionMaker("competent-under-16", Competence(Professional("Assessor"), date(2026, 11, 20))),
@@ -125,8 +131,10 @@ def main() -> None:
         print(f"| {name:<44} | {value:>9.0f} | {shown:>22} |")
     worst = max(r for *_, r in rows if r is not None)
     print(f"target: within 3x of the fhir.resources floor -> {'MET' if worst <= 3 else 'NOT MET'} (worst {worst:.2f}x)")
-    print(f"target: the served forward path >= 3x the fhir.resources floor's forms/s -> {'MET' if sent >= 3 * floor_fhir else 'NOT MET'} "
-          f"({sent / floor_fhir:.1f}x)")
+    print(
+        f"target: the served forward path >= 3x the fhir.resources floor's forms/s -> {'MET' if sent >= 3 * floor_fhir else 'NOT MET'} "
+        f"({sent / floor_fhir:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

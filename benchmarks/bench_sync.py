@@ -178,8 +178,19 @@ def run_child(template: Path, workdir: Path, *, consents: int, batch_size: int, 
     store = workdir / "casus.sqlite3"
     shutil.copyfile(template, store)
     with running_sekmet(workdir / "sekmet") as server:
-        command = [sys.executable, __file__, "--child", "--base-url", server.base_url, "--store", str(store),
-                   "--batch-size", str(batch_size), "--consents", str(consents)] + (["--push-only"] if push_only else [])
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--base-url",
+            server.base_url,
+            "--store",
+            str(store),
+            "--batch-size",
+            str(batch_size),
+            "--consents",
+            str(consents),
+        ] + (["--push-only"] if push_only else [])
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
     if done.returncode != 0:
         raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -204,10 +215,21 @@ def raw_push_seconds(forms: list[ConsentForm], batch_size: int, workdir: Path) -
     No search, no store, no mapping inside the timing: what is left is HTTP plus the server's per-Consent work, which
     bounds how much faster than per-resource any client can push to this server.
     """
-    bundles = [{"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": form_to_r4(form),
-         "request": {"method": "PUT", "url": "Consent?" + identifier_query(codes.ID_CONSENT_FORM, form.form_id)}}
-        for form in forms[start:start + batch_size]]} for start in range(0, len(forms), batch_size)]
+    bundles = [
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": form_to_r4(form),
+                    "request": {"method": "PUT", "url": "Consent?" + identifier_query(codes.ID_CONSENT_FORM, form.form_id)},
+                }
+                for form in forms[start : start + batch_size]
+            ],
+        }
+        for start in range(0, len(forms), batch_size)
+    ]
     bodies = [json.dumps(bundle, separators=(",", ":")).encode() for bundle in bundles]
     with running_sekmet(workdir) as server, requests.Session() as session:
         started = time.perf_counter()
@@ -241,10 +263,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
         workdir = Path(tmp)
         stores = templates(workdir, {*rss_sizes, args.per_resource_consents})
-        batched = {size: run_child(stores[size], workdir / f"batched-{size}", consents=size, batch_size=BATCH, push_only=False)
-                   for size in rss_sizes}
-        single = run_child(stores[args.per_resource_consents], workdir / "per-resource", consents=args.per_resource_consents,
-                           batch_size=PER_RESOURCE, push_only=True)
+        batched = {size: run_child(stores[size], workdir / f"batched-{size}", consents=size, batch_size=BATCH, push_only=False) for size in rss_sizes}
+        single = run_child(
+            stores[args.per_resource_consents], workdir / "per-resource", consents=args.per_resource_consents, batch_size=PER_RESOURCE, push_only=True
+        )
         floor: dict[int, tuple[float, int]] = {}
         if args.floor_consents:
             forms = [synthetic_form(n, random.Random(n)) for n in range(args.floor_consents)]
@@ -272,14 +294,18 @@ def report(consents: int, per_resource_consents: int, batched: dict[int, dict[st
     print(f"push: fresh sekmet-fhir 0.1.1 server and a fresh copy of the store per row; pull page size {PAGE_SIZE}")
     print(f"| {'consents':>8} | {'mode':<36} | {'seconds':>8} | {'consents/s':>10} | {'requests':>8} | {'speed-up':>8} |")
     print(f"|{'-' * 10}|{'-' * 38}|{'-' * 10}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
-    rows = [(per_resource_consents, "per-resource (batch size 1)", single["push"], "1.00x"),
-            (consents, f"transaction batches of {BATCH}", main_run["push"], f"{speedup:.2f}x")]
+    rows = [
+        (per_resource_consents, "per-resource (batch size 1)", single["push"], "1.00x"),
+        (consents, f"transaction batches of {BATCH}", main_run["push"], f"{speedup:.2f}x"),
+    ]
     for count, mode, phase, shown in rows:
         print(f"| {count:>8} | {mode:<36} | {phase['seconds']:>8.1f} | {rate(phase, count):>10.1f} | {phase['requests']:>8} | {shown:>8} |")
     for size, run in sorted(batched.items()):
         push = run["push"]
-        print(f"push of {size} batched: {push['searches']} identifier searches + {push['transactions']} transactions "
-              f"for {push['pages']} batches ({push['searches'] / max(push['pages'], 1):.1f} searches per batch)")
+        print(
+            f"push of {size} batched: {push['searches']} identifier searches + {push['transactions']} transactions "
+            f"for {push['pages']} batches ({push['searches'] / max(push['pages'], 1):.1f} searches per batch)"
+        )
     print(f"per-resource push of {per_resource_consents}: {single['push']['searches']} searches + {single['push']['transactions']} transactions")
     verdict = "MET" if speedup >= 5 else "NOT MET"
     note = "" if per_resource_consents == consents else f" (per-resource measured on {per_resource_consents}, rates compared)"
@@ -289,8 +315,10 @@ def report(consents: int, per_resource_consents: int, batched: dict[int, dict[st
         phase = main_run[label]
         per_page = phase["searches"] / phase["pages"] if phase["pages"] else float(phase["searches"])
         name = "first pull after the push (our own pushes, seen as echoes)" if label == "first_pull" else "no-change re-sync"
-        print(f"{name}: {phase['requests']} requests ({phase['searches']} searches) for {phase['pages']} page(s) of changes, "
-              f"{per_page:.2f} search requests per page, {phase['seconds']:.1f}s")
+        print(
+            f"{name}: {phase['requests']} requests ({phase['searches']} searches) for {phase['pages']} page(s) of changes, "
+            f"{per_page:.2f} search requests per page, {phase['seconds']:.1f}s"
+        )
     worst = max((main_run[p]["searches"] / main_run[p]["pages"]) for p in ("first_pull", "resync") if main_run[p]["pages"])
     print(f"target: at most one search request per page of changes -> {'MET' if worst <= 1 else 'NOT MET'} (worst {worst:.2f})")
     print()
@@ -301,8 +329,10 @@ def report(consents: int, per_resource_consents: int, batched: dict[int, dict[st
     sizes = sorted(batched)
     low, high = batched[sizes[0]]["peak_rss_kib"], batched[sizes[-1]]["peak_rss_kib"]
     growth = (high - low) / low
-    print(f"target: memory flat in the number of consents -> {'MET' if growth <= 0.10 else 'NOT MET'} "
-          f"(peak {growth:+.1%} from {sizes[0]} to {sizes[-1]} consents)")
+    print(
+        f"target: memory flat in the number of consents -> {'MET' if growth <= 0.10 else 'NOT MET'} "
+        f"(peak {growth:+.1%} from {sizes[0]} to {sizes[-1]} consents)"
+    )
 
 
 if __name__ == "__main__":

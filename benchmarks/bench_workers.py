@@ -44,11 +44,15 @@ from tests.support.processes import stop_process
 
 def serve(url: str, workers: int, threads: int, log_dir: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {**os.environ, "CASUS_DATABASE_URL": url,
-           "CASUS_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["decision.read"]}])}
+    env = {**os.environ, "CASUS_DATABASE_URL": url, "CASUS_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["decision.read"]}])}
     with open(os.path.join(log_dir, f"serve-{port}.log"), "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", str(threads),
-                                    "--workers", str(workers)], cwd=REPO, env=env, stdout=log_file, stderr=log_file)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", str(threads), "--workers", str(workers)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -93,20 +97,26 @@ def main() -> None:
                 stop_process(process)
             if cluster is not None:
                 cluster.stop()
-    print(f"{args.clients} client processes, waitress {args.threads} threads per worker, {args.rounds} rounds of {args.seconds:g} s "
-          f"per server in turns (median round shown; p99 over every request of every round), {len(paths)} questions about "
-          f"{args.patients} young people, cpu count {os.cpu_count()}")
+    print(
+        f"{args.clients} client processes, waitress {args.threads} threads per worker, {args.rounds} rounds of {args.seconds:g} s "
+        f"per server in turns (median round shown; p99 over every request of every round), {len(paths)} questions about "
+        f"{args.patients} young people, cpu count {os.cpu_count()}"
+    )
     print(f"| {'database':<10} | {'workers':>7} | {'req/s':>6} | {'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} |")
     print(f"|{'-' * 12}|{'-' * 9}|{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|")
     for (backend, workers), runs in rounds.items():
         r, base = median_round(runs), median_round(rounds[(backend, args.workers[0])])
-        print(f"| {backend:<10} | {workers:>7} | {r['rps']:>6.0f} | {r['rps'] / base['rps']:>7.2f}x | {r['p50']:>6.2f} | "
-              f"{pooled_p99(runs):>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |")
+        print(
+            f"| {backend:<10} | {workers:>7} | {r['rps']:>6.0f} | {r['rps'] / base['rps']:>7.2f}x | {r['p50']:>6.2f} | "
+            f"{pooled_p99(runs):>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |"
+        )
     for backend in backends:
         base, best = rounds[(backend, args.workers[0])], rounds[(backend, args.workers[-1])]
         gain = median_round(best)["rps"] / median_round(base)["rps"]
-        print(f"{backend}: {args.workers[-1]} workers = {gain:.2f}x {args.workers[0]} (target >= 1.7x), p99 {pooled_p99(best):.2f} ms "
-              f"vs {pooled_p99(base):.2f} ms: {'MET' if gain >= 1.7 and pooled_p99(best) <= pooled_p99(base) else 'NOT MET'}")
+        print(
+            f"{backend}: {args.workers[-1]} workers = {gain:.2f}x {args.workers[0]} (target >= 1.7x), p99 {pooled_p99(best):.2f} ms "
+            f"vs {pooled_p99(base):.2f} ms: {'MET' if gain >= 1.7 and pooled_p99(best) <= pooled_p99(base) else 'NOT MET'}"
+        )
 
 
 if __name__ == "__main__":

@@ -95,8 +95,14 @@ def _text_report(item: Input, issues: list[Issue], quiet: bool) -> str:
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="FILE|FOLDER|-...")
 @click.option("--fhir-version", type=click.Choice(["auto", "r4", "r5"]), default="auto", show_default=True)
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: a verdict line per file, then its issues; json: an OperationOutcome per file (a Bundle of them for several).")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: a verdict line per file, then its issues; json: an OperationOutcome per file (a Bundle of them for several).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="text: only the verdict line per file.")
 def validate(inputs: tuple[str, ...], fhir_version: str, output_format: str, quiet: bool) -> None:
     """Validate Consents against base FHIR and the CASUS profile.
@@ -166,8 +172,7 @@ def map_command(target: str, source: str, file: str) -> None:
         _emit(operation_outcome(item.problems))
         sys.exit(EXIT_UNUSABLE)
     kind = detect_kind(item.document) if source == "auto" else source
-    across: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
-        ("r4", "r5"): cross_version.r4_to_r5, ("r5", "r4"): cross_version.r5_to_r4}
+    across: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {("r4", "r5"): cross_version.r4_to_r5, ("r5", "r4"): cross_version.r5_to_r4}
     readers = {"form": parse_form, "r4": r4.r4_to_form, "r5": r5.r5_to_form}
     writers = {"form": form_to_json, "r4": r4.form_to_r4, "r5": r5.form_to_r5}
     try:
@@ -192,8 +197,13 @@ def _settings_or_exit() -> Any:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--threads", default=8, show_default=True, type=int, help="Worker threads (waitress), in each process.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes sharing the socket (one per core; needs fork: Linux).")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes sharing the socket (one per core; needs fork: Linux).",
+)
 def serve(host: str, port: int, threads: int, workers: int) -> None:
     """Run the facade under waitress, a production WSGI server, with settings from the environment.
 
@@ -207,8 +217,10 @@ def serve(host: str, port: int, threads: int, workers: int) -> None:
     if workers > 1:
         _serve_workers(app, settings, host, port, limits, workers)
     server = _listen_or_exit(app, host, port, limits, ident="casus")
-    click.echo(f"serving the CASUS facade on http://{host}:{server.effective_port} ({threads} threads, "
-               f"at most {server.adj.connection_limit} connections)", err=True)
+    click.echo(
+        f"serving the CASUS facade on http://{host}:{server.effective_port} ({threads} threads, at most {server.adj.connection_limit} connections)",
+        err=True,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
 
@@ -224,8 +236,9 @@ def _serve_workers(app: Any, settings: Any, host: str, port: int, limits: Any, w
         sock = listening_socket(host, port)
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
-    click.echo(f"serving the CASUS facade on http://{host}:{sock.getsockname()[1]} "
-               f"({workers} worker processes, {limits.threads} threads each)", err=True)
+    click.echo(
+        f"serving the CASUS facade on http://{host}:{sock.getsockname()[1]} ({workers} worker processes, {limits.threads} threads each)", err=True
+    )
     try:
         status = run_workers(lambda: create_app(settings), sock, workers, ident="casus", **limits.waitress_options())
     except OSError as exc:
@@ -255,8 +268,10 @@ def _app_or_exit(settings: Any, setting: str) -> Any:
     except StoreError as exc:
         _fail(f"configuration error: {setting}: {exc}")
     except ImportError as exc:
-        _fail(f"configuration error: {setting} names a database whose driver ({exc.name}) is not installed; "
-              "for PostgreSQL install casus-fhir-adapter[postgres]")
+        _fail(
+            f"configuration error: {setting} names a database whose driver ({exc.name}) is not installed; "
+            "for PostgreSQL install casus-fhir-adapter[postgres]"
+        )
     except (SQLAlchemyError, OSError, ValueError) as exc:
         _fail(f"cannot open the database named by {setting} ({type(exc).__name__})")
 
@@ -264,8 +279,12 @@ def _app_or_exit(settings: Any, setting: str) -> Any:
 def _serving_limits(settings: Any, threads: int) -> Any:
     from .serving import ServingLimits
 
-    return ServingLimits(threads=threads, connection_limit=settings.connection_limit,
-                         channel_timeout_seconds=settings.channel_timeout_seconds, max_body_bytes=settings.max_body_bytes)
+    return ServingLimits(
+        threads=threads,
+        connection_limit=settings.connection_limit,
+        channel_timeout_seconds=settings.channel_timeout_seconds,
+        max_body_bytes=settings.max_body_bytes,
+    )
 
 
 def _listen_or_exit(app: Any, host: str, port: int, limits: Any, *, ident: str) -> Any:
@@ -404,10 +423,12 @@ def _smoke(base: str, tokens: dict[str, str]) -> dict[str, Any]:
     answer = None
     if first:
         nhs = first["patient"]["identifier"]["value"]
-        answer = session.get(f"{base}/api/decision", timeout=10, params={
-            "patient": nhs, "recipient-role": "mother", "information-type": "attendance", "purpose": "TREAT"}).json()
-    return {"activeConsents": found.get("total"), "sampleDecision": answer,
-            "health": requests.get(f"{base}/health/ready", timeout=10).json()}
+        answer = session.get(
+            f"{base}/api/decision",
+            timeout=10,
+            params={"patient": nhs, "recipient-role": "mother", "information-type": "attendance", "purpose": "TREAT"},
+        ).json()
+    return {"activeConsents": found.get("total"), "sampleDecision": answer, "health": requests.get(f"{base}/health/ready", timeout=10).json()}
 
 
 @main.group()
@@ -416,10 +437,20 @@ def profiles() -> None:
 
 
 @profiles.command("package")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where to write the packages (default: profiles/package).")
-@click.option("--tools", "tools_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where the Node tools are installed (default: .cache/fhir-package; `make package-tools` installs them).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where to write the packages (default: profiles/package).",
+)
+@click.option(
+    "--tools",
+    "tools_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the Node tools are installed (default: .cache/fhir-package; `make package-tools` installs them).",
+)
 def package_command(out_dir: Path | None, tools_dir: Path | None) -> None:
     """Build the CASUS profiles as FHIR NPM packages (R4 and R5): snapshots, narratives, index, ImplementationGuide, .tgz.
 

@@ -81,9 +81,14 @@ def oauth_from_env(env: Mapping[str, str]) -> OAuthSettings | None:
     leeway = _positive_int(env.get("CASUS_OAUTH_LEEWAY_SECONDS", "60"), "CASUS_OAUTH_LEEWAY_SECONDS")
     if leeway > MAX_LEEWAY_SECONDS:
         raise ConfigurationError(f"CASUS_OAUTH_LEEWAY_SECONDS must be at most {MAX_LEEWAY_SECONDS}")
-    return OAuthSettings(issuer=issuer, audience=env["CASUS_OAUTH_AUDIENCE"], jwks_url=env["CASUS_OAUTH_JWKS_URL"],
-                         token_endpoint=env.get("CASUS_OAUTH_TOKEN_ENDPOINT") or None, leeway_seconds=leeway,
-                         ca_bundle=env.get("CASUS_OAUTH_CA_BUNDLE") or None)
+    return OAuthSettings(
+        issuer=issuer,
+        audience=env["CASUS_OAUTH_AUDIENCE"],
+        jwks_url=env["CASUS_OAUTH_JWKS_URL"],
+        token_endpoint=env.get("CASUS_OAUTH_TOKEN_ENDPOINT") or None,
+        leeway_seconds=leeway,
+        ca_bundle=env.get("CASUS_OAUTH_CA_BUNDLE") or None,
+    )
 
 
 def _positive_int(value: str, name: str) -> int:

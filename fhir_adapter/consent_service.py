@@ -61,7 +61,6 @@ class ConsentOverview:
     review_flags: tuple[str, ...]  # turned 16 under a parent's consent, turned 18
 
 
-
 class ConsentService:
     def __init__(self, store: Store, clock: Clock = utc_now, *, backdated_after: timedelta = DEFAULT_BACKDATED_AFTER) -> None:
         self.store = store
@@ -89,9 +88,15 @@ class ConsentService:
         now = self.clock()
         recorded = form.recorded.date
         if recorded > now + CLOCK_SKEW:
-            raise RecordedInFuture([error("processing", field,
-                                          "the form is recorded in the future; a choice takes effect from when it was made, "
-                                          "so record it once it has been made")])
+            raise RecordedInFuture(
+                [
+                    error(
+                        "processing",
+                        field,
+                        "the form is recorded in the future; a choice takes effect from when it was made, so record it once it has been made",
+                    )
+                ]
+            )
         return (FLAG_BACKDATED,) if now - recorded > self.backdated_after else ()
 
     def put(self, form: ConsentForm, *, expected_version: int | None, actor: str) -> tuple[FormVersion, bool]:
@@ -112,8 +117,7 @@ class ConsentService:
         withdrawn = replace(current.form, status="withdrawn", recorded=Recorded(self.clock(), current.form.recorded.by))
         return self.store.update_form(withdrawn, expected_version=expected_version, actor=actor)
 
-    def activate(self, form_id: str, *, expected_version: int, actor: str, agreed_at: datetime | None = None,
-                 by: str | None = None) -> FormVersion:
+    def activate(self, form_id: str, *, expected_version: int, actor: str, agreed_at: datetime | None = None, by: str | None = None) -> FormVersion:
         """Make the draft the active version: the young person (or the decider) agreed to the proposal at ``agreed_at``.
 
         The agreement is the choice, so the new version is recorded at it (default now; earlier when it was agreed
@@ -131,8 +135,14 @@ class ConsentService:
         active = replace(current.form, status="active", recorded=Recorded(agreed, recorder))
         flags = self._time_flags(active, "$.agreedAt")
         saved = self.store.update_form(active, expected_version=expected_version, actor=actor, flags=flags)
-        self.store.audit(actor=actor, action="form.activate", resource=_ref(saved), outcome="ok", subject=_subject(saved),
-                         detail={"proposal": _ref(current), "governsFrom": agreed.isoformat()})
+        self.store.audit(
+            actor=actor,
+            action="form.activate",
+            resource=_ref(saved),
+            outcome="ok",
+            subject=_subject(saved),
+            detail={"proposal": _ref(current), "governsFrom": agreed.isoformat()},
+        )
         return saved
 
     def record_disclosure(self, disclosure: Disclosure, *, actor: str) -> Disclosure:
@@ -155,34 +165,56 @@ class ConsentService:
         except NotFound:
             self.store.audit(actor=actor, action="form.history", resource=f"Consent/{form_id}", outcome="not-found")
             raise
-        self.store.audit(actor=actor, action="form.history", resource=f"Consent/{form_id}", outcome="ok",
-                         detail={"versions": len(versions)}, subject=_subject(versions[-1]))
+        self.store.audit(
+            actor=actor,
+            action="form.history",
+            resource=f"Consent/{form_id}",
+            outcome="ok",
+            detail={"versions": len(versions)},
+            subject=_subject(versions[-1]),
+        )
         return versions
 
-    def search(self, *, actor: str, form_id: str | None = None, limit: int = 20, offset: int = 0,
-               **criteria: Any) -> tuple[list[FormVersion], int]:
+    def search(self, *, actor: str, form_id: str | None = None, limit: int = 20, offset: int = 0, **criteria: Any) -> tuple[list[FormVersion], int]:
         """Latest versions matching the criteria; ``form_id`` (a business identifier search) narrows to one form."""
         if form_id is not None:
             found, total = self._search_one(form_id, limit=limit, offset=offset, **criteria)
         else:
             found, total = self.store.search(limit=limit, offset=offset, **criteria)
         detail = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in criteria.items() if v is not None and k != "nhs_number"}
-        self.store.audit(actor=actor, action="form.search", resource="Consent", outcome="ok",
-                         detail={**detail, "total": total, "returned": len(found)}, subject=criteria.get("nhs_number"))
+        self.store.audit(
+            actor=actor,
+            action="form.search",
+            resource="Consent",
+            outcome="ok",
+            detail={**detail, "total": total, "returned": len(found)},
+            subject=criteria.get("nhs_number"),
+        )
         return found, total
 
-    def _search_one(self, form_id: str, *, limit: int, offset: int, nhs_number: str | None = None, status: str | None = None,
-                    updated_since: datetime | None = None, updated_before: datetime | None = None) -> tuple[list[FormVersion], int]:
+    def _search_one(
+        self,
+        form_id: str,
+        *,
+        limit: int,
+        offset: int,
+        nhs_number: str | None = None,
+        status: str | None = None,
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+    ) -> tuple[list[FormVersion], int]:
         try:
             latest = self.store.get(form_id)
         except NotFound:
             return [], 0
-        keep = ((nhs_number is None or latest.form.young_person.nhs_number == nhs_number)
-                and (status is None or latest.form.status == status)
-                and (updated_since is None or latest.stored_at >= updated_since)
-                and (updated_before is None or latest.stored_at < updated_before))
+        keep = (
+            (nhs_number is None or latest.form.young_person.nhs_number == nhs_number)
+            and (status is None or latest.form.status == status)
+            and (updated_since is None or latest.stored_at >= updated_since)
+            and (updated_before is None or latest.stored_at < updated_before)
+        )
         matches = [latest] if keep else []
-        return matches[offset:offset + limit], len(matches)
+        return matches[offset : offset + limit], len(matches)
 
     def record_session(self, *, actor: str, action: str, outcome: str) -> None:
         """Sign-ins (refused ones too) and sign-outs of the consent pages, in the same audit trail as every read."""
@@ -207,8 +239,7 @@ class ConsentService:
 
     def disclosures(self, nhs_number: str, *, actor: str) -> list[Disclosure]:
         found = self.store.disclosures(nhs_number)
-        self.store.audit(actor=actor, action="disclosure.list", resource="Disclosure", outcome="ok",
-                         detail={"count": len(found)}, subject=nhs_number)
+        self.store.audit(actor=actor, action="disclosure.list", resource="Disclosure", outcome="ok", detail={"count": len(found)}, subject=nhs_number)
         return found
 
     # ------------------------------------------------------------------ decisions
@@ -224,8 +255,14 @@ class ConsentService:
         asked = replace(request, at=request.at or now, known_at=request.known_at or now)
         versions = self.store.versions_for_patient(request.nhs_number)
         verdict = decision.decide(asked, versions, now=now)
-        self.store.audit(actor=actor, action="decision", resource=_verdict_ref(verdict), outcome=verdict.decision,
-                         subject=request.nhs_number, detail=_decision_detail(asked, verdict, versions, self.backdated_after))
+        self.store.audit(
+            actor=actor,
+            action="decision",
+            resource=_verdict_ref(verdict),
+            outcome=verdict.decision,
+            subject=request.nhs_number,
+            detail=_decision_detail(asked, verdict, versions, self.backdated_after),
+        )
         return verdict
 
     def summary(self, nhs_number: str, *, at: datetime | None, known_at: datetime | None = None, actor: str) -> Summary:
@@ -236,9 +273,14 @@ class ConsentService:
         result = decision.summary(nhs_number, versions, at=moment, known_at=known)
         proposals = decision.pending_proposals(nhs_number, versions, at=moment, known_at=known)
         in_force = next((v for v in versions if result and (v.form_id, v.version) == (result[0].form_id, result[0].version)), None)
-        self.store.audit(actor=actor, action="decision.summary", resource=_ref(in_force) if in_force else "Consent", outcome="ok",
-                         subject=nhs_number, detail={"at": moment.isoformat(), "knownAt": known.isoformat(), "recipients": len(result),
-                                                     "proposals": len(proposals)})
+        self.store.audit(
+            actor=actor,
+            action="decision.summary",
+            resource=_ref(in_force) if in_force else "Consent",
+            outcome="ok",
+            subject=nhs_number,
+            detail={"at": moment.isoformat(), "knownAt": known.isoformat(), "recipients": len(result), "proposals": len(proposals)},
+        )
         return Summary(result, proposals, in_force)
 
 
@@ -265,8 +307,9 @@ def _verdict_ref(verdict: decision.Verdict) -> str | None:
     return f"Consent/{verdict.form_id}/_history/{verdict.version}"
 
 
-def _decision_detail(request: decision.DecisionRequest, verdict: decision.Verdict, versions: Sequence[FormVersion],
-                     backdated_after: timedelta) -> dict[str, Any]:
+def _decision_detail(
+    request: decision.DecisionRequest, verdict: decision.Verdict, versions: Sequence[FormVersion], backdated_after: timedelta
+) -> dict[str, Any]:
     """What a decision's audit record says about the question and the answer (codes and ids, never names)."""
     detail: dict[str, Any] = {
         **_recipient_detail(request.recipient),

@@ -354,15 +354,13 @@ def _known(v: VersionLike, nhs_number: str, known_at: datetime | None) -> bool:
     return v.form.young_person.nhs_number == nhs_number and (known_at is None or v.stored_at <= known_at)
 
 
-def version_in_force(nhs_number: str, versions: Iterable[VersionLike], at: datetime,
-                     known_at: datetime | None = None) -> VersionLike | None:
+def version_in_force(nhs_number: str, versions: Iterable[VersionLike], at: datetime, known_at: datetime | None = None) -> VersionLike | None:
     """The patient's version in force at ``at`` with what was stored by ``known_at`` (rule 4; None: all given).
 
     Across all the patient's forms and versions alike: a choice recorded later replaces an earlier one whichever
     form holds it.  Drafts are skipped: a proposal never changes what is in force.
     """
-    candidates = [v for v in versions
-                  if _known(v, nhs_number, known_at) and v.form.status != "draft" and v.form.recorded.date <= at]
+    candidates = [v for v in versions if _known(v, nhs_number, known_at) and v.form.status != "draft" and v.form.recorded.date <= at]
     return max(candidates, key=_in_force_order, default=None)
 
 
@@ -447,8 +445,9 @@ def _type_outcome(information_type: str, applicable: list[tuple[int, Person]], c
             return _TypeOutcome(information_type, "deny", person_provision_path(i), f"role {p.role}: {chooser} chose not to share")
     for i, p in applicable:
         if information_type not in p.information_types:
-            return _TypeOutcome(information_type, "deny", person_provision_path(i),
-                                f"role {p.role}: {chooser} agreed to share only {', '.join(p.information_types)}")
+            return _TypeOutcome(
+                information_type, "deny", person_provision_path(i), f"role {p.role}: {chooser} agreed to share only {', '.join(p.information_types)}"
+            )
     i, p = applicable[0]
     path = information_type_provision_path(i, p.information_types.index(information_type))
     return _TypeOutcome(information_type, "permit", path, f"role {p.role}: {chooser} agreed to share it")
@@ -483,29 +482,58 @@ def decide(request: DecisionRequest, versions: Sequence[VersionLike], *, now: da
     if purpose in EXCEPTION_PURPOSES:
         return _exception_verdict(purpose, types, version_in_force(patient, versions, at, known_at), day)
     if purpose not in CARE_PURPOSES:
-        return _verdict("deny", types, None, None, "default", (
-            f"deny (default): purpose {purpose} is not one a young person's choice covers "
-            f"(care purposes: {', '.join(sorted(CARE_PURPOSES))}) and is not a policy exception (THREAT, HLEGAL); "
-            f"CASUS does not disclose for it ({codes.POLICY_URI})."
-        ))
+        return _verdict(
+            "deny",
+            types,
+            None,
+            None,
+            "default",
+            (
+                f"deny (default): purpose {purpose} is not one a young person's choice covers "
+                f"(care purposes: {', '.join(sorted(CARE_PURPOSES))}) and is not a policy exception (THREAT, HLEGAL); "
+                f"CASUS does not disclose for it ({codes.POLICY_URI})."
+            ),
+        )
     v = version_in_force(patient, versions, at, known_at)
     if v is None:
         return _verdict("deny", types, None, None, "default", NO_CONSENT_REASON)
     if v.form.status != "active":
-        return _verdict("deny", types, v, None, "default", (
-            f"deny (default): the consent version in force on {day.isoformat()} ({_ref(v)}, the latest choice made by then) "
-            f"has status {v.form.status}; only an active consent permits disclosure."
-        ))
+        return _verdict(
+            "deny",
+            types,
+            v,
+            None,
+            "default",
+            (
+                f"deny (default): the consent version in force on {day.isoformat()} ({_ref(v)}, the latest choice made by then) "
+                f"has status {v.form.status}; only an active consent permits disclosure."
+            ),
+        )
     return _choice_verdict(v, criteria, types, purpose, day)
 
 
-def _verdict(decision: Decision, types: tuple[str, ...], v: VersionLike | None, provision: str | None, basis: BasisCode,
-             reason: str, obligations: tuple[Obligation, ...] = (), flags: tuple[str, ...] = ()) -> Verdict:
+def _verdict(
+    decision: Decision,
+    types: tuple[str, ...],
+    v: VersionLike | None,
+    provision: str | None,
+    basis: BasisCode,
+    reason: str,
+    obligations: tuple[Obligation, ...] = (),
+    flags: tuple[str, ...] = (),
+) -> Verdict:
     """A verdict in which every type asked shares the overall answer and provision."""
     return Verdict(
-        decision=decision, reason=reason, form_id=v.form_id if v else None, version=v.version if v else None,
-        provision=provision, basis=basis, obligations=obligations, flags=flags,
-        per_type=tuple((t, decision) for t in types), per_type_provisions=tuple((t, provision) for t in types),
+        decision=decision,
+        reason=reason,
+        form_id=v.form_id if v else None,
+        version=v.version if v else None,
+        provision=provision,
+        basis=basis,
+        obligations=obligations,
+        flags=flags,
+        per_type=tuple((t, decision) for t in types),
+        per_type_provisions=tuple((t, provision) for t in types),
     )
 
 
@@ -539,34 +567,69 @@ def _with_matched(verdict: Verdict, matched: list[tuple[int, Person]]) -> Verdic
     return replace(verdict, matched_people=tuple(p.id for _, p in matched))
 
 
-def _choice_answer(v: VersionLike, matched: list[tuple[int, Person]], types: tuple[str, ...], purpose: str, day: date,
-                   flags: tuple[str, ...], obligations: tuple[Obligation, ...], in_force: str) -> Verdict:
+def _choice_answer(
+    v: VersionLike,
+    matched: list[tuple[int, Person]],
+    types: tuple[str, ...],
+    purpose: str,
+    day: date,
+    flags: tuple[str, ...],
+    obligations: tuple[Obligation, ...],
+    in_force: str,
+) -> Verdict:
     form = v.form
     if not matched:
-        return _verdict("deny", types, v, DEFAULT_RULE, "default", (
-            f"deny (default): {in_force}, but no person on it matches the recipient, "
-            f"so its base rule {DEFAULT_RULE} (opt-in: nothing is disclosed unless a provision permits) applies."
-            + _review_note(flags)
-        ), obligations, flags)
+        return _verdict(
+            "deny",
+            types,
+            v,
+            DEFAULT_RULE,
+            "default",
+            (
+                f"deny (default): {in_force}, but no person on it matches the recipient, "
+                f"so its base rule {DEFAULT_RULE} (opt-in: nothing is disclosed unless a provision permits) applies." + _review_note(flags)
+            ),
+            obligations,
+            flags,
+        )
     applicable = [(i, p) for i, p in matched if p.period is None or p.period.covers(day)]
     if not applicable:
         lapsed = "; ".join(f"{person_provision_path(i)} (role {p.role}) applies {_period_text(p.period)}" for i, p in matched)
-        return _verdict("deny", types, v, DEFAULT_RULE, "default", (
-            f"deny (default): {in_force}; the matching choice is not in force on {day.isoformat()} ({lapsed}), "
-            f"so the base rule {DEFAULT_RULE} (opt-in: nothing is disclosed unless a provision permits) applies."
-            + _review_note(flags)
-        ), obligations, flags)
+        return _verdict(
+            "deny",
+            types,
+            v,
+            DEFAULT_RULE,
+            "default",
+            (
+                f"deny (default): {in_force}; the matching choice is not in force on {day.isoformat()} ({lapsed}), "
+                f"so the base rule {DEFAULT_RULE} (opt-in: nothing is disclosed unless a provision permits) applies." + _review_note(flags)
+            ),
+            obligations,
+            flags,
+        )
     outcomes = [_type_outcome(t, applicable, _chooser(form)) for t in types]
     decision: Decision = "permit" if all(o.decision == "permit" for o in outcomes) else "deny"
-    several = (f"{len(applicable)} people on it match the recipient (roles {', '.join(sorted({p.role for _, p in applicable}))}) "
-               "and at the same level deny beats permit; " if len(applicable) > 1 else "")
+    several = (
+        f"{len(applicable)} people on it match the recipient (roles {', '.join(sorted({p.role for _, p in applicable}))}) "
+        "and at the same level deny beats permit; "
+        if len(applicable) > 1
+        else ""
+    )
     detail = "; ".join(f"{o.information_type}: {o.decision} by {o.provision} ({o.why})" for o in outcomes)
-    scope = ("permit only if every type asked is permitted; " if len(outcomes) > 1 else "")
-    reason = (f"{decision} (choice): {in_force}; purpose {purpose} is a care purpose the choices cover; "
-              f"{several}{scope}{detail}." + _review_note(flags))
+    scope = "permit only if every type asked is permitted; " if len(outcomes) > 1 else ""
+    reason = f"{decision} (choice): {in_force}; purpose {purpose} is a care purpose the choices cover; {several}{scope}{detail}." + _review_note(
+        flags
+    )
     return Verdict(
-        decision=decision, reason=reason, form_id=v.form_id, version=v.version,
-        provision=_deciding_provision(outcomes, decision), basis="choice", obligations=obligations, flags=flags,
+        decision=decision,
+        reason=reason,
+        form_id=v.form_id,
+        version=v.version,
+        provision=_deciding_provision(outcomes, decision),
+        basis="choice",
+        obligations=obligations,
+        flags=flags,
         per_type=tuple((o.information_type, o.decision) for o in outcomes),
         per_type_provisions=tuple((o.information_type, o.provision) for o in outcomes),
     )
@@ -575,8 +638,7 @@ def _choice_answer(v: VersionLike, matched: list[tuple[int, Person]], types: tup
 # --------------------------------------------------------------------------- summary
 
 
-def summary(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime,
-            known_at: datetime | None = None) -> list[RecipientSummary]:
+def summary(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime, known_at: datetime | None = None) -> list[RecipientSummary]:
     """Who may receive which information types (care purposes) under the form in force at ``at``.
 
     Empty when no active consent is in force -- the same for an unknown patient,
@@ -597,11 +659,20 @@ def summary(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime,
         ids = tuple((codes.identifier_uri(ident.system), ident.value) for ident in p.identifiers)
         if p.organisation and p.organisation.ods_code:
             ids += ((codes.ODS_ORGANIZATION, p.organisation.ods_code),)
-        out.append(RecipientSummary(
-            form_id=v.form_id, version=v.version, person_id=p.id, role=p.role, sharing=p.sharing, in_period=in_period,
-            may_receive=p.information_types if in_period and p.sharing == "share" else (),
-            provision=person_provision_path(i), period=p.period, identifiers=ids,
-        ))
+        out.append(
+            RecipientSummary(
+                form_id=v.form_id,
+                version=v.version,
+                person_id=p.id,
+                role=p.role,
+                sharing=p.sharing,
+                in_period=in_period,
+                may_receive=p.information_types if in_period and p.sharing == "share" else (),
+                provision=person_provision_path(i),
+                period=p.period,
+                identifiers=ids,
+            )
+        )
     return out
 
 
@@ -610,8 +681,13 @@ def summary_to_json(entries: Sequence[RecipientSummary]) -> list[dict[str, Any]]
     out = []
     for e in entries:
         doc: dict[str, Any] = {
-            "consent": f"Consent/{e.form_id}/_history/{e.version}", "personId": e.person_id, "role": e.role,
-            "sharing": e.sharing, "inPeriod": e.in_period, "mayReceive": list(e.may_receive), "provision": e.provision,
+            "consent": f"Consent/{e.form_id}/_history/{e.version}",
+            "personId": e.person_id,
+            "role": e.role,
+            "sharing": e.sharing,
+            "inPeriod": e.in_period,
+            "mayReceive": list(e.may_receive),
+            "provision": e.provision,
             "identifiers": [{"system": s, "value": val} for s, val in e.identifiers],
         }
         if e.period is not None:
@@ -653,8 +729,7 @@ class Proposal:
         return f"Consent/{self.form_id}/_history/{self.version}"
 
 
-def pending_proposals(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime,
-                      known_at: datetime | None = None) -> list[Proposal]:
+def pending_proposals(nhs_number: str, versions: Sequence[VersionLike], *, at: datetime, known_at: datetime | None = None) -> list[Proposal]:
     """Drafts still pending at ``at`` (as known at ``known_at``), each with what it would change.
 
     A draft is pending while it is the newest version of its form that was stored by ``known_at``
@@ -669,15 +744,21 @@ def pending_proposals(nhs_number: str, versions: Sequence[VersionLike], *, at: d
     for v in versions:
         if _known(v, patient, known) and (v.form_id not in newest or v.version > newest[v.form_id].version):
             newest[v.form_id] = v
-    drafts = sorted((v for v in newest.values() if v.form.status == "draft" and v.form.recorded.date <= at),
-                    key=_in_force_order)
+    drafts = sorted((v for v in newest.values() if v.form.status == "draft" and v.form.recorded.date <= at), key=_in_force_order)
     if not drafts:
         return []
     current = version_in_force(patient, versions, at, known)
     before = current.form.people if current is not None and current.form.status == "active" else ()
-    return [Proposal(d.form_id, d.version, d.form.recorded.date,
-                     None if current is None else (current.form_id, current.version), person_changes(before, d.form.people))
-            for d in drafts]
+    return [
+        Proposal(
+            d.form_id,
+            d.version,
+            d.form.recorded.date,
+            None if current is None else (current.form_id, current.version),
+            person_changes(before, d.form.people),
+        )
+        for d in drafts
+    ]
 
 
 def _may_receive(person: Person | None) -> tuple[str, ...]:
@@ -691,16 +772,27 @@ def person_changes(before: Sequence[Person], after: Sequence[Person]) -> tuple[P
     out = []
     for p in (*after, *(q for q in before if q.id not in new_ids)):
         was, will = old.get(p.id), (p if p.id in new_ids else None)
-        if was is not None and will is not None and (was.role, was.sharing, was.information_types, was.period) == (
-                will.role, will.sharing, will.information_types, will.period):
+        if (
+            was is not None
+            and will is not None
+            and (was.role, was.sharing, was.information_types, was.period) == (will.role, will.sharing, will.information_types, will.period)
+        ):
             continue
         gains = tuple(t for t in _may_receive(will) if t not in _may_receive(was))
         losses = tuple(t for t in _may_receive(was) if t not in _may_receive(will))
-        out.append(PersonChange(
-            person_id=p.id, role=p.role, change="added" if was is None else "removed" if will is None else "changed",
-            sharing_before=was.sharing if was else None, sharing_after=will.sharing if will else None,
-            gains=gains, losses=losses, period_before=was.period if was else None, period_after=will.period if will else None,
-        ))
+        out.append(
+            PersonChange(
+                person_id=p.id,
+                role=p.role,
+                change="added" if was is None else "removed" if will is None else "changed",
+                sharing_before=was.sharing if was else None,
+                sharing_after=will.sharing if will else None,
+                gains=gains,
+                losses=losses,
+                period_before=was.period if was else None,
+                period_after=will.period if will else None,
+            )
+        )
     return tuple(out)
 
 
@@ -712,26 +804,34 @@ def _period_json(period: Period | None) -> dict[str, str] | None:
 
 def proposals_to_json(proposals: Sequence[Proposal]) -> list[dict[str, Any]]:
     """Pending proposals as plain JSON for the summary: marked as proposals, never as what is in force."""
-    return [{
-        "status": "proposed",
-        "consent": p.reference,
-        "proposedAt": p.proposed_at.isoformat(),
-        "inForce": None if p.in_force is None else f"Consent/{p.in_force[0]}/_history/{p.in_force[1]}",
-        "changes": [{
-            "personId": c.person_id, "role": c.role, "change": c.change,
-            "sharing": {"before": c.sharing_before, "after": c.sharing_after},
-            "wouldReceive": list(c.gains), "wouldNoLongerReceive": list(c.losses),
-            "period": {"before": _period_json(c.period_before), "after": _period_json(c.period_after)},
-        } for c in p.changes],
-    } for p in proposals]
+    return [
+        {
+            "status": "proposed",
+            "consent": p.reference,
+            "proposedAt": p.proposed_at.isoformat(),
+            "inForce": None if p.in_force is None else f"Consent/{p.in_force[0]}/_history/{p.in_force[1]}",
+            "changes": [
+                {
+                    "personId": c.person_id,
+                    "role": c.role,
+                    "change": c.change,
+                    "sharing": {"before": c.sharing_before, "after": c.sharing_after},
+                    "wouldReceive": list(c.gains),
+                    "wouldNoLongerReceive": list(c.losses),
+                    "period": {"before": _period_json(c.period_before), "after": _period_json(c.period_after)},
+                }
+                for c in p.changes
+            ],
+        }
+        for p in proposals
+    ]
 
 
 # --------------------------------------------------------------------------- callers who may only ask for decisions
 
 #: The one reason every deny gives a caller who may not read consents: it must not hint whether CASUS knows the patient.
 UNDISCLOSED_DENY_REASON = (
-    "deny (default): CASUS information of the types asked may not go to this recipient for this purpose at the time asked "
-    f"({codes.POLICY_URI})."
+    f"deny (default): CASUS information of the types asked may not go to this recipient for this purpose at the time asked ({codes.POLICY_URI})."
 )
 
 
@@ -746,22 +846,40 @@ def for_decision_only_caller(verdict: Verdict, request: DecisionRequest) -> Verd
     """
     types = tuple(dict.fromkeys(request.information_types))
     if verdict.decision == "deny":
-        return Verdict(decision="deny", reason=UNDISCLOSED_DENY_REASON, form_id=None, version=None, provision=None,
-                       basis="default", per_type=tuple((t, "deny") for t in types),
-                       per_type_provisions=tuple((t, None) for t in types))
+        return Verdict(
+            decision="deny",
+            reason=UNDISCLOSED_DENY_REASON,
+            form_id=None,
+            version=None,
+            provision=None,
+            basis="default",
+            per_type=tuple((t, "deny") for t in types),
+            per_type_provisions=tuple((t, None) for t in types),
+        )
     if verdict.basis == "policy-exception":
         purpose = request.purpose.strip()
-        reason = (f"permit (policy exception): purpose {purpose} ({_EXCEPTION_LABELS[EXCEPTION_PURPOSES[purpose]]}) is an exception under "
-                  f"the CASUS confidentiality policy ({codes.POLICY_URI}); the disclosure must be recorded and the young person "
-                  "told what, to whom and the likely consequences, unless that would increase the risk.")
+        reason = (
+            f"permit (policy exception): purpose {purpose} ({_EXCEPTION_LABELS[EXCEPTION_PURPOSES[purpose]]}) is an exception under "
+            f"the CASUS confidentiality policy ({codes.POLICY_URI}); the disclosure must be recorded and the young person "
+            "told what, to whom and the likely consequences, unless that would increase the risk."
+        )
         obligations: tuple[Obligation, ...] = (RECORD_DISCLOSURE, INFORM_YOUNG_PERSON)
         flags: tuple[str, ...] = ()
     else:
         reason = "permit (choice): the choice on the consent in force permits every type asked for this recipient and purpose."
         obligations, flags = verdict.obligations, verdict.flags
-    return Verdict(decision="permit", reason=reason + _review_note(flags), form_id=None, version=None, provision=None,
-                   basis=verdict.basis, obligations=obligations, flags=flags, per_type=tuple((t, "permit") for t in types),
-                   per_type_provisions=tuple((t, None) for t in types))
+    return Verdict(
+        decision="permit",
+        reason=reason + _review_note(flags),
+        form_id=None,
+        version=None,
+        provision=None,
+        basis=verdict.basis,
+        obligations=obligations,
+        flags=flags,
+        per_type=tuple((t, "permit") for t in types),
+        per_type_provisions=tuple((t, None) for t in types),
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -773,8 +891,9 @@ def to_json(verdict: Verdict) -> dict[str, Any]:
     return {
         "decision": verdict.decision,
         "reason": verdict.reason,
-        "consent": None if verdict.consent_reference is None else {
-            "reference": verdict.consent_reference, "formId": verdict.form_id, "version": verdict.version},
+        "consent": None
+        if verdict.consent_reference is None
+        else {"reference": verdict.consent_reference, "formId": verdict.form_id, "version": verdict.version},
         "provision": verdict.provision,
         "basis": verdict.basis,
         "obligations": [{"code": o.code, "text": o.text} for o in verdict.obligations],
@@ -796,8 +915,7 @@ def to_parameters(verdict: Verdict) -> dict[str, Any]:
     if verdict.provision is not None:
         params.append(_part("provision", "String", verdict.provision))
     params.append(_part("basis", "Code", verdict.basis))
-    params += [{"name": "obligation", "part": [_part("code", "Code", o.code), _part("text", "String", o.text)]}
-               for o in verdict.obligations]
+    params += [{"name": "obligation", "part": [_part("code", "Code", o.code), _part("text", "String", o.text)]} for o in verdict.obligations]
     provisions = dict(verdict.per_type_provisions)
     for t, d in verdict.per_type:
         parts = [_part("code", "Coding", codes.INFORMATION_TYPES.to_coding(t)), _part("decision", "Code", d)]

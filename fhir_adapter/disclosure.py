@@ -48,7 +48,6 @@ class Disclosure:
     recorded_at: datetime | None = None
 
 
-
 def disclosure_issues(d: Disclosure) -> list[Issue]:
     """Everything wrong with a disclosure record, as JSON-path issues (empty when it can be stored)."""
     issues: list[Issue] = []
@@ -83,7 +82,6 @@ def disclosure_issues(d: Disclosure) -> list[Issue]:
     return issues
 
 
-
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
@@ -93,8 +91,10 @@ def _validator() -> jsonschema.protocols.Validator:
 
 def parse_disclosure(document: Any, nhs: str) -> Disclosure:
     """Check a disclosure document (schema, then the record's own rules); raises InvalidInput naming each bad field."""
-    issues = [error("required" if err.validator == "required" else "value", json_path(err.absolute_path), err.message[:300])
-              for err in _validator().iter_errors(document)]
+    issues = [
+        error("required" if err.validator == "required" else "value", json_path(err.absolute_path), err.message[:300])
+        for err in _validator().iter_errors(document)
+    ]
     if issues:
         raise InvalidInput(issues)
     disclosed_at = _moment(document["disclosedAt"], "$.disclosedAt", issues)
@@ -102,10 +102,17 @@ def parse_disclosure(document: Any, nhs: str) -> Disclosure:
     if issues:
         raise InvalidInput(issues)
     disclosure = Disclosure(
-        id=None, nhs_number=nhs, form_id=document.get("formId"), exception=document["exception"],
-        information_types=tuple(document["informationTypes"]), recipient=dict(document["recipient"]),
-        reason=document["reason"], disclosed_at=disclosed_at, young_person_told=document["youngPersonTold"],  # type: ignore[arg-type]
-        told_at=told_at, not_told_reason=document.get("notToldReason"),
+        id=None,
+        nhs_number=nhs,
+        form_id=document.get("formId"),
+        exception=document["exception"],
+        information_types=tuple(document["informationTypes"]),
+        recipient=dict(document["recipient"]),
+        reason=document["reason"],
+        disclosed_at=disclosed_at,  # type: ignore[arg-type]
+        young_person_told=document["youngPersonTold"],
+        told_at=told_at,
+        not_told_reason=document.get("notToldReason"),
     )
     issues = disclosure_issues(disclosure)
     if disclosure.told_at and disclosure.told_at < disclosure.disclosed_at:
@@ -126,8 +133,13 @@ def _moment(value: str, where: str, issues: list[Issue]) -> datetime | None:
 
 def disclosure_to_json(d: Disclosure) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "id": d.id, "nhsNumber": d.nhs_number, "exception": d.exception, "informationTypes": list(d.information_types),
-        "recipient": dict(d.recipient), "reason": d.reason, "disclosedAt": d.disclosed_at.isoformat(),
+        "id": d.id,
+        "nhsNumber": d.nhs_number,
+        "exception": d.exception,
+        "informationTypes": list(d.information_types),
+        "recipient": dict(d.recipient),
+        "reason": d.reason,
+        "disclosedAt": d.disclosed_at.isoformat(),
         "youngPersonTold": d.young_person_told,
     }
     if d.told_at:

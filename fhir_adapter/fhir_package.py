@@ -179,11 +179,19 @@ def implementation_guide(release: Release, version: str, resources: list[Resourc
         entries.append(entry)
     name = release.package_name
     return {
-        "resourceType": "ImplementationGuide", "id": name, "url": f"{CANONICAL}/ImplementationGuide/{name}", "version": version,
-        "name": f"CASUSConsent{release.key.upper()}", "title": f"CASUS Consent profiles (FHIR {release.key.upper()})",
-        "status": "active", "experimental": False, "publisher": PUBLISHER,
+        "resourceType": "ImplementationGuide",
+        "id": name,
+        "url": f"{CANONICAL}/ImplementationGuide/{name}",
+        "version": version,
+        "name": f"CASUSConsent{release.key.upper()}",
+        "title": f"CASUS Consent profiles (FHIR {release.key.upper()})",
+        "status": "active",
+        "experimental": False,
+        "publisher": PUBLISHER,
         "description": "The CASUS profiles of Consent, their extensions, CodeSystems, ValueSets and examples.",
-        "packageId": name, "license": LICENSE, "fhirVersion": [release.fhir_version],
+        "packageId": name,
+        "license": LICENSE,
+        "fhirVersion": [release.fhir_version],
         "definition": {"resource": entries},
     }
 
@@ -191,11 +199,18 @@ def implementation_guide(release: Release, version: str, resources: list[Resourc
 def manifest(release: Release, version: str) -> dict[str, Any]:
     """``package/package.json``: the NPM manifest FHIR tools read (no build date, so rebuilding changes nothing)."""
     return {
-        "name": release.package_name, "version": version, "type": "fhir.ig", "canonical": CANONICAL, "url": CANONICAL,
+        "name": release.package_name,
+        "version": version,
+        "type": "fhir.ig",
+        "canonical": CANONICAL,
+        "url": CANONICAL,
         "title": f"CASUS Consent profiles (FHIR {release.key.upper()})",
         "description": "Profiles, extensions and terminology for young people's confidentiality choices recorded on the CASUS consent form.",
-        "fhirVersions": [release.fhir_version], "dependencies": {release.core_package: release.fhir_version},
-        "author": PUBLISHER, "license": LICENSE, "jurisdiction": "urn:iso:std:iso:3166#GB",
+        "fhirVersions": [release.fhir_version],
+        "dependencies": {release.core_package: release.fhir_version},
+        "author": PUBLISHER,
+        "license": LICENSE,
+        "jurisdiction": "urn:iso:std:iso:3166#GB",
         "directories": {"lib": "package", "example": "example"},
     }
 
@@ -307,13 +322,16 @@ def node_snapshotter(tools_dir: Path = TOOLS_DIR) -> Snapshotter:
     """Snapshots by ``fhir-snapshot-generator``, installed in ``tools_dir`` by ``tools/fhir-package/install.sh``."""
     node = shutil.which("node")
     if node is None or not (tools_dir / "node_modules" / "fhir-snapshot-generator").is_dir():
-        raise ToolsMissing(f"the snapshot generator is not installed in {tools_dir}: run `make package-tools` "
-                           f"(bash tools/fhir-package/install.sh) with Node.js 20+ on the PATH")
+        raise ToolsMissing(
+            f"the snapshot generator is not installed in {tools_dir}: run `make package-tools` "
+            f"(bash tools/fhir-package/install.sh) with Node.js 20+ on the PATH"
+        )
 
     def run(staged_root: Path) -> dict[str, Any]:
         script = TOOLS_SOURCE / "snapshot.mjs"
-        done = subprocess.run([node, str(script), str(tools_dir), str(tools_dir / "fhir-cache"), str(staged_root)],
-                              capture_output=True, check=False, timeout=600)
+        done = subprocess.run(
+            [node, str(script), str(tools_dir), str(tools_dir / "fhir-cache"), str(staged_root)], capture_output=True, check=False, timeout=600
+        )
         if done.returncode != 0:
             raise PackageError(f"fhir-snapshot-generator failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
         return json.loads(done.stdout)

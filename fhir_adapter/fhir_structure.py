@@ -222,8 +222,7 @@ def base_issues(document: Any, version: FhirVersion) -> list[Issue]:
             fhir_type = element_type(MODELS[version], loc, document, version)
             issues.append(error(_issue_code(err["type"]), fhirpath(loc), message(err["type"], fhir_type)))
     except (ValueError, TypeError, LookupError, RecursionError) as exc:  # fhir.resources raises these on odd input
-        issues.append(error("structure", "Consent", f"not a valid FHIR {version.upper()} Consent: base FHIR cannot read it "
-                            f"({type(exc).__name__})"))
+        issues.append(error("structure", "Consent", f"not a valid FHIR {version.upper()} Consent: base FHIR cannot read it ({type(exc).__name__})"))
     issues += _binding_issues(document, version)
     return issues
 
@@ -300,8 +299,7 @@ def _unknown_contained(document: dict[str, Any], version: FhirVersion) -> list[I
         try:
             MODEL_CLASSES[version](kind)
         except (KeyError, ValueError, TypeError, LookupError):
-            issues.append(error("structure", f"Consent.contained[{n}].resourceType",
-                                f"{kind!r} is not a FHIR {version.upper()} resource type"))
+            issues.append(error("structure", f"Consent.contained[{n}].resourceType", f"{kind!r} is not a FHIR {version.upper()} resource type"))
     return issues
 
 

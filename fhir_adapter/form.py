@@ -34,8 +34,7 @@ Basis = Literal["aged-16-17", "competent-under-16", "parental-responsibility"]
 Sharing = Literal["share", "do-not-share"]
 EXCEPTION_PROVISIONS: tuple[str, ...] = ("risk-of-significant-harm", "court-order")
 FAMILY_ROLES = frozenset(
-    {"mother", "father", "parent", "step-parent", "foster-parent", "grandparent", "guardian",
-     "sibling", "other-family", "carer", "friend"}
+    {"mother", "father", "parent", "step-parent", "foster-parent", "grandparent", "guardian", "sibling", "other-family", "carer", "friend"}
 )
 #: Roles that can hold parental responsibility and so decide for an under-16 who is not competent.
 PARENTAL_RESPONSIBILITY_ROLES = frozenset({"mother", "father", "parent", "step-parent", "foster-parent", "guardian"})
@@ -279,13 +278,18 @@ def parse_form(document: Any) -> ConsentForm:
     people = []
     for n, p in enumerate(document["people"]):
         org = p.get("organisation")
-        people.append(Person(
-            id=p["id"], name=p["name"], role=p["role"], sharing=p["sharing"],
-            organisation=Organisation(org["name"], org.get("odsCode")) if org else None,
-            identifiers=_identifiers(p.get("identifiers")),
-            information_types=tuple(p.get("informationTypes", ())),
-            period=_period(p.get("period"), f"$.people[{n}].period", issues),
-        ))
+        people.append(
+            Person(
+                id=p["id"],
+                name=p["name"],
+                role=p["role"],
+                sharing=p["sharing"],
+                organisation=Organisation(org["name"], org.get("odsCode")) if org else None,
+                identifiers=_identifiers(p.get("identifiers")),
+                information_types=tuple(p.get("informationTypes", ())),
+                period=_period(p.get("period"), f"$.people[{n}].period", issues),
+            )
+        )
     explained_on = _date(exc["explainedOn"], "$.exceptions.explainedOn", issues) if "explainedOn" in exc else None
     if issues:
         raise InvalidInput(issues)
@@ -340,27 +344,22 @@ def cross_field_issues(form: ConsentForm) -> list[Issue]:
             issues.append(error("duplicate", where, f"the same person ({p.role}) is listed twice"))
         seen_people.add(key)
         if p.sharing == "do-not-share" and p.information_types:
-            issues.append(error("invariant", f"{where}.informationTypes",
-                                "a do-not-share person cannot list information types to share"))
+            issues.append(error("invariant", f"{where}.informationTypes", "a do-not-share person cannot list information types to share"))
         if p.sharing == "share" and not p.information_types:
-            issues.append(error("required", f"{where}.informationTypes",
-                                "a share person must list at least one information type"))
+            issues.append(error("required", f"{where}.informationTypes", "a share person must list at least one information type"))
         if p.organisation and p.is_family:
-            issues.append(error("invariant", f"{where}.organisation",
-                                f"an organisation is recorded for professionals, not for a {p.role}"))
+            issues.append(error("invariant", f"{where}.organisation", f"an organisation is recorded for professionals, not for a {p.role}"))
         if p.id.endswith("-practitioner") or p.id in ("young-person", "recorded-by", "competence-assessor"):
             issues.append(error("value", f"{where}.id", f"person id '{p.id}' is reserved"))
         if p.period and p.period.start and p.period.end and p.period.start > p.period.end:
             issues.append(error("invariant", f"{where}.period", "the period ends before it starts"))
     exc = form.exceptions
     if set(exc.provisions) != set(EXCEPTION_PROVISIONS) or len(exc.provisions) != len(EXCEPTION_PROVISIONS):
-        issues.append(error("value", "$.exceptions.provisions",
-                            "the policy exceptions are exactly risk-of-significant-harm and court-order"))
+        issues.append(error("value", "$.exceptions.provisions", "the policy exceptions are exactly risk-of-significant-harm and court-order"))
     if exc.explained_on and not exc.explained:
         issues.append(error("invariant", "$.exceptions.explainedOn", "an explanation date is given but explained is false"))
     if form.status == "active" and not exc.explained:
-        issues.append(error("invariant", "$.exceptions.explained",
-                            "an active consent requires that the exceptions were explained"))
+        issues.append(error("invariant", "$.exceptions.explained", "an active consent requires that the exceptions were explained"))
     return issues
 
 
@@ -369,27 +368,22 @@ def _basis_issues(form: ConsentForm, recorded_on: date) -> list[Issue]:
     dm = form.decision_maker
     where = "$.decisionMaker.basis"
     if age >= 18:
-        return [error("invariant", "$.youngPerson.birthDate",
-                      f"the young person was {age} on the recording date; CASUS consents are for under-18s")]
+        return [error("invariant", "$.youngPerson.birthDate", f"the young person was {age} on the recording date; CASUS consents are for under-18s")]
     if dm.basis == "aged-16-17" and age < 16:
         return [error("invariant", where, f"basis aged-16-17 but the young person was {age} on the recording date")]
     if dm.basis != "aged-16-17" and age >= 16:
-        return [error("invariant", where,
-                      f"the young person was {age} on the recording date and decides for themselves (aged-16-17)")]
+        return [error("invariant", where, f"the young person was {age} on the recording date and decides for themselves (aged-16-17)")]
     if dm.basis == "competent-under-16" and dm.competence:
         if dm.competence.assessed_on > recorded_on:
-            return [error("invariant", "$.decisionMaker.competence.assessedOn",
-                          "competence is assessed after the form was recorded")]
+            return [error("invariant", "$.decisionMaker.competence.assessedOn", "competence is assessed after the form was recorded")]
         if dm.competence.assessed_on < form.young_person.birth_date:
-            return [error("invariant", "$.decisionMaker.competence.assessedOn",
-                          "competence is assessed before the date of birth")]
+            return [error("invariant", "$.decisionMaker.competence.assessedOn", "competence is assessed before the date of birth")]
     if dm.basis == "parental-responsibility":
         person = form.person(dm.person_id or "")
         if person is None:
             return [error("invariant", "$.decisionMaker.personId", f"no person with id '{dm.person_id}' in people")]
         if person.role not in PARENTAL_RESPONSIBILITY_ROLES:
-            return [error("invariant", "$.decisionMaker.personId",
-                          f"a {person.role} does not hold parental responsibility")]
+            return [error("invariant", "$.decisionMaker.personId", f"a {person.role} does not hold parental responsibility")]
     return []
 
 

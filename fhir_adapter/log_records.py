@@ -36,8 +36,7 @@ class JsonLines(logging.Formatter):
     """``{"time", "level", "logger", "message", "runId"?, "error"?}`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, str] = {"time": _timestamp(record), "level": record.levelname, "logger": record.name,
-                                 "message": record.getMessage()}
+        entry: dict[str, str] = {"time": _timestamp(record), "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         run_id = _run_id.get()
         if run_id is not None:
             entry["runId"] = run_id

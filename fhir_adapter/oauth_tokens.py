@@ -86,8 +86,9 @@ def adapter_scopes(granted: str) -> frozenset[str]:
 class JwksCache:
     """The authorisation server's signing keys by key id, fetched on first use and on an unknown key id."""
 
-    def __init__(self, url: str, *, ca_bundle: str | None = None, min_refresh_seconds: float = MIN_REFRESH_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, url: str, *, ca_bundle: str | None = None, min_refresh_seconds: float = MIN_REFRESH_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         check_transport_security(url)
         self._url = url
         self._min_refresh = min_refresh_seconds
@@ -111,8 +112,7 @@ class JwksCache:
         self._fetched_at = self._clock()
         self.fetches += 1
         try:
-            response = requests.get(self._url, timeout=FETCH_TIMEOUT_SECONDS, verify=self._verify,
-                                    headers={"Accept": "application/json"})
+            response = requests.get(self._url, timeout=FETCH_TIMEOUT_SECONDS, verify=self._verify, headers={"Accept": "application/json"})
             response.raise_for_status()
             if len(response.content) > MAX_JWKS_BYTES:
                 raise ValueError("JWKS too large")
@@ -137,8 +137,7 @@ class AccessTokenVerifier:
     def __init__(self, settings: OAuthSettings, keys: JwksCache | None = None) -> None:
         self.settings = settings
         self._leeway = min(max(settings.leeway_seconds, 0), MAX_LEEWAY_SECONDS)
-        self._keys = keys or JwksCache(settings.jwks_url, ca_bundle=settings.ca_bundle,
-                                       min_refresh_seconds=settings.jwks_min_refresh_seconds)
+        self._keys = keys or JwksCache(settings.jwks_url, ca_bundle=settings.ca_bundle, min_refresh_seconds=settings.jwks_min_refresh_seconds)
 
     def authenticate(self, token: str) -> Principal | Refusal:
         try:
@@ -154,8 +153,15 @@ class AccessTokenVerifier:
         if key is None:
             return Refusal(401, "login", "the access token is signed with a key the authorisation server does not publish")
         try:
-            claims = jwt.decode(token, key.key, algorithms=[alg], audience=self.settings.audience, issuer=self.settings.issuer,
-                                leeway=self._leeway, options={"require": ["exp", "iss", "aud"]})
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             return Refusal(401, "expired", "the access token has expired")
         except jwt.ImmatureSignatureError:

@@ -31,11 +31,22 @@ YOUNG_PERSON_TYPES: dict[str, str] = {
 }
 #: How the young person would name each person on the form.
 YOUNG_PERSON_ROLES: dict[str, str] = {
-    "mother": "your mum", "father": "your dad", "parent": "your parent", "step-parent": "your step-parent",
-    "foster-parent": "your foster parent", "grandparent": "your grandparent", "guardian": "your guardian",
-    "sibling": "your brother or sister", "other-family": "someone in your family", "carer": "your carer",
-    "friend": "your friend", "gp": "your GP", "school": "your school or college", "social-worker": "your social worker",
-    "youth-justice": "your youth justice worker", "health-professional": "another health worker",
+    "mother": "your mum",
+    "father": "your dad",
+    "parent": "your parent",
+    "step-parent": "your step-parent",
+    "foster-parent": "your foster parent",
+    "grandparent": "your grandparent",
+    "guardian": "your guardian",
+    "sibling": "your brother or sister",
+    "other-family": "someone in your family",
+    "carer": "your carer",
+    "friend": "your friend",
+    "gp": "your GP",
+    "school": "your school or college",
+    "social-worker": "your social worker",
+    "youth-justice": "your youth justice worker",
+    "health-professional": "another health worker",
     "other-professional": "another professional",
 }
 #: The policy's two exceptions, in its words.
@@ -43,8 +54,10 @@ EXCEPTIONS: tuple[str, ...] = (
     "If we believe you or another person is at risk of significant harm.",
     "If there is a court order for us to do so.",
 )
-EXCEPTIONS_AFTER = ("If this happens, wherever possible, we will let you know what we are going to share, "
-                    "who we are going to share it with, and what might happen as a result.")
+EXCEPTIONS_AFTER = (
+    "If this happens, wherever possible, we will let you know what we are going to share, "
+    "who we are going to share it with, and what might happen as a result."
+)
 
 
 def long_date(day: date) -> str:
@@ -88,8 +101,11 @@ def young_person_sentences(form: ConsentForm, in_force: Sequence[RecipientSummar
         told = listed([YOUNG_PERSON_TYPES[t] for t in (person.information_types if person else ())])
         period = entry.period
         if not entry.in_period and period is not None and period.start is not None and period.start > today:
-            out.append(Sentence(name, f"{label} can know {told}, from {long_date(period.start)}{_until(period)}. "
-                                      f"Until then they won't be told anything.", True))
+            out.append(
+                Sentence(
+                    name, f"{label} can know {told}, from {long_date(period.start)}{_until(period)}. Until then they won't be told anything.", True
+                )
+            )
         elif not entry.in_period:
             out.append(Sentence(name, f"{label} won't be told anything now: the time you agreed has ended.", False))
         else:
@@ -154,5 +170,3 @@ def _period(period: Period | None) -> str:
     start = long_date(period.start) if period.start else "the start"
     end = long_date(period.end) if period.end else "no end"
     return f"{start} to {end}"
-
-

@@ -54,8 +54,18 @@ def _name(resource_id: str) -> str:
 
 def _header(resource_type: str, url: str, description: str) -> dict[str, Any]:
     rid = _tail(url)
-    return {"resourceType": resource_type, "id": rid, "url": url, "version": ARTEFACT_VERSION, "name": _name(rid),
-            "title": _title(rid), "status": STATUS, "experimental": False, "publisher": PUBLISHER, "description": description}
+    return {
+        "resourceType": resource_type,
+        "id": rid,
+        "url": url,
+        "version": ARTEFACT_VERSION,
+        "name": _name(rid),
+        "title": _title(rid),
+        "status": STATUS,
+        "experimental": False,
+        "publisher": PUBLISHER,
+        "description": description,
+    }
 
 
 def code_system(url: str, table: codes.CodeTable, description: str) -> dict[str, Any]:
@@ -63,8 +73,7 @@ def code_system(url: str, table: codes.CodeTable, description: str) -> dict[str,
     concepts = [{"code": r.code, "display": r.display} for r in table if r.system == url]
     if not concepts:
         raise ValueError(f"table {table.name} has no rows in {url}")
-    return {**_header("CodeSystem", url, description), "caseSensitive": True, "content": "complete",
-            "count": len(concepts), "concept": concepts}
+    return {**_header("CodeSystem", url, description), "caseSensitive": True, "content": "complete", "count": len(concepts), "concept": concepts}
 
 
 def value_set(url: str, rows: Iterable[codes.Row], description: str, whole_systems: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -83,33 +92,45 @@ def value_set(url: str, rows: Iterable[codes.Row], description: str, whole_syste
 def terminology() -> list[dict[str, Any]]:
     """Every CASUS CodeSystem and ValueSet, built from the code tables."""
     return [
-        code_system(codes.CS_INFORMATION_TYPE, codes.INFORMATION_TYPES,
-                    "The kinds of CASUS information a young person may agree to share, person by person."),
-        code_system(codes.CS_PERSON_ROLE, codes.PERSON_ROLES,
-                    "Roles of people involved in a young person's care that HL7 v3 RoleCode does not name "
-                    "(carer, GP, school, social worker, youth justice, other professionals)."),
-        code_system(codes.CS_RECIPIENT_ROLE, codes.EXCEPTION_ONLY_RECIPIENTS,
-                    "Recipients that are never on a CASUS form but that a policy exception (risk of significant harm, "
-                    "court order) may require CASUS to inform: a court, the police, children's social care."),
-        code_system(codes.CS_DECISION_BASIS, codes.DECISION_BASIS,
-                    "On what basis the person who made the confidentiality decisions decides (age, Gillick competence, "
-                    "parental responsibility)."),
-        value_set(VS_INFORMATION_TYPE, codes.INFORMATION_TYPES,
-                  "All CASUS information types.", frozenset({codes.CS_INFORMATION_TYPE})),
-        value_set(VS_PERSON_ROLE, codes.PERSON_ROLES,
-                  "Who a person on a CASUS form is: the HL7 v3 RoleCode family roles CASUS records, plus every CASUS "
-                  "person role.", frozenset({codes.CS_PERSON_ROLE})),
-        value_set(VS_DECISION_BASIS, codes.DECISION_BASIS,
-                  "All CASUS decision bases.", frozenset({codes.CS_DECISION_BASIS})),
-        value_set(VS_CONSENT_STATUS, codes.STATUS_R4,
-                  "The Consent.status codes a CASUS form can have (draft, active, withdrawn = inactive, entered-in-error)."),
+        code_system(
+            codes.CS_INFORMATION_TYPE, codes.INFORMATION_TYPES, "The kinds of CASUS information a young person may agree to share, person by person."
+        ),
+        code_system(
+            codes.CS_PERSON_ROLE,
+            codes.PERSON_ROLES,
+            "Roles of people involved in a young person's care that HL7 v3 RoleCode does not name "
+            "(carer, GP, school, social worker, youth justice, other professionals).",
+        ),
+        code_system(
+            codes.CS_RECIPIENT_ROLE,
+            codes.EXCEPTION_ONLY_RECIPIENTS,
+            "Recipients that are never on a CASUS form but that a policy exception (risk of significant harm, "
+            "court order) may require CASUS to inform: a court, the police, children's social care.",
+        ),
+        code_system(
+            codes.CS_DECISION_BASIS,
+            codes.DECISION_BASIS,
+            "On what basis the person who made the confidentiality decisions decides (age, Gillick competence, parental responsibility).",
+        ),
+        value_set(VS_INFORMATION_TYPE, codes.INFORMATION_TYPES, "All CASUS information types.", frozenset({codes.CS_INFORMATION_TYPE})),
+        value_set(
+            VS_PERSON_ROLE,
+            codes.PERSON_ROLES,
+            "Who a person on a CASUS form is: the HL7 v3 RoleCode family roles CASUS records, plus every CASUS person role.",
+            frozenset({codes.CS_PERSON_ROLE}),
+        ),
+        value_set(VS_DECISION_BASIS, codes.DECISION_BASIS, "All CASUS decision bases.", frozenset({codes.CS_DECISION_BASIS})),
+        value_set(
+            VS_CONSENT_STATUS,
+            codes.STATUS_R4,
+            "The Consent.status codes a CASUS form can have (draft, active, withdrawn = inactive, entered-in-error).",
+        ),
     ]
 
 
 def example_forms() -> dict[str, dict[str, Any]]:
     """The hand-written CASUS form examples, by name (``form-<name>.json``)."""
-    return {path.stem.removeprefix("form-"): json.loads(path.read_text(encoding="utf-8"))
-            for path in sorted(EXAMPLES_DIR.glob("form-*.json"))}
+    return {path.stem.removeprefix("form-"): json.loads(path.read_text(encoding="utf-8")) for path in sorted(EXAMPLES_DIR.glob("form-*.json"))}
 
 
 def example_consent(name: str, form_document: dict[str, Any]) -> dict[str, Any]:

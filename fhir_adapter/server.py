@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(pages.bp)
-    app.extensions[sessions.BOOK_EXTENSION] = sessions.SessionBook(timedelta(minutes=settings.session_idle_minutes),
-                                                                   timedelta(hours=settings.session_max_hours))
+    app.extensions[sessions.BOOK_EXTENSION] = sessions.SessionBook(
+        timedelta(minutes=settings.session_idle_minutes), timedelta(hours=settings.session_max_hours)
+    )
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir", name="fhir")
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir/R4", name="fhir_r4")
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir/R5", name="fhir_r5")

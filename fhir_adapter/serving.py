@@ -74,8 +74,7 @@ def fitted_connection_limit(wanted: int) -> int:
             log.warning("cannot raise the open-file limit from %d", soft)
     if soft != resource.RLIM_INFINITY and soft < needed:
         fitted = max(1, soft - SPARE_DESCRIPTORS)
-        log.warning("connection limit lowered from %d to %d to fit the open-file limit (%d); raise it (ulimit -n, LimitNOFILE)",
-                    wanted, fitted, soft)
+        log.warning("connection limit lowered from %d to %d to fit the open-file limit (%d); raise it (ulimit -n, LimitNOFILE)", wanted, fitted, soft)
         return fitted
     return wanted
 

@@ -218,12 +218,26 @@ class SyncSummary:
         return OUTCOMES[self.exit_code()]
 
     def to_json(self) -> dict[str, Any]:
-        return {"server": self.server, "runId": self.run_id, "startedAt": self.started_at.isoformat(),
-                "endedAt": (self.ended_at or self.started_at).isoformat(), "exitCode": self.exit_code(), "outcome": self.outcome,
-                "failure": self.failure, "full": self.full, "dryRun": self.dry_run,
-                "pushed": self.pushed, "pulled": self.pulled, "inStep": self.in_step, "conflicts": list(self.conflicts),
-                "rejected": list(self.rejected), "deletedOnServer": list(self.deleted_on_server),
-                "requests": self.requests, "retries": self.retries, "durationSeconds": round(self.duration_seconds, 3)}
+        return {
+            "server": self.server,
+            "runId": self.run_id,
+            "startedAt": self.started_at.isoformat(),
+            "endedAt": (self.ended_at or self.started_at).isoformat(),
+            "exitCode": self.exit_code(),
+            "outcome": self.outcome,
+            "failure": self.failure,
+            "full": self.full,
+            "dryRun": self.dry_run,
+            "pushed": self.pushed,
+            "pulled": self.pulled,
+            "inStep": self.in_step,
+            "conflicts": list(self.conflicts),
+            "rejected": list(self.rejected),
+            "deletedOnServer": list(self.deleted_on_server),
+            "requests": self.requests,
+            "retries": self.retries,
+            "durationSeconds": round(self.duration_seconds, 3),
+        }
 
 
 # --------------------------------------------------------------------------- remote state (pure)
@@ -389,8 +403,10 @@ def plan_push(latest: FormVersion, record: SyncRecord | None, remotes: Sequence[
     if record is None or record.remote_version_id is None:
         reason = f"the server already holds a different Consent for this form (version {remote.version_id}) that was never synced"
     else:
-        reason = (f"changed on the server (version {record.remote_version_id} -> {remote.version_id}) "
-                  f"and locally (version {latest.version}) since the last sync")
+        reason = (
+            f"changed on the server (version {record.remote_version_id} -> {remote.version_id}) "
+            f"and locally (version {latest.version}) since the last sync"
+        )
     return PushPlan(latest, record, "conflict", remote, reason)
 
 
@@ -399,10 +415,16 @@ def push_entry(plan: PushPlan, base_url: str) -> dict[str, Any]:
     resource = form_to_r4(plan.latest.form)
     if plan.action == "update" and plan.remote is not None:
         resource["id"] = plan.remote.resource_id
-        return {"fullUrl": f"{base_url}/Consent/{plan.remote.resource_id}", "resource": resource,
-                "request": {"method": "PUT", "url": f"Consent/{plan.remote.resource_id}", "ifMatch": weak_etag(plan.remote.version_id)}}
-    return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource,
-            "request": {"method": "PUT", "url": "Consent?" + identifier_query(codes.ID_CONSENT_FORM, plan.latest.form_id)}}
+        return {
+            "fullUrl": f"{base_url}/Consent/{plan.remote.resource_id}",
+            "resource": resource,
+            "request": {"method": "PUT", "url": f"Consent/{plan.remote.resource_id}", "ifMatch": weak_etag(plan.remote.version_id)},
+        }
+    return {
+        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+        "resource": resource,
+        "request": {"method": "PUT", "url": "Consent?" + identifier_query(codes.ID_CONSENT_FORM, plan.latest.form_id)},
+    }
 
 
 def transaction_bundle(entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -440,8 +462,12 @@ class PullCursor:
         return f"{remote.resource_id}/_history/{remote.version_id}"
 
     def already_seen(self, remote: RemoteState) -> bool:
-        return (self.last_updated is not None and remote.last_updated is not None and self.key(remote) in self.seen
-                and parse_instant(remote.last_updated) == parse_instant(self.last_updated))
+        return (
+            self.last_updated is not None
+            and remote.last_updated is not None
+            and self.key(remote) in self.seen
+            and parse_instant(remote.last_updated) == parse_instant(self.last_updated)
+        )
 
     def advanced(self, page: Sequence[RemoteState]) -> PullCursor:
         """The cursor after a fully processed page (pages come in ascending lastUpdated order)."""
@@ -474,8 +500,17 @@ def check_sorted(page: Sequence[RemoteState], floor: PullCursor) -> None:
 class SyncJob:
     """One sync run's worth of work between a Store and one FHIR server (construct per run or reuse)."""
 
-    def __init__(self, store: Store, client: FhirClient, *, batch_size: int = 100, page_size: int = 100, owner: str | None = None,
-                 lock_ttl_seconds: int = 900, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        client: FhirClient,
+        *,
+        batch_size: int = 100,
+        page_size: int = 100,
+        owner: str | None = None,
+        lock_ttl_seconds: int = 900,
+        progress: Progress | None = None,
+    ) -> None:
         if not 1 <= batch_size <= 1000:
             raise ValueError("batch_size must be between 1 and 1000")
         if not 1 <= page_size <= 1000:
@@ -542,9 +577,19 @@ class SyncJob:
             summary.ended_at = utc_now()
             if not dry_run:
                 self._finish(summary)
-        log.info("sync %s with %s: pushed %d, pulled %d, in step %d, conflicts %d, rejected %d, deleted on server %d, "
-                 "requests %d, retries %d", summary.outcome, self.server, summary.pushed, summary.pulled, summary.in_step,
-                 len(summary.conflicts), len(summary.rejected), len(summary.deleted_on_server), summary.requests, summary.retries)
+        log.info(
+            "sync %s with %s: pushed %d, pulled %d, in step %d, conflicts %d, rejected %d, deleted on server %d, requests %d, retries %d",
+            summary.outcome,
+            self.server,
+            summary.pushed,
+            summary.pulled,
+            summary.in_step,
+            len(summary.conflicts),
+            len(summary.rejected),
+            len(summary.deleted_on_server),
+            summary.requests,
+            summary.retries,
+        )
         return summary
 
     def _take_lease(self, summary: SyncSummary, *, record_refusal: bool = True) -> None:
@@ -555,11 +600,15 @@ class SyncJob:
         holder = state.lock_holder(LOCK_NAME)
         if holder is None and state.acquire_lock(LOCK_NAME, self.owner, self.lock_ttl_seconds):
             return
-        if holder is not None and holder_is_dead(holder.owner) \
-                and state.take_over_lock(LOCK_NAME, holder.owner, self.owner, self.lock_ttl_seconds):
+        if holder is not None and holder_is_dead(holder.owner) and state.take_over_lock(LOCK_NAME, holder.owner, self.owner, self.lock_ttl_seconds):
             log.warning("sync lease taken over from %s, a process on this host that has ended", holder.owner)
-            self.store.audit(actor=ACTOR, action="sync.lease", resource=None, outcome="taken-over",
-                             detail={"previousOwner": holder.owner, "owner": self.owner, "server": self.server})
+            self.store.audit(
+                actor=ACTOR,
+                action="sync.lease",
+                resource=None,
+                outcome="taken-over",
+                detail={"previousOwner": holder.owner, "owner": self.owner, "server": self.server},
+            )
             return
         summary.skipped = True
         summary.ended_at = utc_now()
@@ -572,9 +621,17 @@ class SyncJob:
     def _finish(self, summary: SyncSummary) -> None:
         try:
             detail: dict[str, Any] = {
-                "server": self.server, "runId": summary.run_id, "pushed": summary.pushed, "pulled": summary.pulled,
-                "inStep": summary.in_step, "conflicts": len(summary.conflicts), "rejected": len(summary.rejected),
-                "deletedOnServer": len(summary.deleted_on_server), "requests": summary.requests, "retries": summary.retries}
+                "server": self.server,
+                "runId": summary.run_id,
+                "pushed": summary.pushed,
+                "pulled": summary.pulled,
+                "inStep": summary.in_step,
+                "conflicts": len(summary.conflicts),
+                "rejected": len(summary.rejected),
+                "deletedOnServer": len(summary.deleted_on_server),
+                "requests": summary.requests,
+                "retries": summary.retries,
+            }
             if summary.failure is not None:
                 detail["failure"] = summary.failure  # not "reason": the audit trail redacts free text under that key
             self.store.audit(actor=ACTOR, action="sync.run", resource=None, outcome=summary.outcome, detail=detail)
@@ -583,9 +640,17 @@ class SyncJob:
             self.store.release_lock(LOCK_NAME, self.owner)
 
     def _record_run(self, summary: SyncSummary) -> None:
-        self.store.sync_state.record_run(SyncRun(
-            run_id=summary.run_id, server=self.server, started_at=summary.started_at, ended_at=summary.ended_at or utc_now(),
-            exit_code=summary.exit_code(), outcome=summary.outcome, summary=summary.to_json()))
+        self.store.sync_state.record_run(
+            SyncRun(
+                run_id=summary.run_id,
+                server=self.server,
+                started_at=summary.started_at,
+                ended_at=summary.ended_at or utc_now(),
+                exit_code=summary.exit_code(),
+                outcome=summary.outcome,
+                summary=summary.to_json(),
+            )
+        )
 
     def _renew_lease(self, dry_run: bool, summary: SyncSummary) -> None:
         if not dry_run and not self.store.acquire_lock(LOCK_NAME, self.owner, self.lock_ttl_seconds):
@@ -630,8 +695,11 @@ class SyncJob:
         state = self.store.sync_state
         after = ""
         while True:
-            page = state.form_ids_on_server(self.server, after, self.batch_size) if every_form \
+            page = (
+                state.form_ids_on_server(self.server, after, self.batch_size)
+                if every_form
                 else state.form_ids_synced_with_mapping_before(self.server, MAPPING_VERSION, after, self.batch_size)
+            )
             if not page:
                 return
             self._renew_lease(dry_run, summary)
@@ -671,12 +739,11 @@ class SyncJob:
             return
         gone = sorted(set(deleted))
         for start in range(0, len(gone), self.batch_size):
-            self._push_batch(gone[start:start + self.batch_size], summary, dry_run, already_planned, check_all=True)
+            self._push_batch(gone[start : start + self.batch_size], summary, dry_run, already_planned, check_all=True)
         if not dry_run:
             state.set_cursor(self.server, DELETE_CURSOR, newest)
 
-    def _push_batch(self, form_ids: list[str], summary: SyncSummary, dry_run: bool, planned: set[str], *,
-                    check_all: bool = False) -> set[str]:
+    def _push_batch(self, form_ids: list[str], summary: SyncSummary, dry_run: bool, planned: set[str], *, check_all: bool = False) -> set[str]:
         """Push one batch; returns the form ids left unsettled (conflicts, rejections) so the cursor waits for them.
 
         Every form it looks up is added to ``planned``; ``check_all`` looks up forms with nothing to push too.
@@ -691,9 +758,14 @@ class SyncJob:
             return set()
         for attempt in (1, 2):
             remotes = self._remote_states([latest.form_id for latest, _ in candidates])
-            plans = [self._settle_deleted(plan_push(latest, record or self._adopted(latest.form_id, remotes.get(latest.form_id, [])),
-                                                    remotes.get(latest.form_id, [])), summary, dry_run)
-                     for latest, record in candidates]
+            plans = [
+                self._settle_deleted(
+                    plan_push(latest, record or self._adopted(latest.form_id, remotes.get(latest.form_id, [])), remotes.get(latest.form_id, [])),
+                    summary,
+                    dry_run,
+                )
+                for latest, record in candidates
+            ]
             writes = [p for p in plans if p.action in ("create", "update")]
             if dry_run:
                 summary.pushed += len(writes)
@@ -726,18 +798,28 @@ class SyncJob:
         record = plan.record
         assert record is not None  # deleted_on_server() needs a record
         if not any(d["formId"] == plan.latest.form_id for d in summary.deleted_on_server):
-            summary.deleted_on_server.append({"formId": plan.latest.form_id, "remoteId": record.remote_id,
-                                              "status": plan.latest.form.status, "rePushed": in_force})
-            log.warning("sync: Consent %s for form %s was deleted on the server (%s)", record.remote_id, plan.latest.form_id,
-                        "re-pushing, the form is in force" if in_force else "not re-pushed, the form is not in force")
+            summary.deleted_on_server.append(
+                {"formId": plan.latest.form_id, "remoteId": record.remote_id, "status": plan.latest.form.status, "rePushed": in_force}
+            )
+            log.warning(
+                "sync: Consent %s for form %s was deleted on the server (%s)",
+                record.remote_id,
+                plan.latest.form_id,
+                "re-pushing, the form is in force" if in_force else "not re-pushed, the form is not in force",
+            )
             if not dry_run:
-                self._audit(plan.latest, "sync.deleted-on-server", "re-pushed" if in_force else "reported",
-                            {"remoteId": record.remote_id, "server": self.server})
+                self._audit(
+                    plan.latest,
+                    "sync.deleted-on-server",
+                    "re-pushed" if in_force else "reported",
+                    {"remoteId": record.remote_id, "server": self.server},
+                )
         if in_force:
             return replace(plan, action="create", record=replace(record, remote_id=None, remote_version_id=None))
         if not dry_run:  # the server no longer holds it: forget its id, so the deletion is reported once
-            self.store.save_sync_record(replace(record, remote_id=None, remote_version_id=None, remote_last_updated=None,
-                                                pushed_version=plan.latest.version))
+            self.store.save_sync_record(
+                replace(record, remote_id=None, remote_version_id=None, remote_last_updated=None, pushed_version=plan.latest.version)
+            )
         return replace(plan, action="skip")
 
     def _send(self, writes: list[PushPlan]) -> list[RemoteState]:
@@ -758,8 +840,16 @@ class SyncJob:
                 committed = self._send([plan])
             except InvalidResource as exc:
                 outcome = exc.outcome or operation_outcome([Issue("error", "invalid", "Consent", f"the server refused the Consent ({exc.status})")])
-                self._problem(summary, "rejected", plan.latest.form_id, form_id=plan.latest.form_id, remote=plan.remote,
-                              local_version=plan.latest.version, detail={"outcome": outcome}, dry_run=False)
+                self._problem(
+                    summary,
+                    "rejected",
+                    plan.latest.form_id,
+                    form_id=plan.latest.form_id,
+                    remote=plan.remote,
+                    local_version=plan.latest.version,
+                    detail={"outcome": outcome},
+                    dry_run=False,
+                )
                 self._audit(plan.latest, "sync.push", "rejected", {"status": exc.status})
                 unsettled.add(plan.latest.form_id)
             except (PreconditionFailed, Conflict):
@@ -781,8 +871,12 @@ class SyncJob:
                 if form_id in self._sent:
                     summary.pushed += 1
                     if not dry_run:
-                        self._audit(plan.latest, "sync.push", "pushed", {"version": plan.latest.version,
-                                                                         "remoteVersionId": plan.remote.version_id, "landed": True})
+                        self._audit(
+                            plan.latest,
+                            "sync.push",
+                            "pushed",
+                            {"version": plan.latest.version, "remoteVersionId": plan.remote.version_id, "landed": True},
+                        )
                 else:
                     summary.mark_in_step(form_id)
                 if not dry_run:
@@ -799,14 +893,23 @@ class SyncJob:
             self._solved(plan.latest.form_id)
             summary.pushed += 1
             self._audit(plan.latest, "sync.push", "pushed", {"version": plan.latest.version, "remoteVersionId": state.version_id})
-            log.debug("pushed form %s version %d as Consent %s/_history/%s", plan.latest.form_id, plan.latest.version,
-                      state.resource_id, state.version_id)
+            log.debug(
+                "pushed form %s version %d as Consent %s/_history/%s", plan.latest.form_id, plan.latest.version, state.resource_id, state.version_id
+            )
 
     def _save_record(self, latest: FormVersion, record: SyncRecord | None, state: RemoteState, mapping_version: int) -> None:
-        self.store.save_sync_record(SyncRecord(
-            server=self.server, form_id=latest.form_id, pushed_version=latest.version, remote_id=state.resource_id,
-            remote_version_id=state.version_id, remote_last_updated=state.last_updated,
-            pulled_version=record.pulled_version if record is not None else None, mapping_version=mapping_version))
+        self.store.save_sync_record(
+            SyncRecord(
+                server=self.server,
+                form_id=latest.form_id,
+                pushed_version=latest.version,
+                remote_id=state.resource_id,
+                remote_version_id=state.version_id,
+                remote_last_updated=state.last_updated,
+                pulled_version=record.pulled_version if record is not None else None,
+                mapping_version=mapping_version,
+            )
+        )
 
     def _remote_states(self, form_ids: list[str]) -> dict[str, list[RemoteState]]:
         """The server's current Consents for these forms, by form id: one search per URL-sized chunk."""
@@ -865,8 +968,7 @@ class SyncJob:
                 self._solved(form_id, remote)
             return
         if latest is not None and has_unpushed_change(latest, record):
-            reason = (f"changed on the server (version {remote.version_id}) while local version {latest.version} "
-                      "has not been pushed")
+            reason = f"changed on the server (version {remote.version_id}) while local version {latest.version} has not been pushed"
             self._conflict(summary, latest, reason, remote=remote, dry_run=dry_run)
             return
         if dry_run:
@@ -874,8 +976,7 @@ class SyncJob:
             return
         self._import(form, latest, record, remote, summary)
 
-    def _import(self, form: ConsentForm, latest: FormVersion | None, record: SyncRecord | None, remote: RemoteState,
-                summary: SyncSummary) -> None:
+    def _import(self, form: ConsentForm, latest: FormVersion | None, record: SyncRecord | None, remote: RemoteState, summary: SyncSummary) -> None:
         try:
             if latest is None:
                 stored = self.store.create_form(form, actor=ACTOR, source="remote")
@@ -886,10 +987,18 @@ class SyncJob:
             if now is not None:
                 self._conflict(summary, now, "changed locally while the server's version was being pulled", remote=remote)
             return
-        self.store.save_sync_record(SyncRecord(
-            server=self.server, form_id=form.form_id, pushed_version=stored.version, remote_id=remote.resource_id,
-            remote_version_id=remote.version_id, remote_last_updated=remote.last_updated, pulled_version=stored.version,
-            mapping_version=written_mapping_version(remote.resource)))
+        self.store.save_sync_record(
+            SyncRecord(
+                server=self.server,
+                form_id=form.form_id,
+                pushed_version=stored.version,
+                remote_id=remote.resource_id,
+                remote_version_id=remote.version_id,
+                remote_last_updated=remote.last_updated,
+                pulled_version=stored.version,
+                mapping_version=written_mapping_version(remote.resource),
+            )
+        )
         self._solved(form.form_id, remote)
         summary.pulled += 1
         log.debug("pulled Consent %s/_history/%s as form %s version %d", remote.resource_id, remote.version_id, form.form_id, stored.version)
@@ -911,29 +1020,65 @@ class SyncJob:
 
     # ---------------------------------------------------------------- problems and reporting
 
-    def _conflict(self, summary: SyncSummary, latest: FormVersion, reason: str, *, remote: RemoteState | None = None,
-                  dry_run: bool = False) -> None:
-        if self._problem(summary, "conflict", latest.form_id, form_id=latest.form_id, remote=remote, local_version=latest.version,
-                         detail={"reason": reason}, dry_run=dry_run):
+    def _conflict(self, summary: SyncSummary, latest: FormVersion, reason: str, *, remote: RemoteState | None = None, dry_run: bool = False) -> None:
+        if self._problem(
+            summary,
+            "conflict",
+            latest.form_id,
+            form_id=latest.form_id,
+            remote=remote,
+            local_version=latest.version,
+            detail={"reason": reason},
+            dry_run=dry_run,
+        ):
             log.warning("sync conflict on form %s (local version %d)", latest.form_id, latest.version)
             if not dry_run:
                 self._audit(latest, "sync.conflict", "conflict", {"version": latest.version, "server": self.server})
 
     def _reject(self, summary: SyncSummary, remote: RemoteState, form_id: str | None, issues: list[Issue], dry_run: bool) -> None:
         key = form_id or f"Consent/{remote.resource_id}"
-        self._problem(summary, "rejected", key, form_id=form_id, remote=remote, local_version=None,
-                      detail={"outcome": operation_outcome(issues)}, dry_run=dry_run)
+        self._problem(
+            summary,
+            "rejected",
+            key,
+            form_id=form_id,
+            remote=remote,
+            local_version=None,
+            detail={"outcome": operation_outcome(issues)},
+            dry_run=dry_run,
+        )
         log.warning("sync rejected Consent %s/_history/%s: %d issue(s)", remote.resource_id, remote.version_id, len(issues))
         if not dry_run:
-            self.store.audit(actor=ACTOR, action="sync.rejected", resource=f"Consent/{remote.resource_id}", outcome="rejected",
-                             detail={"formId": form_id, "remoteVersionId": remote.version_id, "issueCount": len(issues),
-                                     "server": self.server})
+            self.store.audit(
+                actor=ACTOR,
+                action="sync.rejected",
+                resource=f"Consent/{remote.resource_id}",
+                outcome="rejected",
+                detail={"formId": form_id, "remoteVersionId": remote.version_id, "issueCount": len(issues), "server": self.server},
+            )
 
-    def _problem(self, summary: SyncSummary, kind: ProblemKind, key: str, *, form_id: str | None, remote: RemoteState | None,
-                 local_version: int | None, detail: dict[str, Any], dry_run: bool) -> bool:
+    def _problem(
+        self,
+        summary: SyncSummary,
+        kind: ProblemKind,
+        key: str,
+        *,
+        form_id: str | None,
+        remote: RemoteState | None,
+        local_version: int | None,
+        detail: dict[str, Any],
+        dry_run: bool,
+    ) -> bool:
         """Report a problem in this run and keep it outstanding until solved; False if this run already reported it."""
-        problem = SyncProblem(kind=kind, key=key, form_id=form_id, remote_id=remote.resource_id if remote else None,
-                              remote_version_id=remote.version_id if remote else None, local_version=local_version, detail=detail)
+        problem = SyncProblem(
+            kind=kind,
+            key=key,
+            form_id=form_id,
+            remote_id=remote.resource_id if remote else None,
+            remote_version_id=remote.version_id if remote else None,
+            local_version=local_version,
+            detail=detail,
+        )
         if not summary.add_problem(problem):
             return False
         if not dry_run:
@@ -961,8 +1106,9 @@ class SyncJob:
             summary.add_problem(problem)
 
     def _audit(self, latest: FormVersion, action: str, outcome: str, detail: dict[str, Any]) -> None:
-        self.store.audit(actor=ACTOR, action=action, resource=f"form/{latest.form_id}", outcome=outcome, detail=detail,
-                         subject=latest.form.young_person.nhs_number)
+        self.store.audit(
+            actor=ACTOR, action=action, resource=f"form/{latest.form_id}", outcome=outcome, detail=detail, subject=latest.form.young_person.nhs_number
+        )
 
     # ---------------------------------------------------------------- resolving a problem by hand
 
@@ -1000,23 +1146,36 @@ class SyncJob:
                 try:
                     form = r4_to_form(remote.resource)
                 except InvalidInput as exc:
-                    raise ResolveRefused(f"the server copy is not a valid CASUS Consent ({len(exc.issues)} issue(s)); "
-                                         "keep the local version instead") from exc
+                    raise ResolveRefused(
+                        f"the server copy is not a valid CASUS Consent ({len(exc.issues)} issue(s)); keep the local version instead"
+                    ) from exc
                 try:
                     stored = self.store.update_form(form, expected_version=latest.version, actor=actor, source="remote")
                 except VersionConflict as exc:
                     raise ResolveRefused("the form changed locally while resolving; look again and retry") from exc
-                self.store.save_sync_record(SyncRecord(
-                    server=self.server, form_id=form_id, pushed_version=stored.version, remote_id=remote.resource_id,
-                    remote_version_id=remote.version_id, remote_last_updated=remote.last_updated, pulled_version=stored.version,
-                    mapping_version=written_mapping_version(remote.resource)))
+                self.store.save_sync_record(
+                    SyncRecord(
+                        server=self.server,
+                        form_id=form_id,
+                        pushed_version=stored.version,
+                        remote_id=remote.resource_id,
+                        remote_version_id=remote.version_id,
+                        remote_last_updated=remote.last_updated,
+                        pulled_version=stored.version,
+                        mapping_version=written_mapping_version(remote.resource),
+                    )
+                )
                 latest = stored
                 result = {"formId": form_id, "kept": "server", "localVersion": stored.version, "remoteVersionId": remote.version_id}
             self._solved(form_id, remote)
-            self.store.audit(actor=actor, action="sync.resolve", resource=f"form/{form_id}", outcome=f"kept-{keep}",
-                             detail={"server": self.server, "localVersion": result["localVersion"],
-                                     "remoteVersionId": result["remoteVersionId"]},
-                             subject=latest.form.young_person.nhs_number)
+            self.store.audit(
+                actor=actor,
+                action="sync.resolve",
+                resource=f"form/{form_id}",
+                outcome=f"kept-{keep}",
+                detail={"server": self.server, "localVersion": result["localVersion"], "remoteVersionId": result["remoteVersionId"]},
+                subject=latest.form.young_person.nhs_number,
+            )
             return result
         finally:
             self.store.release_lock(LOCK_NAME, self.owner)
@@ -1035,14 +1194,24 @@ def sync_status(store: Store, server: str) -> dict[str, Any]:
     problems = state.problems(server)
     return {
         "server": server,
-        "lastRun": None if last is None else {
-            "runId": last.run_id, "startedAt": last.started_at.isoformat(), "endedAt": last.ended_at.isoformat(),
-            "exitCode": last.exit_code, "outcome": last.outcome, "failure": last.summary.get("failure"),
-            "pushed": last.summary.get("pushed", 0), "pulled": last.summary.get("pulled", 0), "inStep": last.summary.get("inStep", 0)},
+        "lastRun": None
+        if last is None
+        else {
+            "runId": last.run_id,
+            "startedAt": last.started_at.isoformat(),
+            "endedAt": last.ended_at.isoformat(),
+            "exitCode": last.exit_code,
+            "outcome": last.outcome,
+            "failure": last.summary.get("failure"),
+            "pushed": last.summary.get("pushed", 0),
+            "pulled": last.summary.get("pulled", 0),
+            "inStep": last.summary.get("inStep", 0),
+        },
         "lastSuccessAt": success.ended_at.isoformat() if success is not None else None,
         "formsWaiting": state.forms_waiting(server),
-        "lease": None if holder is None else {"holder": holder.owner, "expiresAt": holder.expires_at.isoformat(),
-                                              "holderEnded": holder_is_dead(holder.owner)},
+        "lease": None
+        if holder is None
+        else {"holder": holder.owner, "expiresAt": holder.expires_at.isoformat(), "holderEnded": holder_is_dead(holder.owner)},
         "conflicts": [p.to_json() for p in problems if p.kind == "conflict"],
         "rejected": [p.to_json() for p in problems if p.kind == "rejected"],
     }

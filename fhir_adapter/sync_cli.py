@@ -77,8 +77,7 @@ def build_client(env: Mapping[str, str]) -> Any:
     if ca_bundle and not Path(ca_bundle).is_file():
         raise _CouldNotRun("CASUS_FHIR_CA_BUNDLE does not name a readable file")
     try:
-        return FhirClient(base_url, auth=auth_from_env(env), verify=ca_bundle or True,
-                          max_retries=_int_setting(env, "CASUS_FHIR_MAX_RETRIES", 5))
+        return FhirClient(base_url, auth=auth_from_env(env), verify=ca_bundle or True, max_retries=_int_setting(env, "CASUS_FHIR_MAX_RETRIES", 5))
     except ConfigurationError as exc:  # messages name settings, never their values
         raise _CouldNotRun(f"FHIR server settings: {exc}") from exc
 
@@ -163,8 +162,19 @@ def server_of(env: Mapping[str, str]) -> str:
         return ""
 
 
-def run_sync(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, full: bool, batch_size: int, page_size: int,
-             lock_ttl: int, summary_file: Path | None, stderr: IO[str]) -> int:
+def run_sync(
+    env: Mapping[str, str],
+    *,
+    push: bool,
+    pull: bool,
+    dry_run: bool,
+    full: bool,
+    batch_size: int,
+    page_size: int,
+    lock_ttl: int,
+    summary_file: Path | None,
+    stderr: IO[str],
+) -> int:
     """Everything the command does, returning its exit code (separate from click so it reads top to bottom).
 
     Whatever happens, a summary is emitted: the job's own when it got as far as starting, else one naming the
@@ -175,8 +185,9 @@ def run_sync(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, f
     summary: SyncSummary | None = None
     reason: str | None = None
     try:
-        summary = _run_job(env, push=push, pull=pull, dry_run=dry_run, full=full, batch_size=batch_size,
-                           page_size=page_size, lock_ttl=lock_ttl, stderr=stderr)
+        summary = _run_job(
+            env, push=push, pull=pull, dry_run=dry_run, full=full, batch_size=batch_size, page_size=page_size, lock_ttl=lock_ttl, stderr=stderr
+        )
     except SyncLocked as exc:
         summary, reason = exc.summary, f"skipped: {exc}; the next scheduled run will try again"
     except SyncAborted as exc:
@@ -207,8 +218,9 @@ def run_sync(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, f
     return summary.exit_code()
 
 
-def _run_job(env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, full: bool, batch_size: int, page_size: int,
-             lock_ttl: int, stderr: IO[str]) -> Any:
+def _run_job(
+    env: Mapping[str, str], *, push: bool, pull: bool, dry_run: bool, full: bool, batch_size: int, page_size: int, lock_ttl: int, stderr: IO[str]
+) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .store.engine import StoreError
@@ -251,20 +263,46 @@ def _configure_logging(stderr: IO[str], log_format: str = "text") -> None:
 @click.group("sync", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--push-only", is_flag=True, help="Only push local changes to the FHIR server.")
 @click.option("--pull-only", is_flag=True, help="Only pull changes from the FHIR server.")
-@click.option("--full", is_flag=True, help="Walk every form and every server Consent from the start (idempotent: "
-              "business identifier look-ups write only what the server lacks).")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Walk every form and every server Consent from the start (idempotent: business identifier look-ups write only what the server lacks).",
+)
 @click.option("--dry-run", is_flag=True, help="Report what would be pushed, pulled or in conflict; write nothing anywhere.")
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1, 1000), help="Forms per transaction Bundle.")
 @click.option("--page-size", default=100, show_default=True, type=click.IntRange(1, 1000), help="Consents per search page when pulling.")
-@click.option("--lock-ttl", default=900, show_default=True, type=click.IntRange(1, 86400),
-              help="Seconds the run's lease lasts without renewal (a run killed on another host blocks others this long at most).")
-@click.option("--summary-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the JSON summary here (atomically, on every outcome) instead of stdout.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Log lines on stderr as text or one JSON object a line (UTC timestamp, level, run id; no clinical content).")
+@click.option(
+    "--lock-ttl",
+    default=900,
+    show_default=True,
+    type=click.IntRange(1, 86400),
+    help="Seconds the run's lease lasts without renewal (a run killed on another host blocks others this long at most).",
+)
+@click.option(
+    "--summary-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the JSON summary here (atomically, on every outcome) instead of stdout.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr as text or one JSON object a line (UTC timestamp, level, run id; no clinical content).",
+)
 @click.pass_context
-def sync_command(ctx: click.Context, push_only: bool, pull_only: bool, full: bool, dry_run: bool, batch_size: int, page_size: int,
-                 lock_ttl: int, summary_file: Path | None, log_format: str) -> None:
+def sync_command(
+    ctx: click.Context,
+    push_only: bool,
+    pull_only: bool,
+    full: bool,
+    dry_run: bool,
+    batch_size: int,
+    page_size: int,
+    lock_ttl: int,
+    summary_file: Path | None,
+    log_format: str,
+) -> None:
     """Push local consent form changes to the trust FHIR server and pull its changes back.
 
     Settings: CASUS_FHIR_BASE_URL (required), CASUS_FHIR_AUTH and its credentials, CASUS_FHIR_CA_BUNDLE,
@@ -278,8 +316,20 @@ def sync_command(ctx: click.Context, push_only: bool, pull_only: bool, full: boo
     if push_only and pull_only:
         click.echo("sync: failed: --push-only and --pull-only exclude each other", err=True)
         sys.exit(EXIT_FAILED)
-    sys.exit(run_sync(os.environ, push=not pull_only, pull=not push_only, dry_run=dry_run, full=full, batch_size=batch_size,
-                      page_size=page_size, lock_ttl=lock_ttl, summary_file=summary_file, stderr=stderr))
+    sys.exit(
+        run_sync(
+            os.environ,
+            push=not pull_only,
+            pull=not push_only,
+            dry_run=dry_run,
+            full=full,
+            batch_size=batch_size,
+            page_size=page_size,
+            lock_ttl=lock_ttl,
+            summary_file=summary_file,
+            stderr=stderr,
+        )
+    )
 
 
 def _operator_store() -> Any:
@@ -299,9 +349,13 @@ def unlock_command() -> None:
     store = _operator_store()
     try:
         holder = store.sync_state.break_lock(LOCK_NAME)
-        store.audit(actor=OPERATOR_ACTOR, action="sync.unlock", resource=None, outcome="cleared" if holder else "was-free",
-                    detail={"previousOwner": holder.owner if holder else None,
-                            "previousExpiry": holder.expires_at.isoformat() if holder else None})
+        store.audit(
+            actor=OPERATOR_ACTOR,
+            action="sync.unlock",
+            resource=None,
+            outcome="cleared" if holder else "was-free",
+            detail={"previousOwner": holder.owner if holder else None, "previousExpiry": holder.expires_at.isoformat() if holder else None},
+        )
     finally:
         store.close()
     if holder is None:
@@ -318,18 +372,25 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append("last run:        none")
     else:
         failure = f" - {last['failure']}" if last["failure"] else ""
-        lines.append(f"last run:        {last['outcome']} (exit {last['exitCode']}) ended {last['endedAt']}; pushed {last['pushed']}, "
-                     f"pulled {last['pulled']}, in step {last['inStep']}{failure}")
+        lines.append(
+            f"last run:        {last['outcome']} (exit {last['exitCode']}) ended {last['endedAt']}; pushed {last['pushed']}, "
+            f"pulled {last['pulled']}, in step {last['inStep']}{failure}"
+        )
     lines.append(f"last success:    {status['lastSuccessAt'] or 'never'}")
     lines.append(f"forms waiting:   {status['formsWaiting']}")
     lease = status["lease"]
-    lines.append("lease:           free" if lease is None else
-                 f"lease:           held by {lease['holder']} until {lease['expiresAt']}" + (" (holder has ended)" if lease["holderEnded"] else ""))
+    lines.append(
+        "lease:           free"
+        if lease is None
+        else f"lease:           held by {lease['holder']} until {lease['expiresAt']}" + (" (holder has ended)" if lease["holderEnded"] else "")
+    )
     lines.append(f"conflicts:       {len(status['conflicts'])}")
     lines += [f"  {c.get('formId')}: {c.get('reason')} (since {c.get('since')})" for c in status["conflicts"]]
     lines.append(f"rejected:        {len(status['rejected'])}")
-    lines += [f"  {r.get('formId') or r.get('remoteId')}: {len(r['outcome'].get('issue', []))} issue(s) (since {r.get('since')})"
-              for r in status["rejected"]]
+    lines += [
+        f"  {r.get('formId') or r.get('remoteId')}: {len(r['outcome'].get('issue', []))} issue(s) (since {r.get('since')})"
+        for r in status["rejected"]
+    ]
     return "\n".join(lines)
 
 
@@ -355,8 +416,9 @@ def status_command(output_format: str) -> None:
 
 @sync_command.command("resolve")
 @click.argument("form_id")
-@click.option("--keep", type=click.Choice(["local", "server"]), required=True,
-              help="Which side wins: the form's latest local version, or the server's Consent.")
+@click.option(
+    "--keep", type=click.Choice(["local", "server"]), required=True, help="Which side wins: the form's latest local version, or the server's Consent."
+)
 def resolve_command(form_id: str, keep: str) -> None:
     """Make FORM_ID the same on both sides (audited). --keep local writes the local version over the server copy
     (If-Match on the server version just read); --keep server stores the server copy as a new local version

@@ -49,12 +49,15 @@ class SyncCollector(Collector):
     def _gauges(self, servers: Iterable[str]) -> Iterator[Metric]:
         state = self._store.sync_state
         problems = state.problem_counts()
-        outstanding = GaugeMetricFamily("casus_sync_problems_outstanding", "Conflicts and rejections waiting to be solved.",
-                                        labels=["server", "kind"])
-        last_success = GaugeMetricFamily("casus_sync_last_success_timestamp_seconds",
-                                         "When the last run that ended in step finished (Unix time).", labels=["server"])
-        last_duration = GaugeMetricFamily("casus_sync_last_run_duration_seconds", "How long the last run that was not skipped took.",
-                                          labels=["server"])
+        outstanding = GaugeMetricFamily(
+            "casus_sync_problems_outstanding", "Conflicts and rejections waiting to be solved.", labels=["server", "kind"]
+        )
+        last_success = GaugeMetricFamily(
+            "casus_sync_last_success_timestamp_seconds", "When the last run that ended in step finished (Unix time).", labels=["server"]
+        )
+        last_duration = GaugeMetricFamily(
+            "casus_sync_last_run_duration_seconds", "How long the last run that was not skipped took.", labels=["server"]
+        )
         waiting = GaugeMetricFamily("casus_sync_forms_waiting", "Forms with a change the server has not received.", labels=["server"])
         for server in servers:
             for kind in PROBLEM_KINDS:

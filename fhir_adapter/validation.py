@@ -133,7 +133,7 @@ def _steps(element_id: str) -> tuple[tuple[str, str | None], ...]:
 
 
 def _prefixed(element: dict[str, Any], prefix: str) -> tuple[str, Any] | None:
-    return next(((k, v) for k, v in element.items() if k.startswith(prefix) and k[len(prefix):][:1].isupper()), None)
+    return next(((k, v) for k, v in element.items() if k.startswith(prefix) and k[len(prefix) :][:1].isupper()), None)
 
 
 def matches_pattern(value: Any, pattern: Any) -> bool:
@@ -190,12 +190,20 @@ def _element_rules(el: dict[str, Any], by_id: dict[str, dict[str, Any]], element
         yield Rule(f"{eid}|pattern", eid, "pattern", steps, "error", pattern[1], f"{eid} must match {json.dumps(pattern[1])}")
     binding = el.get("binding", {})
     if binding.get("strength") == "required" and expansion(binding.get("valueSet", "")) is not None:
-        yield Rule(f"{eid}|binding", eid, "binding", steps, "error", expansion(binding["valueSet"]),
-                   f"{eid} must come from {binding['valueSet']} (required binding)")
+        yield Rule(
+            f"{eid}|binding",
+            eid,
+            "binding",
+            steps,
+            "error",
+            expansion(binding["valueSet"]),
+            f"{eid} must come from {binding['valueSet']} (required binding)",
+        )
     types = el.get("type", [])
     if eid.endswith("[x]") and types:
-        yield Rule(f"{eid}|type", eid, "type", steps, "error", tuple(t["code"] for t in types),
-                   f"{eid} must be {' or '.join(t['code'] for t in types)}")
+        yield Rule(
+            f"{eid}|type", eid, "type", steps, "error", tuple(t["code"] for t in types), f"{eid} must be {' or '.join(t['code'] for t in types)}"
+        )
     targets = tuple(p.rsplit("/", 1)[-1] for t in types if t["code"] == "Reference" for p in t.get("targetProfile", []))
     if targets:
         yield Rule(f"{eid}|target", eid, "target", steps, "error", targets, f"{eid} must reference a {' or '.join(targets)}")
@@ -206,8 +214,7 @@ def _element_rules(el: dict[str, Any], by_id: dict[str, dict[str, Any]], element
     if el.get("slicing", {}).get("rules") == "closed":
         slices = [e for e in elements if e.get("path") == el["path"] and "sliceName" in e and e["id"].startswith(eid + ":")]
         matchers = tuple(_slice_member(s, by_id) for s in slices)
-        yield Rule(f"{eid}|closed", eid, "closed", steps, "error", matchers,
-                   f"{eid} is closed to slices {', '.join(s['sliceName'] for s in slices)}")
+        yield Rule(f"{eid}|closed", eid, "closed", steps, "error", matchers, f"{eid} is closed to slices {', '.join(s['sliceName'] for s in slices)}")
     for c in el.get("constraint", []):
         if c.get("expression"):
             compiled = fhirpathpy.compile(c["expression"], model)
@@ -231,8 +238,11 @@ def compiled(url: str) -> Compiled:
     by_id = {e["id"]: e for e in elements}
     members = {_step_key(_steps(e["id"])): _slice_member(e, by_id) for e in elements if "sliceName" in e}
     model = fhirpath_models[sd_version(sd)]
-    repeats = {target.removeprefix(f"{sd['type']}."): referring.rsplit(".", 1)[1]
-               for referring, target in CONTENT_REFERENCES.items() if target.startswith(f"{sd['type']}.")}
+    repeats = {
+        target.removeprefix(f"{sd['type']}."): referring.rsplit(".", 1)[1]
+        for referring, target in CONTENT_REFERENCES.items()
+        if target.startswith(f"{sd['type']}.")
+    }
     return Compiled(tuple(rule for el in elements for rule in _element_rules(el, by_id, elements, model)), members, repeats)
 
 
@@ -263,7 +273,7 @@ def _children(parent: Any, location: str, name: str, member: Callable[[Any], boo
         return []
     if name.endswith("[x]"):
         prefix = name[:-3]
-        return [(v, f"{location}.{k}") for k, v in parent.items() if k.startswith(prefix) and k[len(prefix):][:1].isupper()]
+        return [(v, f"{location}.{k}") for k, v in parent.items() if k.startswith(prefix) and k[len(prefix) :][:1].isupper()]
     value = parent.get(name)
     if value is None:
         return []
@@ -340,8 +350,11 @@ def _apply(rule: Rule, scope: Scope, profile: Compiled) -> list[Issue]:
             elif rule.kind == "max" and len(items) > rule.value:
                 issues.append(error("structure", _cardinality_location(where, name, rule), f"{rule.describe()}, found {len(items)}"))
             elif rule.kind == "closed":
-                issues += [error("structure", at, f"{rule.describe()}; this item matches none of them")
-                           for item, at in items if not any(m(item) for m in rule.value)]
+                issues += [
+                    error("structure", at, f"{rule.describe()}; this item matches none of them")
+                    for item, at in items
+                    if not any(m(item) for m in rule.value)
+                ]
         return issues
     return [issue for node, where in _select(scope, steps, profile) for issue in _value_issues(rule, node, where, scope)]
 
@@ -410,8 +423,11 @@ def _nhs_identifiers(resource: dict[str, Any]) -> Iterator[tuple[Any, str]]:
 
 def nhs_number_issues(resource: dict[str, Any]) -> list[Issue]:
     """casus-6 in code: every NHS number the Consent carries passes the Modulus 11 check digit."""
-    return [error("value", where, "casus-6: the NHS number fails the Modulus 11 check digit")
-            for value, where in _nhs_identifiers(resource) if not nhs_number.is_valid(value)]
+    return [
+        error("value", where, "casus-6: the NHS number fails the Modulus 11 check digit")
+        for value, where in _nhs_identifiers(resource)
+        if not nhs_number.is_valid(value)
+    ]
 
 
 CODE_RULES: dict[str, Callable[[dict[str, Any]], list[Issue]]] = {"casus-6|modulus-11": nhs_number_issues}
@@ -446,9 +462,15 @@ R4_FORM_PATHS = (
 # (contained in form order), not by provision position.
 R5_PEOPLE = "Consent.contained.where($this is RelatedPerson or $this is PractitionerRole)"
 R5_FORM_PATHS = tuple(
-    (form_path, R5_PEOPLE if form_path == "$.people" else
-     fhir_path.replace("Consent.patient", "Consent.subject").replace("Consent.dateTime", "Consent.date")
-     .replace("Consent.performer", "Consent.grantor").replace("Consent.provision.provision", "Consent.provision"))
+    (
+        form_path,
+        R5_PEOPLE
+        if form_path == "$.people"
+        else fhir_path.replace("Consent.patient", "Consent.subject")
+        .replace("Consent.dateTime", "Consent.date")
+        .replace("Consent.performer", "Consent.grantor")
+        .replace("Consent.provision.provision", "Consent.provision"),
+    )
     for form_path, fhir_path in R4_FORM_PATHS
 )
 
@@ -457,7 +479,7 @@ def form_path_to_fhirpath(path: str, version: Version) -> str:
     """Where a CASUS form rule (a JSON path from form.cross_field_issues) lives in the Consent."""
     for form_path, fhir_path in R4_FORM_PATHS if version == "r4" else R5_FORM_PATHS:
         if path == form_path or path.startswith((form_path + ".", form_path + "[")):
-            rest = path[len(form_path):]
+            rest = path[len(form_path) :]
             index, _, _ = rest.lstrip("[").partition("]") if rest.startswith("[") else ("", "", "")
             return f"{fhir_path}[{index}]" if index.isdigit() else fhir_path
     return "Consent"
@@ -493,17 +515,22 @@ def _is_headline(issue: Issue) -> bool:
 def _as_fhirpath(issue: Issue, version: Version) -> Issue:
     if not issue.expression.startswith("$"):
         return issue
-    return Issue(issue.severity, issue.code, form_path_to_fhirpath(issue.expression, version),
-                 f"as a CASUS form ({issue.expression}): {issue.diagnostics}")
+    return Issue(
+        issue.severity, issue.code, form_path_to_fhirpath(issue.expression, version), f"as a CASUS form ({issue.expression}): {issue.diagnostics}"
+    )
 
 
 # --------------------------------------------------------------------------- decision basis
 
 
 DECISION_BASIS_AT = f"Consent.extension('{codes.EXT_DECISION_BASIS}')"
-NO_DECISION_BASIS = ("this Consent records no CASUS decision basis (extension casus-decision-basis: aged-16-17, "
-                     "competent-under-16 or parental-responsibility), so who may decide, and whether the grantor did, "
-                     "cannot be checked")
+NO_DECISION_BASIS = (
+    "this Consent records no CASUS decision basis (extension casus-decision-basis: aged-16-17, "
+    "competent-under-16 or parental-responsibility), so who may decide, and whether the grantor did, "
+    "cannot be checked"
+)
+
+
 # Form-mapping findings that judge the grantor against the decision basis: without a CASUS basis they would judge it
 # against a basis the Consent does not have, so they are left to the one NO_DECISION_BASIS issue.
 def _decision_basis(document: dict[str, Any]) -> str | None:
@@ -567,6 +594,7 @@ def _about_present_elements(issues: list[Issue], document: dict[str, Any], versi
     A finding about an absent element (a rule that would judge it if it were there) becomes one "missing" issue at
     the first absent ancestor, unless another issue already says that element is missing.
     """
+
     def first_absent(expression: str) -> str | None:
         for prefix in _prefixes(expression)[1:]:
             if _present(document, prefix, version) is False:
@@ -673,9 +701,14 @@ def _profile_to_apply(document: dict[str, Any], version: Version, asked: str | N
     if asked is None and _claims(document, own):
         return own, []
     if asked is None and _claims(document, other):
-        return own, [Issue("warning", "value", "Consent.meta.profile",
-                           f"claims {other}, the CASUS profile for FHIR {other_version.upper()}; this {version.upper()} Consent "
-                           f"is checked against {own}")]
+        return own, [
+            Issue(
+                "warning",
+                "value",
+                "Consent.meta.profile",
+                f"claims {other}, the CASUS profile for FHIR {other_version.upper()}; this {version.upper()} Consent is checked against {own}",
+            )
+        ]
     if asked is None:
         return None, []
     known = artefacts().structure_definitions
@@ -705,9 +738,15 @@ def validate_consent(document: Any, version: Version = "r4", profile: str | None
     url, notes = _profile_to_apply(document, version, profile)
     if url is not None and version == "r4" and _reads_as_mapping_version_1(document):
         url = None
-        notes.append(Issue("information", "informational", "Consent.provision",
-                           "written by CASUS mapping version 1 (root provision type deny, per-type permits nested); the "
-                           "CASUS mapping still reads that shape, the profile describes version 2 and is not applied"))
+        notes.append(
+            Issue(
+                "information",
+                "informational",
+                "Consent.provision",
+                "written by CASUS mapping version 1 (root provision type deny, per-type permits nested); the "
+                "CASUS mapping still reads that shape, the profile describes version 2 and is not applied",
+            )
+        )
     if url is not None:
         profile_stage = _stage("CASUS profile check", lambda: conformance_issues(Scope(document, "Consent", document), url))
         code_stage = _stage("CASUS code rules", lambda: [i for rule in CODE_RULES.values() for i in rule(document)])

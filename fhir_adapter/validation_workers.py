@@ -42,8 +42,9 @@ def _pool(size: int) -> ProcessPoolExecutor:
     """One pool per size per process, started on first use ("spawn": never a fork of a threaded server)."""
     with _POOL_LOCK:
         if size not in _POOLS:
-            _POOLS[size] = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
-                                               initializer=_leave_with_parent, initargs=(os.getpid(),))
+            _POOLS[size] = ProcessPoolExecutor(
+                max_workers=size, mp_context=multiprocessing.get_context("spawn"), initializer=_leave_with_parent, initargs=(os.getpid(),)
+            )
         return _POOLS[size]
 
 

@@ -255,8 +255,9 @@ class _Level:
     r5_nesting: str | None = None  # None: R4, each provision has its own type
 
 
-def _decide(provisions: Sequence[Any], inherited: str, q: Question, how: _Level, depth: int,
-            unanswerable: Sequence[str], notes: list[str]) -> tuple[str, tuple[str, ...]]:
+def _decide(
+    provisions: Sequence[Any], inherited: str, q: Question, how: _Level, depth: int, unanswerable: Sequence[str], notes: list[str]
+) -> tuple[str, tuple[str, ...]]:
     """The decision of a level: the inherited one unless a matching provision (an exception) overrides it."""
     outcomes: list[tuple[str, tuple[str, ...]]] = []
     for p in provisions:
@@ -347,16 +348,14 @@ def evaluate_r5(consent: Json, q: Question) -> Result:
     for nesting in R5_NESTING:
         for base_name, base in _bases(stated, "decision"):
             for rule in SIBLING_RULES:
-                answer, sub = _decide(_list(consent.get("provision")), base, q, _Level(rule, nesting), 1,
-                                      _UNANSWERABLE_R5, notes)
+                answer, sub = _decide(_list(consent.get("provision")), base, q, _Level(rule, nesting), 1, _UNANSWERABLE_R5, notes)
                 readings.append(Reading(f"R5/{nesting}/{base_name}/{rule}", answer, (f"base={base}", *sub)))
     return Result(frozenset(r.answer for r in readings), tuple(readings), tuple(dict.fromkeys(notes)))
 
 
 def fhir_version(consent: Json) -> str:
     """R5 Consents carry ``decision``/``grantor``/``subject``/array provisions; R4 ones ``scope``/``patient``."""
-    r5_only = ("decision", "grantor", "grantee", "controller", "manager", "subject", "regulatoryBasis",
-               "policyBasis", "policyText", "date")
+    r5_only = ("decision", "grantor", "grantee", "controller", "manager", "subject", "regulatoryBasis", "policyBasis", "policyText", "date")
     if any(k in consent for k in r5_only) or isinstance(consent.get("provision"), list):
         return "R5"
     return "R4"

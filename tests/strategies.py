@@ -29,8 +29,11 @@ ALL_ROLES = codes.PERSON_ROLES.values()
 PROFESSIONAL_ROLES = tuple(r for r in ALL_ROLES if r not in FAMILY_ROLES)
 INFO_TYPES = codes.INFORMATION_TYPES.values()
 
-names = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "Zs"), exclude_characters="\u2028\u2029\x85"),
-                min_size=1, max_size=30).map(lambda s: " ".join(s.split()) or "X").filter(bool)
+names = (
+    st.text(alphabet=st.characters(codec="utf-8", categories=("L", "Zs"), exclude_characters="\u2028\u2029\x85"), min_size=1, max_size=30)
+    .map(lambda s: " ".join(s.split()) or "X")
+    .filter(bool)
+)
 
 
 @st.composite
@@ -64,9 +67,18 @@ def people(draw: st.DrawFn) -> tuple[Person, ...]:
         org = None
         if role in PROFESSIONAL_ROLES and draw(st.booleans()):
             org = Organisation(draw(names), draw(st.one_of(st.none(), st.text(alphabet="ABCDEFGH0123456789", min_size=3, max_size=8))))
-        out.append(Person(id=f"p{n}", name=f"{draw(names)} {n}", role=role, sharing=sharing, organisation=org,
-                          identifiers=tuple(draw(st.lists(identifiers, max_size=2))), information_types=types,
-                          period=draw(periods())))
+        out.append(
+            Person(
+                id=f"p{n}",
+                name=f"{draw(names)} {n}",
+                role=role,
+                sharing=sharing,
+                organisation=org,
+                identifiers=tuple(draw(st.lists(identifiers, max_size=2))),
+                information_types=types,
+                period=draw(periods()),
+            )
+        )
     return tuple(out)
 
 
@@ -86,8 +98,15 @@ def consent_forms(draw: st.DrawFn) -> ConsentForm:
     elif draw(st.booleans()):
         dm = DecisionMaker("competent-under-16", Competence(draw(professionals), recorded_day))
     else:
-        folks.append(Person(id="decider", name="Parent Decider", role=draw(st.sampled_from(sorted(PARENTAL_RESPONSIBILITY_ROLES))),
-                            sharing="share", information_types=("attendance",)))
+        folks.append(
+            Person(
+                id="decider",
+                name="Parent Decider",
+                role=draw(st.sampled_from(sorted(PARENTAL_RESPONSIBILITY_ROLES))),
+                sharing="share",
+                information_types=("attendance",),
+            )
+        )
         dm = DecisionMaker("parental-responsibility", person_id="decider")
     status = draw(st.sampled_from(["draft", "active", "withdrawn", "entered-in-error"]))
     explained = status == "active" or draw(st.booleans())
@@ -98,6 +117,9 @@ def consent_forms(draw: st.DrawFn) -> ConsentForm:
         recorded=Recorded(recorded_at, draw(professionals)),
         decision_maker=dm,
         people=tuple(folks),
-        exceptions=Exceptions(explained, recorded_day if explained and draw(st.booleans()) else None,
-                              tuple(draw(st.permutations(["risk-of-significant-harm", "court-order"])))),
+        exceptions=Exceptions(
+            explained,
+            recorded_day if explained and draw(st.booleans()) else None,
+            tuple(draw(st.permutations(["risk-of-significant-harm", "court-order"]))),
+        ),
     )

@@ -83,8 +83,9 @@ def test_every_declared_interaction_operation_and_search_parameter_is_served(cli
         method, path, body = requests[interaction["code"]]
         if interaction["code"] == "create":
             body = _as_a_new_form(client.get(f"{base}/Consent/{FORM_ID}", headers=bearer("admin")).json)
-        response = client.open(path, method=method, json=body, headers=bearer("admin"),
-                               **({"content_type": "application/fhir+json"} if body is not None else {}))
+        response = client.open(
+            path, method=method, json=body, headers=bearer("admin"), **({"content_type": "application/fhir+json"} if body is not None else {})
+        )
         if response.status_code >= 400:
             refused[interaction["code"]] = (response.status_code, response.json)
     for operation in resource["operation"]:
@@ -93,8 +94,7 @@ def test_every_declared_interaction_operation_and_search_parameter_is_served(cli
         if response.status_code >= 400:
             refused["$" + operation["name"]] = response.status_code
     for parameter in resource["searchParam"]:
-        response = client.get(f"{base}/Consent", query_string={parameter["name"]: SEARCH_EXAMPLES[parameter["name"]]},
-                              headers=bearer("admin"))
+        response = client.get(f"{base}/Consent", query_string={parameter["name"]: SEARCH_EXAMPLES[parameter["name"]]}, headers=bearer("admin"))
         if response.status_code >= 400 or response.json["resourceType"] != "Bundle":
             refused[parameter["name"]] = (response.status_code, response.json)
     assert refused == {}

@@ -125,7 +125,9 @@ def test_validate_reads_every_json_file_in_a_folder(tmp_path: Path):
     assert result.exit_code == 1
     verdicts = [line.split(": ")[:2] for line in result.stdout.splitlines()]
     assert [(name, verdict.split(" (")[0]) for name, verdict in verdicts] == [
-        (str(tmp_path / "a.json"), "valid"), (str(tmp_path / "b.json"), "invalid")]
+        (str(tmp_path / "a.json"), "valid"),
+        (str(tmp_path / "b.json"), "invalid"),
+    ]
 
 
 def test_validate_of_a_folder_without_json_files_exits_2(tmp_path: Path):
@@ -160,11 +162,15 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize(("stream", "files", "shown"), [
-    (FakeTerminal(), PROGRESS_FROM_FILES, True),
-    (FakeTerminal(), PROGRESS_FROM_FILES - 1, False),
-    (io.StringIO(), PROGRESS_FROM_FILES, False),
-], ids=["terminal-many-files", "terminal-few-files", "pipe-many-files"])
+@pytest.mark.parametrize(
+    ("stream", "files", "shown"),
+    [
+        (FakeTerminal(), PROGRESS_FROM_FILES, True),
+        (FakeTerminal(), PROGRESS_FROM_FILES - 1, False),
+        (io.StringIO(), PROGRESS_FROM_FILES, False),
+    ],
+    ids=["terminal-many-files", "terminal-few-files", "pipe-many-files"],
+)
 def test_a_progress_line_is_shown_only_on_a_terminal_for_many_files(stream: io.StringIO, files: int, shown: bool):
     assert (FileProgress.for_stream(stream, files) is not None) == shown
 

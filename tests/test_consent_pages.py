@@ -50,9 +50,19 @@ def new_page(client, nhs: str = NEW_NHS) -> dict[str, list[str]]:
 def filled(client, **changes: Any) -> dict[str, Any]:
     """A new consent for a 17-year-old sharing attendance with mum, with ``changes`` (None removes a field)."""
     fields: dict[str, Any] = new_page(client)
-    fields.update({"yp-name": "Nova Test", "yp-birthDate": years_ago(17), "basis": "aged-16-17", "exceptions-explained": "1",
-                   "p-0-name": "Mo Test", "p-0-role": "mother", "p-0-sharing": "share", "p-0-types": ["attendance"],
-                   "action": "active"})
+    fields.update(
+        {
+            "yp-name": "Nova Test",
+            "yp-birthDate": years_ago(17),
+            "basis": "aged-16-17",
+            "exceptions-explained": "1",
+            "p-0-name": "Mo Test",
+            "p-0-role": "mother",
+            "p-0-sharing": "share",
+            "p-0-types": ["attendance"],
+            "action": "active",
+        }
+    )
     for key, value in changes.items():
         if value is None:
             fields.pop(key, None)
@@ -72,8 +82,11 @@ def error_at(html: str, field: str) -> list[str]:
 
 
 def decision(client, role: str = "mother", information_type: str = "attendance", nhs: str = NHS) -> str:
-    return client.get("/api/decision", headers=bearer("ehr"), query_string={
-        "patient": nhs, "recipient-role": role, "information-type": information_type, "purpose": "TREAT"}).json["decision"]
+    return client.get(
+        "/api/decision",
+        headers=bearer("ehr"),
+        query_string={"patient": nhs, "recipient-role": role, "information-type": information_type, "purpose": "TREAT"},
+    ).json["decision"]
 
 
 # --------------------------------------------------------------------------- sign-in and sessions
@@ -201,20 +214,24 @@ def test_the_access_log_names_the_signed_in_user_and_only_the_route_template(sig
 def test_the_pages_allow_their_own_stylesheet_and_script_and_nothing_from_elsewhere(signed_in):
     response = signed_in.get("/consent/")
     policy = response.headers.getlist("Content-Security-Policy")
-    assert policy == ["default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; form-action 'self'; "
-                      "frame-ancestors 'none'; base-uri 'none'"]
+    assert policy == [
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ]
     assert signed_in.get("/consent/static/consent.css").status_code == 200
 
 
 # --------------------------------------------------------------------------- finding a young person
 
 
-@pytest.mark.parametrize(("typed", "message"), [
-    ("", "Enter the young person's NHS number"),
-    ("94347659", "An NHS number is 10 digits"),
-    ("94347659AB", "An NHS number is 10 digits"),
-    ("943 476 5918", "This is not a valid NHS number"),
-])
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("", "Enter the young person's NHS number"),
+        ("94347659", "An NHS number is 10 digits"),
+        ("94347659AB", "An NHS number is 10 digits"),
+        ("943 476 5918", "This is not a valid NHS number"),
+    ],
+)
 def test_an_nhs_number_that_is_not_valid_is_explained_at_its_field(signed_in, typed, message):
     response = signed_in.get("/consent/", query_string={"nhs-number": typed})
     assert response.status_code == 400
@@ -356,17 +373,37 @@ RULES = [
     ({"basis": None}, "basis", "who decides is required"),
     ({"yp-birthDate": years_ago(13)}, "basis", "basis aged-16-17 but the young person was 13"),
     ({"yp-birthDate": years_ago(13), "basis": "competent-under-16"}, "competence-by", "the competence assessment is required"),
-    ({"yp-birthDate": years_ago(13), "basis": "competent-under-16", "competence-on": date.today().isoformat()}, "competence-by",
-     "who assessed competence is required"),
-    ({"yp-birthDate": years_ago(13), "basis": "competent-under-16", "competence-by": "Dr Who",
-      "competence-on": (date.today() + timedelta(days=2)).isoformat()}, "competence-on", "competence is assessed after the form was recorded"),
-    ({"yp-birthDate": years_ago(13), "basis": "parental-responsibility"}, "decider",
-     "the person with parental responsibility who decides is required"),
-    ({"yp-birthDate": years_ago(13), "basis": "parental-responsibility", "p-0-role": "sibling", "decider": "person-1"}, "decider",
-     "a sibling does not hold parental responsibility"),
+    (
+        {"yp-birthDate": years_ago(13), "basis": "competent-under-16", "competence-on": date.today().isoformat()},
+        "competence-by",
+        "who assessed competence is required",
+    ),
+    (
+        {
+            "yp-birthDate": years_ago(13),
+            "basis": "competent-under-16",
+            "competence-by": "Dr Who",
+            "competence-on": (date.today() + timedelta(days=2)).isoformat(),
+        },
+        "competence-on",
+        "competence is assessed after the form was recorded",
+    ),
+    (
+        {"yp-birthDate": years_ago(13), "basis": "parental-responsibility"},
+        "decider",
+        "the person with parental responsibility who decides is required",
+    ),
+    (
+        {"yp-birthDate": years_ago(13), "basis": "parental-responsibility", "p-0-role": "sibling", "decider": "person-1"},
+        "decider",
+        "a sibling does not hold parental responsibility",
+    ),
     ({"yp-birthDate": years_ago(15), "basis": "aged-16-17", "yp-name": "Nova Test"}, "basis", "basis aged-16-17 but the young person was 15"),
-    ({"yp-birthDate": years_ago(16), "basis": "competent-under-16", "competence-by": "Dr A", "competence-on": years_ago(0)}, "basis",
-     "decides for themselves (aged-16-17)"),
+    (
+        {"yp-birthDate": years_ago(16), "basis": "competent-under-16", "competence-by": "Dr A", "competence-on": years_ago(0)},
+        "basis",
+        "decides for themselves (aged-16-17)",
+    ),
     ({"p-0-types": []}, "p-0-types", "a share person must list at least one information type"),
     ({"p-0-sharing": "do-not-share"}, "p-0-types", "a do-not-share person cannot list information types to share"),
     ({"p-0-sharing": None}, "p-0-sharing", "share or do not share is required"),
@@ -379,11 +416,17 @@ RULES = [
     ({"p-0-idval": "1234567"}, "p-0-idval", "is not one of"),
     ({"p-0-start": "2027-05-01", "p-0-end": "2027-01-01"}, "p-0-start", "the period ends before it starts"),
     ({"p-0-end": "2027-13-01"}, "p-0-end", "is not a calendar date"),
-    ({"p-1-id": "person-2", "p-1-name": "Mo Test", "p-1-role": "mother", "p-1-sharing": "do-not-share", "rows": "2"}, "p-1-name",
-     "the same person (mother) is listed twice"),
+    (
+        {"p-1-id": "person-2", "p-1-name": "Mo Test", "p-1-role": "mother", "p-1-sharing": "do-not-share", "rows": "2"},
+        "p-1-name",
+        "the same person (mother) is listed twice",
+    ),
     ({"exceptions-explained": None}, "exceptions-explained", "an active consent requires that the exceptions were explained"),
-    ({"exceptions-explained": None, "exceptions-on": "2026-11-30", "action": "draft"}, "exceptions-on",
-     "an explanation date is given but explained is false"),
+    (
+        {"exceptions-explained": None, "exceptions-on": "2026-11-30", "action": "draft"},
+        "exceptions-on",
+        "an explanation date is given but explained is false",
+    ),
     ({"exceptions-on": "soon"}, "exceptions-on", "does not match"),
     ({"recorded-by": ""}, "recorded-by", "a name is required"),
 ]
@@ -405,8 +448,7 @@ def test_the_page_and_the_api_reject_the_same_form_with_the_same_messages(signed
     """The page builds the API's document and has it checked by the same parser: no second copy of any rule."""
     posted = filled(signed_in, **{"p-0-types": [], "exceptions-explained": None})
     form_id = posted.pop("__action__")[0].rsplit("/", 1)[1]
-    values = fields.values_from_post(MultiDict([(k, x) for k, v in posted.items() for x in (v if isinstance(v, list) else [v])]),
-                                     form_id, NEW_NHS)
+    values = fields.values_from_post(MultiDict([(k, x) for k, v in posted.items() for x in (v if isinstance(v, list) else [v])]), form_id, NEW_NHS)
     document = fields.document(values, status="active", recorded_at=datetime.now(UTC).replace(microsecond=0))
     api = signed_in.post("/api/forms", json=document, headers=bearer("clinician")).json
     with pytest.raises(InvalidInput) as raised:
@@ -439,14 +481,34 @@ def test_the_summary_has_a_print_stylesheet(signed_in):
 # --------------------------------------------------------------------------- hostile input
 
 
-FIELD_NAMES = ["yp-name", "yp-birthDate", "yp-localId", "basis", "competence-by", "competence-on", "decider", "exceptions-on",
-               "recorded-by", "rows", "version", "p-0-name", "p-0-role", "p-0-ods", "p-0-idsys", "p-0-idval", "p-0-sharing",
-               "p-0-types", "p-0-start", "p-0-end", "p-0-id", "action"]
+FIELD_NAMES = [
+    "yp-name",
+    "yp-birthDate",
+    "yp-localId",
+    "basis",
+    "competence-by",
+    "competence-on",
+    "decider",
+    "exceptions-on",
+    "recorded-by",
+    "rows",
+    "version",
+    "p-0-name",
+    "p-0-role",
+    "p-0-ods",
+    "p-0-idsys",
+    "p-0-idval",
+    "p-0-sharing",
+    "p-0-types",
+    "p-0-start",
+    "p-0-end",
+    "p-0-id",
+    "action",
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(changes=st.dictionaries(st.sampled_from(FIELD_NAMES), st.text(max_size=40) | st.sampled_from(["", "2027-02-30", "9" * 30, "-1"]),
-                               max_size=6))
+@given(changes=st.dictionaries(st.sampled_from(FIELD_NAMES), st.text(max_size=40) | st.sampled_from(["", "2027-02-30", "9" * 30, "-1"]), max_size=6))
 def test_whatever_a_page_posts_the_answer_is_a_page_never_a_server_error(signed_in, changes):
     response = post(signed_in, filled(signed_in, **changes))
     assert response.status_code in (303, 400, 404, 409, 422), response.status_code

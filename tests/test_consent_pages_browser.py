@@ -51,8 +51,12 @@ def browser(server: LiveServer) -> Iterator[Browser]:
 
 
 def decision(server: LiveServer, nhs: str, role: str, information_type: str = "attendance") -> str:
-    answer = requests.get(f"{server.base}/api/decision", headers=bearer("ehr"), timeout=10, params={
-        "patient": nhs, "recipient-role": role, "information-type": information_type, "purpose": "TREAT"})
+    answer = requests.get(
+        f"{server.base}/api/decision",
+        headers=bearer("ehr"),
+        timeout=10,
+        params={"patient": nhs, "recipient-role": role, "information-type": information_type, "purpose": "TREAT"},
+    )
     return answer.json()["decision"]
 
 
@@ -148,8 +152,7 @@ def test_a_stale_page_is_told_what_changed_and_can_then_save(browser: Browser, s
     browser.driver.get(f"{server.base}/consent/forms/{form_id}/edit")
     changed = example_form("aged-16-17-professional")
     changed["people"][3] = {**changed["people"][3], "sharing": "share", "informationTypes": ["attendance"]}
-    put = requests.put(f"{server.base}/api/forms/{form_id}", json=changed, timeout=10,
-                       headers={**bearer("clinician"), "If-Match": 'W/"1"'})
+    put = requests.put(f"{server.base}/api/forms/{form_id}", json=changed, timeout=10, headers={**bearer("clinician"), "If-Match": 'W/"1"'})
     assert put.status_code == 200
     by_id(browser, "p-2-share").click()
     by_id(browser, "p-2-type-attendance").click()
@@ -172,8 +175,7 @@ def test_withdrawing_is_one_clear_action_and_stops_sharing(browser: Browser, ser
     assert decision(server, nhs, "guardian") == "deny"
 
 
-def test_the_young_persons_summary_reads_in_plain_english_and_prints_without_the_page_furniture(
-        browser: Browser, server: LiveServer) -> None:
+def test_the_young_persons_summary_reads_in_plain_english_and_prints_without_the_page_furniture(browser: Browser, server: LiveServer) -> None:
     form = example_form()
     form["formId"], form["youngPerson"]["nhsNumber"] = str(uuid.uuid4()), "9000000017"
     assert requests.post(f"{server.base}/api/forms", json=form, headers=bearer("clinician"), timeout=10).status_code == 201

@@ -119,8 +119,17 @@ def test_corpus_file_is_reported_as_not_a_casus_consent(corpus_dir, entry):
 
 # --------------------------------------------------------------------------- issue texts and locations are true
 
-LIBRARY_WORDING = ("Input should be", "Value error", "pydantic", "spec regex", "Field required", "Extra inputs",
-                   "String should match", "validation error", "errors.pydantic.dev")
+LIBRARY_WORDING = (
+    "Input should be",
+    "Value error",
+    "pydantic",
+    "spec regex",
+    "Field required",
+    "Extra inputs",
+    "String should match",
+    "validation error",
+    "errors.pydantic.dev",
+)
 
 
 def _top_level_steps(expression: str) -> list[str]:
@@ -162,7 +171,7 @@ def _resolve(document: object, expression: str) -> list[object]:
                 found = [e for e in found if isinstance(e, dict) and e.get("url") == args.strip("'")]
             nodes = found
         if index is not None:
-            nodes = nodes[int(index): int(index) + 1]
+            nodes = nodes[int(index) : int(index) + 1]
     return nodes
 
 
@@ -170,7 +179,7 @@ def _parent(expression: str) -> str:
     steps = _top_level_steps(expression)
     last = steps[-1]
     if last.endswith("]") and "[" in last:
-        return ".".join([*steps[:-1], last[:last.rindex("[")]])
+        return ".".join([*steps[:-1], last[: last.rindex("[")]])
     return ".".join(steps[:-1])
 
 

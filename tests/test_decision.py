@@ -49,8 +49,20 @@ NHS = SAMPLE["youngPerson"]["nhsNumber"]
 OTHER_NHS = "4010232137"
 FORM_A = SAMPLE["formId"]
 FORM_B = "5d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
-NAMES = ("Alex Example", "Pat Example", "Dr A Patel", "Chris Example", "Jo Clinician", "Dr Sam Assessor", "Riverside Surgery",
-         "Ms Head", "Mr Tutor", "Alex", "Patel", "Example")
+NAMES = (
+    "Alex Example",
+    "Pat Example",
+    "Dr A Patel",
+    "Chris Example",
+    "Jo Clinician",
+    "Dr Sam Assessor",
+    "Riverside Surgery",
+    "Ms Head",
+    "Mr Tutor",
+    "Alex",
+    "Patel",
+    "Example",
+)
 BIRTH_DATE = SAMPLE["youngPerson"]["birthDate"]
 
 RECORDED = datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
@@ -153,8 +165,9 @@ def with_status(status: str) -> tuple[StoredVersion, ...]:
     return (stored(doc(status=status)),)
 
 
-def ask(*types: str, purpose: str = "TREAT", at: datetime | None = DEC_2026, nhs: str = NHS, known_at: datetime | None = None,
-        **recipient: str) -> DecisionRequest:
+def ask(
+    *types: str, purpose: str = "TREAT", at: datetime | None = DEC_2026, nhs: str = NHS, known_at: datetime | None = None, **recipient: str
+) -> DecisionRequest:
     return DecisionRequest(nhs, Recipient(**recipient), tuple(types), purpose, at, known_at)
 
 
@@ -181,165 +194,629 @@ def case(id_: str, *args: Any, **kwargs: Any) -> Any:
 CASES = [
     # default deny and not revealing who is known
     case("no consent on file: deny by default", (), ask("attendance", role="mother"), "deny", "default", None, None),
-    case("unknown patient: deny by default exactly like no consent", ACTIVE, ask("attendance", role="mother", nhs=OTHER_NHS),
-         "deny", "default", None, None),
-    case("time before the first version: deny by default like no consent", ACTIVE,
-         ask("attendance", role="mother", at=datetime(2026, 11, 20, 10, 0, tzinfo=UTC)), "deny", "default", None, None),
+    case(
+        "unknown patient: deny by default exactly like no consent",
+        ACTIVE,
+        ask("attendance", role="mother", nhs=OTHER_NHS),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    case(
+        "time before the first version: deny by default like no consent",
+        ACTIVE,
+        ask("attendance", role="mother", at=datetime(2026, 11, 20, 10, 0, tzinfo=UTC)),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
     # only an active consent permits
-    case("a draft alone is a proposal, not a consent: deny like no consent", with_status("draft"), ask("attendance", role="mother"),
-         "deny", "default", None, None),
+    case(
+        "a draft alone is a proposal, not a consent: deny like no consent",
+        with_status("draft"),
+        ask("attendance", role="mother"),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
     case("withdrawn consent permits nothing", with_status("withdrawn"), ask("attendance", role="mother"), "deny", "default", None, (FORM_A, 1)),
-    case("entered-in-error consent permits nothing", with_status("entered-in-error"), ask("attendance", role="mother"),
-         "deny", "default", None, (FORM_A, 1)),
+    case(
+        "entered-in-error consent permits nothing",
+        with_status("entered-in-error"),
+        ask("attendance", role="mother"),
+        "deny",
+        "default",
+        None,
+        (FORM_A, 1),
+    ),
     # the young person's choice, per information type
-    case("share person: a listed type is permitted by its nested provision", ACTIVE, ask("attendance", role="mother"),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("share person: the second listed type is permitted by its own nested provision", ACTIVE, ask("treatment-plan", role="mother"),
-         "permit", "choice", information_type_provision_path(0, 1), (FORM_A, 1)),
-    case("share person: an unlisted type is denied by the person's choice", ACTIVE, ask("medication", role="mother"),
-         "deny", "choice", MUM, (FORM_A, 1)),
-    case("several types: permit when every type is listed", ACTIVE, ask("attendance", "treatment-plan", role="mother"),
-         "permit", "choice", MUM, (FORM_A, 1)),
-    case("several types: one unlisted type denies the whole request", ACTIVE, ask("attendance", "medication", role="mother"),
-         "deny", "choice", MUM, (FORM_A, 1), per_type=(("attendance", "permit"), ("medication", "deny"))),
+    case(
+        "share person: a listed type is permitted by its nested provision",
+        ACTIVE,
+        ask("attendance", role="mother"),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "share person: the second listed type is permitted by its own nested provision",
+        ACTIVE,
+        ask("treatment-plan", role="mother"),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 1),
+        (FORM_A, 1),
+    ),
+    case(
+        "share person: an unlisted type is denied by the person's choice",
+        ACTIVE,
+        ask("medication", role="mother"),
+        "deny",
+        "choice",
+        MUM,
+        (FORM_A, 1),
+    ),
+    case(
+        "several types: permit when every type is listed",
+        ACTIVE,
+        ask("attendance", "treatment-plan", role="mother"),
+        "permit",
+        "choice",
+        MUM,
+        (FORM_A, 1),
+    ),
+    case(
+        "several types: one unlisted type denies the whole request",
+        ACTIVE,
+        ask("attendance", "medication", role="mother"),
+        "deny",
+        "choice",
+        MUM,
+        (FORM_A, 1),
+        per_type=(("attendance", "permit"), ("medication", "deny")),
+    ),
     case("do-not-share person: deny by choice", ACTIVE, ask("attendance", role="father"), "deny", "choice", DAD, (FORM_A, 1)),
     # provision periods
     case("period not started: deny by default", MUM_LATER_PERIOD, ask("attendance", role="mother"), "deny", "default", ROOT, (FORM_A, 1)),
     case("period expired: deny by default", ACTIVE, ask("attendance", role="mother", at=JUNE_2027), "deny", "default", ROOT, (FORM_A, 1)),
-    case("period started since: permit", MUM_LATER_PERIOD, ask("attendance", role="mother", at=FEB_2027),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
+    case(
+        "period started since: permit",
+        MUM_LATER_PERIOD,
+        ask("attendance", role="mother", at=FEB_2027),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
     # as of t
-    case("as of t: the earlier active version in force permits", WITHDRAWN_LATER, ask("attendance", role="mother"),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("as of t: the later withdrawn version in force denies", WITHDRAWN_LATER, ask("attendance", role="mother", at=FEB_2027),
-         "deny", "default", None, (FORM_A, 2)),
-    case("newest form wins: before the second form, the first permits", TWO_FORMS, ask("attendance", role="mother"),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("newest form wins: the second form's do-not-share denies", TWO_FORMS, ask("attendance", role="mother", at=FEB_2027),
-         "deny", "choice", MUM, (FORM_B, 1)),
+    case(
+        "as of t: the earlier active version in force permits",
+        WITHDRAWN_LATER,
+        ask("attendance", role="mother"),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "as of t: the later withdrawn version in force denies",
+        WITHDRAWN_LATER,
+        ask("attendance", role="mother", at=FEB_2027),
+        "deny",
+        "default",
+        None,
+        (FORM_A, 2),
+    ),
+    case(
+        "newest form wins: before the second form, the first permits",
+        TWO_FORMS,
+        ask("attendance", role="mother"),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "newest form wins: the second form's do-not-share denies",
+        TWO_FORMS,
+        ask("attendance", role="mother", at=FEB_2027),
+        "deny",
+        "choice",
+        MUM,
+        (FORM_B, 1),
+    ),
     # choices take effect from when they were made; known-at answers with what was stored then
-    case("a paper form signed 1 September and entered 30 November answers about October", PAPER_FORM,
-         ask("attendance", role="mother", at=OCT_2026), "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("known-at before the entry answers as we would have then", PAPER_FORM,
-         ask("attendance", role="mother", at=OCT_2026, known_at=NOV_1), "deny", "default", None, None),
-    case("a paper form does not answer about the time before it was signed", PAPER_FORM,
-         ask("attendance", role="mother", at=datetime(2026, 8, 31, 12, 0, tzinfo=UTC)), "deny", "default", None, None),
-    case("an older paper form entered after a newer choice does not override it", OLD_PAPER_AFTER_NEW,
-         ask("attendance", role="mother", at=DEC_10), "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("an older paper form entered after a newer choice answers about the time between them", OLD_PAPER_AFTER_NEW,
-         ask("attendance", role="mother", at=OCT_2026), "deny", "choice", MUM, (FORM_A, 2)),
-    case("storage order breaks a tie: a withdrawal stored later with the same choice time decides", WITHDRAWN_SAME_CHOICE,
-         ask("attendance", role="mother"), "deny", "default", None, (FORM_A, 2)),
-    case("known-at before the withdrawal was stored: the active version answers", WITHDRAWN_LATER,
-         ask("attendance", role="mother", at=FEB_2027, known_at=DEC_2026), "permit", "choice", information_type_provision_path(0, 0),
-         (FORM_A, 1)),
+    case(
+        "a paper form signed 1 September and entered 30 November answers about October",
+        PAPER_FORM,
+        ask("attendance", role="mother", at=OCT_2026),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "known-at before the entry answers as we would have then",
+        PAPER_FORM,
+        ask("attendance", role="mother", at=OCT_2026, known_at=NOV_1),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    case(
+        "a paper form does not answer about the time before it was signed",
+        PAPER_FORM,
+        ask("attendance", role="mother", at=datetime(2026, 8, 31, 12, 0, tzinfo=UTC)),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    case(
+        "an older paper form entered after a newer choice does not override it",
+        OLD_PAPER_AFTER_NEW,
+        ask("attendance", role="mother", at=DEC_10),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "an older paper form entered after a newer choice answers about the time between them",
+        OLD_PAPER_AFTER_NEW,
+        ask("attendance", role="mother", at=OCT_2026),
+        "deny",
+        "choice",
+        MUM,
+        (FORM_A, 2),
+    ),
+    case(
+        "storage order breaks a tie: a withdrawal stored later with the same choice time decides",
+        WITHDRAWN_SAME_CHOICE,
+        ask("attendance", role="mother"),
+        "deny",
+        "default",
+        None,
+        (FORM_A, 2),
+    ),
+    case(
+        "known-at before the withdrawal was stored: the active version answers",
+        WITHDRAWN_LATER,
+        ask("attendance", role="mother", at=FEB_2027, known_at=DEC_2026),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
     # drafts are proposals
-    case("a draft leaves the active consent deciding", DRAFT_AFTER_ACTIVE, ask("attendance", role="mother", at=FEB_2027),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("a draft after a withdrawal revives nothing", DRAFT_AFTER_WITHDRAWAL, ask("attendance", role="mother", at=APRIL_2027),
-         "deny", "default", None, (FORM_A, 2)),
-    case("an agreed proposal, made active, decides", DRAFT_THEN_AGREED, ask("attendance", role="mother", at=APRIL_2027),
-         "deny", "choice", MUM, (FORM_A, 3)),
+    case(
+        "a draft leaves the active consent deciding",
+        DRAFT_AFTER_ACTIVE,
+        ask("attendance", role="mother", at=FEB_2027),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "a draft after a withdrawal revives nothing",
+        DRAFT_AFTER_WITHDRAWAL,
+        ask("attendance", role="mother", at=APRIL_2027),
+        "deny",
+        "default",
+        None,
+        (FORM_A, 2),
+    ),
+    case(
+        "an agreed proposal, made active, decides",
+        DRAFT_THEN_AGREED,
+        ask("attendance", role="mother", at=APRIL_2027),
+        "deny",
+        "choice",
+        MUM,
+        (FORM_A, 3),
+    ),
     # recipient matching
-    case("two people match by role: deny beats permit", SCHOOLS_DISAGREE, ask("attendance", role="school"),
-         "deny", "choice", person_provision_path(4), (FORM_A, 1)),
-    case("two people match by role and both share the type: permit", SCHOOLS_AGREE, ask("attendance", role="school"),
-         "permit", "choice", information_type_provision_path(3, 0), (FORM_A, 1)),
-    case("two people match by role and one does not list the type: deny", SCHOOLS_AGREE, ask("engagement-progress", role="school"),
-         "deny", "choice", person_provision_path(3), (FORM_A, 1)),
-    case("identifier match by GMC number URI", ACTIVE,
-         ask("medication", identifier_system="https://fhir.hl7.org.uk/Id/gmc-number", identifier_value="1234567"),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1)),
-    case("identifier match by GMC alias", ACTIVE, ask("medication", identifier_system="gmc", identifier_value="1234567"),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1)),
-    case("identifier match by ODS code URI", ACTIVE, ask("medication", identifier_system=codes.ODS_ORGANIZATION, identifier_value="D81001"),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1)),
-    case("identifier match by ODS code is case-insensitive under the HL7 UK URI", ACTIVE,
-         ask("medication", identifier_system="https://fhir.hl7.org.uk/Id/ods-organization-code", identifier_value="d81001"),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1)),
-    case("identifier match still applies the choice: unlisted type denied", ACTIVE,
-         ask("substance-use", identifier_system="gmc", identifier_value="1234567"), "deny", "choice", GP, (FORM_A, 1)),
+    case(
+        "two people match by role: deny beats permit",
+        SCHOOLS_DISAGREE,
+        ask("attendance", role="school"),
+        "deny",
+        "choice",
+        person_provision_path(4),
+        (FORM_A, 1),
+    ),
+    case(
+        "two people match by role and both share the type: permit",
+        SCHOOLS_AGREE,
+        ask("attendance", role="school"),
+        "permit",
+        "choice",
+        information_type_provision_path(3, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "two people match by role and one does not list the type: deny",
+        SCHOOLS_AGREE,
+        ask("engagement-progress", role="school"),
+        "deny",
+        "choice",
+        person_provision_path(3),
+        (FORM_A, 1),
+    ),
+    case(
+        "identifier match by GMC number URI",
+        ACTIVE,
+        ask("medication", identifier_system="https://fhir.hl7.org.uk/Id/gmc-number", identifier_value="1234567"),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "identifier match by GMC alias",
+        ACTIVE,
+        ask("medication", identifier_system="gmc", identifier_value="1234567"),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "identifier match by ODS code URI",
+        ACTIVE,
+        ask("medication", identifier_system=codes.ODS_ORGANIZATION, identifier_value="D81001"),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "identifier match by ODS code is case-insensitive under the HL7 UK URI",
+        ACTIVE,
+        ask("medication", identifier_system="https://fhir.hl7.org.uk/Id/ods-organization-code", identifier_value="d81001"),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "identifier match still applies the choice: unlisted type denied",
+        ACTIVE,
+        ask("substance-use", identifier_system="gmc", identifier_value="1234567"),
+        "deny",
+        "choice",
+        GP,
+        (FORM_A, 1),
+    ),
     case("person id match", ACTIVE, ask("medication", person_id="gp"), "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1)),
-    case("unknown GMC number with a matching role: deny by default (criteria narrow, never widen)", ACTIVE,
-         ask("medication", identifier_system="gmc", identifier_value="9999999", role="gp"), "deny", "default", ROOT, (FORM_A, 1)),
-    case("person id and role disagree: deny by default", ACTIVE, ask("attendance", person_id="mum", role="father"),
-         "deny", "default", ROOT, (FORM_A, 1)),
+    case(
+        "unknown GMC number with a matching role: deny by default (criteria narrow, never widen)",
+        ACTIVE,
+        ask("medication", identifier_system="gmc", identifier_value="9999999", role="gp"),
+        "deny",
+        "default",
+        ROOT,
+        (FORM_A, 1),
+    ),
+    case(
+        "person id and role disagree: deny by default",
+        ACTIVE,
+        ask("attendance", person_id="mum", role="father"),
+        "deny",
+        "default",
+        ROOT,
+        (FORM_A, 1),
+    ),
     case("nobody on the form matches: deny by default", ACTIVE, ask("attendance", role="school"), "deny", "default", ROOT, (FORM_A, 1)),
     # policy exceptions
-    case("THREAT permits despite do-not-share, with both obligations", ACTIVE, ask("attendance", role="father", purpose="THREAT"),
-         "permit", "policy-exception", person_provision_path(3), (FORM_A, 1), EXCEPTION_OBLIGATIONS),
-    case("HLEGAL permits despite do-not-share, with both obligations", ACTIVE, ask("substance-use", role="father", purpose="HLEGAL"),
-         "permit", "policy-exception", person_provision_path(4), (FORM_A, 1), EXCEPTION_OBLIGATIONS),
-    case("THREAT permits with no consent on file, citing the policy", (), ask("risk-safety", role="social-worker", purpose="THREAT"),
-         "permit", "policy-exception", None, None, EXCEPTION_OBLIGATIONS),
-    case("HLEGAL permits with a withdrawn consent, citing the policy", with_status("withdrawn"),
-         ask("substance-use", "treatment-plan", role="youth-justice", purpose="HLEGAL"), "permit", "policy-exception", None, None,
-         EXCEPTION_OBLIGATIONS),
-    case("exception does not leak: care purpose to a do-not-share person denied", ACTIVE, ask("attendance", role="father", purpose="TREAT"),
-         "deny", "choice", DAD, (FORM_A, 1)),
-    case("exception does not leak: its override code OVRTPS is not an exception", ACTIVE,
-         ask("attendance", role="father", purpose="OVRTPS"), "deny", "default", None, None),
+    case(
+        "THREAT permits despite do-not-share, with both obligations",
+        ACTIVE,
+        ask("attendance", role="father", purpose="THREAT"),
+        "permit",
+        "policy-exception",
+        person_provision_path(3),
+        (FORM_A, 1),
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "HLEGAL permits despite do-not-share, with both obligations",
+        ACTIVE,
+        ask("substance-use", role="father", purpose="HLEGAL"),
+        "permit",
+        "policy-exception",
+        person_provision_path(4),
+        (FORM_A, 1),
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "THREAT permits with no consent on file, citing the policy",
+        (),
+        ask("risk-safety", role="social-worker", purpose="THREAT"),
+        "permit",
+        "policy-exception",
+        None,
+        None,
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "HLEGAL permits with a withdrawn consent, citing the policy",
+        with_status("withdrawn"),
+        ask("substance-use", "treatment-plan", role="youth-justice", purpose="HLEGAL"),
+        "permit",
+        "policy-exception",
+        None,
+        None,
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "exception does not leak: care purpose to a do-not-share person denied",
+        ACTIVE,
+        ask("attendance", role="father", purpose="TREAT"),
+        "deny",
+        "choice",
+        DAD,
+        (FORM_A, 1),
+    ),
+    case(
+        "exception does not leak: its override code OVRTPS is not an exception",
+        ACTIVE,
+        ask("attendance", role="father", purpose="OVRTPS"),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
     # exception recipients need not be on the form
-    case("court order: a court not on the form may receive every type under HLEGAL", ACTIVE, ask(*ALL_TYPES, role="court", purpose="HLEGAL"),
-         "permit", "policy-exception", COURT_ORDER, (FORM_A, 1), EXCEPTION_OBLIGATIONS),
-    case("risk of harm: the police may receive under THREAT", ACTIVE, ask("risk-safety", "substance-use", role="police", purpose="THREAT"),
-         "permit", "policy-exception", RISK_OF_HARM, (FORM_A, 1), EXCEPTION_OBLIGATIONS),
-    case("risk of harm: children's social care may receive under THREAT with no consent on file", (),
-         ask("risk-safety", role="childrens-social-care", purpose="THREAT"), "permit", "policy-exception", None, None, EXCEPTION_OBLIGATIONS),
-    case("court order: an organisation not on the form, named by its ODS code, may receive under HLEGAL", ACTIVE,
-         ask("treatment-plan", purpose="HLEGAL", **ODS_ELSEWHERE), "permit", "policy-exception", COURT_ORDER, (FORM_A, 1),
-         EXCEPTION_OBLIGATIONS),
-    case("court order: a professional not on the form, named by GMC number, may receive under HLEGAL", ACTIVE,
-         ask("medication", purpose="HLEGAL", identifier_system="gmc", identifier_value="9999999"), "permit", "policy-exception",
-         COURT_ORDER, (FORM_A, 1), EXCEPTION_OBLIGATIONS),
+    case(
+        "court order: a court not on the form may receive every type under HLEGAL",
+        ACTIVE,
+        ask(*ALL_TYPES, role="court", purpose="HLEGAL"),
+        "permit",
+        "policy-exception",
+        COURT_ORDER,
+        (FORM_A, 1),
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "risk of harm: the police may receive under THREAT",
+        ACTIVE,
+        ask("risk-safety", "substance-use", role="police", purpose="THREAT"),
+        "permit",
+        "policy-exception",
+        RISK_OF_HARM,
+        (FORM_A, 1),
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "risk of harm: children's social care may receive under THREAT with no consent on file",
+        (),
+        ask("risk-safety", role="childrens-social-care", purpose="THREAT"),
+        "permit",
+        "policy-exception",
+        None,
+        None,
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "court order: an organisation not on the form, named by its ODS code, may receive under HLEGAL",
+        ACTIVE,
+        ask("treatment-plan", purpose="HLEGAL", **ODS_ELSEWHERE),
+        "permit",
+        "policy-exception",
+        COURT_ORDER,
+        (FORM_A, 1),
+        EXCEPTION_OBLIGATIONS,
+    ),
+    case(
+        "court order: a professional not on the form, named by GMC number, may receive under HLEGAL",
+        ACTIVE,
+        ask("medication", purpose="HLEGAL", identifier_system="gmc", identifier_value="9999999"),
+        "permit",
+        "policy-exception",
+        COURT_ORDER,
+        (FORM_A, 1),
+        EXCEPTION_OBLIGATIONS,
+    ),
     case("a court receives nothing for treatment", ACTIVE, ask("attendance", role="court"), "deny", "default", ROOT, (FORM_A, 1)),
-    case("the police receive nothing for care coordination with no consent on file", (), ask("attendance", role="police", purpose="COC"),
-         "deny", "default", None, None),
-    case("children's social care receives nothing for research", ACTIVE, ask("attendance", role="childrens-social-care", purpose="HRESCH"),
-         "deny", "default", None, None),
-    case("an organisation not on the form receives nothing for treatment", ACTIVE, ask("attendance", **ODS_ELSEWHERE),
-         "deny", "default", ROOT, (FORM_A, 1)),
+    case(
+        "the police receive nothing for care coordination with no consent on file",
+        (),
+        ask("attendance", role="police", purpose="COC"),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    case(
+        "children's social care receives nothing for research",
+        ACTIVE,
+        ask("attendance", role="childrens-social-care", purpose="HRESCH"),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    case(
+        "an organisation not on the form receives nothing for treatment",
+        ACTIVE,
+        ask("attendance", **ODS_ELSEWHERE),
+        "deny",
+        "default",
+        ROOT,
+        (FORM_A, 1),
+    ),
     # role families
-    case("asking about a parent matches the mother and the father; the father's refusal denies", ACTIVE, ask("attendance", role="parent"),
-         "deny", "choice", DAD, (FORM_A, 1)),
-    case("asking about a parent with only the mother on the form: her choice permits", MUM_ONLY, ask("attendance", role="parent"),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("asking about a parent matches a step-parent", STEP_PARENT_ONLY, ask("attendance", role="parent"),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("asking about a parent matches a foster parent", FOSTER_PARENT_ONLY, ask("attendance", role="parent"),
-         "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)),
-    case("asking about a mother does not match a step-parent", STEP_PARENT_ONLY, ask("attendance", role="mother"),
-         "deny", "default", ROOT, (FORM_A, 1)),
-    case("asking about a family member matches every family role; the father's refusal denies", ACTIVE,
-         ask("attendance", role="other-family"), "deny", "choice", DAD, (FORM_A, 1)),
+    case(
+        "asking about a parent matches the mother and the father; the father's refusal denies",
+        ACTIVE,
+        ask("attendance", role="parent"),
+        "deny",
+        "choice",
+        DAD,
+        (FORM_A, 1),
+    ),
+    case(
+        "asking about a parent with only the mother on the form: her choice permits",
+        MUM_ONLY,
+        ask("attendance", role="parent"),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "asking about a parent matches a step-parent",
+        STEP_PARENT_ONLY,
+        ask("attendance", role="parent"),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "asking about a parent matches a foster parent",
+        FOSTER_PARENT_ONLY,
+        ask("attendance", role="parent"),
+        "permit",
+        "choice",
+        information_type_provision_path(0, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "asking about a mother does not match a step-parent", STEP_PARENT_ONLY, ask("attendance", role="mother"), "deny", "default", ROOT, (FORM_A, 1)
+    ),
+    case(
+        "asking about a family member matches every family role; the father's refusal denies",
+        ACTIVE,
+        ask("attendance", role="other-family"),
+        "deny",
+        "choice",
+        DAD,
+        (FORM_A, 1),
+    ),
     case("a guardian is not a family member", GUARDIAN_ONLY, ask("attendance", role="other-family"), "deny", "default", ROOT, (FORM_A, 1)),
     case("asking about a parent does not match the GP", MUM_ONLY, ask("medication", role="parent"), "deny", "choice", MUM, (FORM_A, 1)),
     # purposes
-    case("non-care purpose HMARKT denied despite a share choice", ACTIVE, ask("attendance", role="mother", purpose="HMARKT"),
-         "deny", "default", None, None),
-    case("non-care purpose HRESCH denied despite a share choice", ACTIVE, ask("attendance", role="mother", purpose="HRESCH"),
-         "deny", "default", None, None),
-    case("healthcare operations HOPERAT is not a care purpose", ACTIVE, ask("attendance", role="mother", purpose="HOPERAT"),
-         "deny", "default", None, None),
-    *[case(f"care purpose {p} is covered by a share choice", ACTIVE, ask("attendance", role="mother", purpose=p),
-           "permit", "choice", information_type_provision_path(0, 0), (FORM_A, 1)) for p in sorted(CARE_PURPOSES)],
+    case(
+        "non-care purpose HMARKT denied despite a share choice",
+        ACTIVE,
+        ask("attendance", role="mother", purpose="HMARKT"),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    case(
+        "non-care purpose HRESCH denied despite a share choice",
+        ACTIVE,
+        ask("attendance", role="mother", purpose="HRESCH"),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    case(
+        "healthcare operations HOPERAT is not a care purpose",
+        ACTIVE,
+        ask("attendance", role="mother", purpose="HOPERAT"),
+        "deny",
+        "default",
+        None,
+        None,
+    ),
+    *[
+        case(
+            f"care purpose {p} is covered by a share choice",
+            ACTIVE,
+            ask("attendance", role="mother", purpose=p),
+            "permit",
+            "choice",
+            information_type_provision_path(0, 0),
+            (FORM_A, 1),
+        )
+        for p in sorted(CARE_PURPOSES)
+    ],
     # ages
-    case("parental consent once the young person is 16: flagged for review", PARENTAL_CONSENT, ask("medication", role="gp", at=AFTER_16),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1), ("review-consent",), ("review-due-turned-16",)),
-    case("parental consent the day before 16: no flag", PARENTAL_CONSENT, ask("medication", role="gp", at=DAY_BEFORE_16),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1)),
-    case("competent under-16's own consent at 16: no flag", ACTIVE, ask("medication", role="gp", at=AFTER_16),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1)),
-    case("every consent once the young person is 18: flagged for review", ACTIVE, ask("medication", role="gp", at=AFTER_18),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1), ("review-consent",), ("review-due-turned-18",)),
-    case("parental consent at 18: both flags", PARENTAL_CONSENT, ask("medication", role="gp", at=AFTER_18),
-         "permit", "choice", information_type_provision_path(1, 0), (FORM_A, 1), ("review-consent",),
-         ("review-due-turned-16", "review-due-turned-18")),
-    case("a denial is flagged for review too", ACTIVE, ask("attendance", role="father", at=AFTER_18),
-         "deny", "choice", DAD, (FORM_A, 1), ("review-consent",), ("review-due-turned-18",)),
-    case("exception on a consent due for review carries the review obligation too", PARENTAL_CONSENT,
-         ask("attendance", role="father", purpose="THREAT", at=AFTER_16), "permit", "policy-exception", person_provision_path(3), (FORM_A, 1),
-         (*EXCEPTION_OBLIGATIONS, "review-consent"), ("review-due-turned-16",)),
+    case(
+        "parental consent once the young person is 16: flagged for review",
+        PARENTAL_CONSENT,
+        ask("medication", role="gp", at=AFTER_16),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+        ("review-consent",),
+        ("review-due-turned-16",),
+    ),
+    case(
+        "parental consent the day before 16: no flag",
+        PARENTAL_CONSENT,
+        ask("medication", role="gp", at=DAY_BEFORE_16),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "competent under-16's own consent at 16: no flag",
+        ACTIVE,
+        ask("medication", role="gp", at=AFTER_16),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+    ),
+    case(
+        "every consent once the young person is 18: flagged for review",
+        ACTIVE,
+        ask("medication", role="gp", at=AFTER_18),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+        ("review-consent",),
+        ("review-due-turned-18",),
+    ),
+    case(
+        "parental consent at 18: both flags",
+        PARENTAL_CONSENT,
+        ask("medication", role="gp", at=AFTER_18),
+        "permit",
+        "choice",
+        information_type_provision_path(1, 0),
+        (FORM_A, 1),
+        ("review-consent",),
+        ("review-due-turned-16", "review-due-turned-18"),
+    ),
+    case(
+        "a denial is flagged for review too",
+        ACTIVE,
+        ask("attendance", role="father", at=AFTER_18),
+        "deny",
+        "choice",
+        DAD,
+        (FORM_A, 1),
+        ("review-consent",),
+        ("review-due-turned-18",),
+    ),
+    case(
+        "exception on a consent due for review carries the review obligation too",
+        PARENTAL_CONSENT,
+        ask("attendance", role="father", purpose="THREAT", at=AFTER_16),
+        "permit",
+        "policy-exception",
+        person_provision_path(3),
+        (FORM_A, 1),
+        (*EXCEPTION_OBLIGATIONS, "review-consent"),
+        ("review-due-turned-16",),
+    ),
 ]
 
 
@@ -446,8 +923,9 @@ def test_highest_version_of_a_form_recorded_by_t_is_in_force() -> None:
 
 
 def test_versions_of_other_patients_are_ignored() -> None:
-    other_newer = stored(doc(formId=FORM_B, people=people(MUM_DOES_NOT_SHARE),
-                             youngPerson={**SAMPLE["youngPerson"], "nhsNumber": OTHER_NHS}), at=JAN_2027)
+    other_newer = stored(
+        doc(formId=FORM_B, people=people(MUM_DOES_NOT_SHARE), youngPerson={**SAMPLE["youngPerson"], "nhsNumber": OTHER_NHS}), at=JAN_2027
+    )
     verdict = decide(ask("attendance", role="mother", at=FEB_2027), (*ACTIVE, other_newer), now=NOW)
     assert (verdict.decision, verdict.form_id) == ("permit", FORM_A)
 
@@ -505,14 +983,17 @@ def test_known_at_without_a_zone_is_rejected() -> None:
 # --------------------------------------------------------------------------- who was matched
 
 
-@pytest.mark.parametrize("request_, versions, matched", [
-    pytest.param(ask("attendance", role="parent"), ACTIVE, ("mum", "dad"), id="a parent: the mother and the father"),
-    pytest.param(ask("attendance", role="other-family"), ACTIVE, ("mum", "dad"), id="a family member: every family role"),
-    pytest.param(ask("medication", role="gp"), ACTIVE, ("gp",), id="the GP alone"),
-    pytest.param(ask("attendance", role="mother", at=JUNE_2027), ACTIVE, ("mum",), id="the mother outside her period"),
-    pytest.param(ask("attendance", role="school"), ACTIVE, (), id="nobody"),
-    pytest.param(ask("attendance", role="court", purpose="HLEGAL"), ACTIVE, (), id="an exception does not match people"),
-])
+@pytest.mark.parametrize(
+    "request_, versions, matched",
+    [
+        pytest.param(ask("attendance", role="parent"), ACTIVE, ("mum", "dad"), id="a parent: the mother and the father"),
+        pytest.param(ask("attendance", role="other-family"), ACTIVE, ("mum", "dad"), id="a family member: every family role"),
+        pytest.param(ask("medication", role="gp"), ACTIVE, ("gp",), id="the GP alone"),
+        pytest.param(ask("attendance", role="mother", at=JUNE_2027), ACTIVE, ("mum",), id="the mother outside her period"),
+        pytest.param(ask("attendance", role="school"), ACTIVE, (), id="nobody"),
+        pytest.param(ask("attendance", role="court", purpose="HLEGAL"), ACTIVE, (), id="an exception does not match people"),
+    ],
+)
 def test_the_verdict_lists_the_people_matched(request_: DecisionRequest, versions: tuple[StoredVersion, ...], matched: tuple[str, ...]) -> None:
     assert decide(request_, versions, now=NOW).matched_people == matched
 
@@ -544,8 +1025,9 @@ def test_a_pending_proposal_shows_what_it_would_change_per_person_and_type() -> 
     (proposal,) = pending_proposals(NHS, versions, at=FEB_2027)
     assert (proposal.form_id, proposal.version, proposal.in_force) == (FORM_A, 2, (FORM_A, 1))
     assert proposal.changes == (
-        PersonChange("mum", "mother", "changed", "share", "do-not-share", (), ("attendance", "treatment-plan"),
-                     ACTIVE[0].form.people[0].period, None),
+        PersonChange(
+            "mum", "mother", "changed", "share", "do-not-share", (), ("attendance", "treatment-plan"), ACTIVE[0].form.people[0].period, None
+        ),
         PersonChange("gp", "gp", "changed", "share", "share", ("attendance",), ()),
         PersonChange("school-a", "school", "added", None, "share", ("attendance",), ()),
         PersonChange("dad", "father", "removed", "do-not-share", None, (), ()),
@@ -564,7 +1046,10 @@ def test_a_proposal_with_no_consent_in_force_adds_every_person() -> None:
     (proposal,) = pending_proposals(NHS, with_status("draft"), at=DEC_2026)
     assert proposal.in_force is None
     assert [(c.person_id, c.change, c.gains) for c in proposal.changes] == [
-        ("mum", "added", ("attendance", "treatment-plan")), ("gp", "added", ("medication",)), ("dad", "added", ())]
+        ("mum", "added", ("attendance", "treatment-plan")),
+        ("gp", "added", ("medication",)),
+        ("dad", "added", ()),
+    ]
 
 
 def test_a_proposal_after_a_withdrawal_is_compared_with_nothing_shared() -> None:
@@ -588,10 +1073,15 @@ def test_proposals_of_other_patients_are_not_shown() -> None:
 def test_proposals_json_marks_them_as_proposals_and_holds_no_names() -> None:
     rendered = proposals_to_json(pending_proposals(NHS, DRAFT_AFTER_ACTIVE, at=FEB_2027))
     assert [(p["status"], p["consent"], p["inForce"]) for p in rendered] == [
-        ("proposed", f"Consent/{FORM_A}/_history/2", f"Consent/{FORM_A}/_history/1")]
+        ("proposed", f"Consent/{FORM_A}/_history/2", f"Consent/{FORM_A}/_history/1")
+    ]
     assert rendered[0]["changes"][0] == {
-        "personId": "mum", "role": "mother", "change": "changed", "sharing": {"before": "share", "after": "do-not-share"},
-        "wouldReceive": [], "wouldNoLongerReceive": ["attendance", "treatment-plan"],
+        "personId": "mum",
+        "role": "mother",
+        "change": "changed",
+        "sharing": {"before": "share", "after": "do-not-share"},
+        "wouldReceive": [],
+        "wouldNoLongerReceive": ["attendance", "treatment-plan"],
         "period": {"before": {"start": "2026-11-20", "end": "2027-05-20"}, "after": None},
     }
     assert not any(name in json.dumps(rendered) for name in NAMES)
@@ -603,17 +1093,20 @@ REFUSED_QUESTION = ask("attendance", role="father")
 NOT_ON_FORM = (stored(doc(people=people()[:2])),)
 
 
-@pytest.mark.parametrize("versions, request_", [
-    pytest.param((), REFUSED_QUESTION, id="no consent on file"),
-    pytest.param(ACTIVE, ask("attendance", role="father", nhs=OTHER_NHS), id="unknown patient"),
-    pytest.param(NOT_ON_FORM, REFUSED_QUESTION, id="recipient not on the form"),
-    pytest.param(with_status("withdrawn"), REFUSED_QUESTION, id="withdrawn consent"),
-    pytest.param(with_status("draft"), REFUSED_QUESTION, id="only a draft"),
-    pytest.param(ACTIVE, ask("attendance", role="father", purpose="HMARKT"), id="a purpose no choice covers"),
-    pytest.param(ACTIVE, ask("attendance", role="father", at=AFTER_18), id="refused, on a consent due for review"),
-    pytest.param(ACTIVE, ask("attendance", role="parent"), id="refused by one of several people matched"),
-    pytest.param(MUM_LATER_PERIOD, ask("attendance", role="father", at=DEC_2026), id="refused, with another choice outside its period"),
-])
+@pytest.mark.parametrize(
+    "versions, request_",
+    [
+        pytest.param((), REFUSED_QUESTION, id="no consent on file"),
+        pytest.param(ACTIVE, ask("attendance", role="father", nhs=OTHER_NHS), id="unknown patient"),
+        pytest.param(NOT_ON_FORM, REFUSED_QUESTION, id="recipient not on the form"),
+        pytest.param(with_status("withdrawn"), REFUSED_QUESTION, id="withdrawn consent"),
+        pytest.param(with_status("draft"), REFUSED_QUESTION, id="only a draft"),
+        pytest.param(ACTIVE, ask("attendance", role="father", purpose="HMARKT"), id="a purpose no choice covers"),
+        pytest.param(ACTIVE, ask("attendance", role="father", at=AFTER_18), id="refused, on a consent due for review"),
+        pytest.param(ACTIVE, ask("attendance", role="parent"), id="refused by one of several people matched"),
+        pytest.param(MUM_LATER_PERIOD, ask("attendance", role="father", at=DEC_2026), id="refused, with another choice outside its period"),
+    ],
+)
 def test_every_deny_reads_the_same_to_a_decision_only_caller(versions: tuple[StoredVersion, ...], request_: DecisionRequest) -> None:
     baseline = for_decision_only_caller(decide(REFUSED_QUESTION, ACTIVE, now=NOW), REFUSED_QUESTION)
     verdict = for_decision_only_caller(decide(request_, versions, now=NOW), request_)
@@ -624,18 +1117,28 @@ def test_a_deny_to_a_decision_only_caller_echoes_only_the_types_asked() -> None:
     question = ask("attendance", "medication", role="gp")
     rendered = to_json(for_decision_only_caller(decide(question, ACTIVE, now=NOW), question))
     assert rendered == {
-        "decision": "deny", "reason": rendered["reason"], "consent": None, "provision": None, "basis": "default", "obligations": [],
-        "perType": [{"informationType": "attendance", "decision": "deny", "provision": None},
-                    {"informationType": "medication", "decision": "deny", "provision": None}],
-        "flags": [], "matchedPeople": [],
+        "decision": "deny",
+        "reason": rendered["reason"],
+        "consent": None,
+        "provision": None,
+        "basis": "default",
+        "obligations": [],
+        "perType": [
+            {"informationType": "attendance", "decision": "deny", "provision": None},
+            {"informationType": "medication", "decision": "deny", "provision": None},
+        ],
+        "flags": [],
+        "matchedPeople": [],
     }
     assert "Consent/" not in rendered["reason"]
 
 
 def test_an_exception_permit_reads_the_same_to_a_decision_only_caller_with_or_without_a_consent() -> None:
     question = ask("substance-use", role="court", purpose="HLEGAL", at=AFTER_16)
-    answers = [to_json(for_decision_only_caller(decide(question, versions, now=NOW), question))
-               for versions in ((), PARENTAL_CONSENT, with_status("withdrawn"), OTHER_PATIENT)]
+    answers = [
+        to_json(for_decision_only_caller(decide(question, versions, now=NOW), question))
+        for versions in ((), PARENTAL_CONSENT, with_status("withdrawn"), OTHER_PATIENT)
+    ]
     assert all(a == answers[0] for a in answers)
     assert [o["code"] for o in answers[0]["obligations"]] == list(EXCEPTION_OBLIGATIONS)
 
@@ -669,18 +1172,21 @@ def test_a_deny_to_a_decision_only_caller_hides_which_types_a_consent_would_perm
 # --------------------------------------------------------------------------- bad requests
 
 
-@pytest.mark.parametrize("request_", [
-    pytest.param(ask("gossip", role="mother"), id="unknown information type"),
-    pytest.param(ask(role="mother"), id="no information type"),
-    pytest.param(ask("attendance", role="neighbour"), id="unknown role"),
-    pytest.param(ask("attendance", identifier_system="https://example.org/id", identifier_value="1"), id="unknown identifier system"),
-    pytest.param(ask("attendance", identifier_system="gmc"), id="identifier system without a value"),
-    pytest.param(ask("attendance", identifier_system="gmc", identifier_value="  "), id="blank identifier value"),
-    pytest.param(ask("attendance"), id="recipient without any criterion"),
-    pytest.param(ask("attendance", role="mother", nhs="9434765918"), id="NHS number failing the check digit"),
-    pytest.param(ask("attendance", role="mother", purpose=" "), id="blank purpose"),
-    pytest.param(ask("attendance", role="mother", at=datetime(2026, 12, 1, 12, 0)), id="time without a zone"),
-])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pytest.param(ask("gossip", role="mother"), id="unknown information type"),
+        pytest.param(ask(role="mother"), id="no information type"),
+        pytest.param(ask("attendance", role="neighbour"), id="unknown role"),
+        pytest.param(ask("attendance", identifier_system="https://example.org/id", identifier_value="1"), id="unknown identifier system"),
+        pytest.param(ask("attendance", identifier_system="gmc"), id="identifier system without a value"),
+        pytest.param(ask("attendance", identifier_system="gmc", identifier_value="  "), id="blank identifier value"),
+        pytest.param(ask("attendance"), id="recipient without any criterion"),
+        pytest.param(ask("attendance", role="mother", nhs="9434765918"), id="NHS number failing the check digit"),
+        pytest.param(ask("attendance", role="mother", purpose=" "), id="blank purpose"),
+        pytest.param(ask("attendance", role="mother", at=datetime(2026, 12, 1, 12, 0)), id="time without a zone"),
+    ],
+)
 def test_a_request_that_makes_no_sense_is_rejected(request_: DecisionRequest) -> None:
     with pytest.raises(ValueError, match=r"\w"):
         decide(request_, ACTIVE, now=NOW)
@@ -805,8 +1311,10 @@ def test_json_shape() -> None:
         "provision": ROOT,
         "basis": "default",
         "obligations": [{"code": "review-consent", "text": verdict.obligations[0].text}],
-        "perType": [{"informationType": "attendance", "decision": "deny", "provision": ROOT},
-                    {"informationType": "medication", "decision": "deny", "provision": ROOT}],
+        "perType": [
+            {"informationType": "attendance", "decision": "deny", "provision": ROOT},
+            {"informationType": "medication", "decision": "deny", "provision": ROOT},
+        ],
         "flags": ["review-due-turned-18"],
         "matchedPeople": ["mum"],
     }
@@ -839,12 +1347,15 @@ def test_summary_carries_identifiers_for_matching_as_uris() -> None:
     assert set(gp.identifiers) == {("https://fhir.hl7.org.uk/Id/gmc-number", "1234567"), (codes.ODS_ORGANIZATION, "D81001")}
 
 
-@pytest.mark.parametrize("versions, nhs", [
-    pytest.param((), NHS, id="no consent"),
-    pytest.param(ACTIVE, OTHER_NHS, id="unknown patient"),
-    pytest.param(with_status("withdrawn"), NHS, id="withdrawn"),
-    pytest.param(with_status("draft"), NHS, id="draft"),
-])
+@pytest.mark.parametrize(
+    "versions, nhs",
+    [
+        pytest.param((), NHS, id="no consent"),
+        pytest.param(ACTIVE, OTHER_NHS, id="unknown patient"),
+        pytest.param(with_status("withdrawn"), NHS, id="withdrawn"),
+        pytest.param(with_status("draft"), NHS, id="draft"),
+    ],
+)
 def test_summary_is_empty_without_an_active_consent(versions: tuple[StoredVersion, ...], nhs: str) -> None:
     assert summary(nhs, versions, at=DEC_2026) == []
 

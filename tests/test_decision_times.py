@@ -59,14 +59,24 @@ def questions(draw: st.DrawFn) -> DecisionRequest:
 def meaning(verdict: Verdict, versions: tuple[StoredVersion, ...]) -> tuple[Any, ...]:
     """The verdict with the cited version named by when its choice was made (version numbers follow entry order)."""
     cited = next((v.form.recorded.date for v in versions if v.version == verdict.version), None)
-    return (verdict.decision, verdict.basis, verdict.provision, cited, verdict.per_type, verdict.per_type_provisions,
-            verdict.obligations, verdict.flags, verdict.matched_people)
+    return (
+        verdict.decision,
+        verdict.basis,
+        verdict.provision,
+        cited,
+        verdict.per_type,
+        verdict.per_type_provisions,
+        verdict.obligations,
+        verdict.flags,
+        verdict.matched_people,
+    )
 
 
 @settings(max_examples=200, deadline=None)
 @given(history=choices(), data=st.data(), question=questions(), first_entry=moments)
-def test_entry_order_never_changes_the_answer_once_everything_is_known(history: list[Choice], data: st.DataObject,
-                                                                      question: DecisionRequest, first_entry: datetime) -> None:
+def test_entry_order_never_changes_the_answer_once_everything_is_known(
+    history: list[Choice], data: st.DataObject, question: DecisionRequest, first_entry: datetime
+) -> None:
     one = entered(history, data.draw(st.permutations(range(len(history)))), first_entry)
     other = entered(history, data.draw(st.permutations(range(len(history)))), first_entry)
     assert meaning(decide(question, one, now=NOW), one) == meaning(decide(question, other, now=NOW), other)
@@ -74,9 +84,9 @@ def test_entry_order_never_changes_the_answer_once_everything_is_known(history: 
 
 @settings(max_examples=200, deadline=None)
 @given(history=choices(), data=st.data(), question=questions(), first_entry=moments, known_after=st.integers(-1, 5))
-def test_known_at_answers_from_exactly_the_versions_stored_by_then(history: list[Choice], data: st.DataObject,
-                                                                 question: DecisionRequest, first_entry: datetime,
-                                                                 known_after: int) -> None:
+def test_known_at_answers_from_exactly_the_versions_stored_by_then(
+    history: list[Choice], data: st.DataObject, question: DecisionRequest, first_entry: datetime, known_after: int
+) -> None:
     versions = entered(history, data.draw(st.permutations(range(len(history)))), first_entry)
     known_at = first_entry + timedelta(days=known_after, hours=12)
     stored_by_then = tuple(v for v in versions if v.stored_at <= known_at)

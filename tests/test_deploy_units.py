@@ -54,14 +54,14 @@ def test_the_service_runs_one_sync_writing_its_summary_file() -> None:
 def test_the_timer_starts_the_service_every_ten_minutes_and_catches_up_after_downtime() -> None:
     timer = unit_sections(DEPLOY / "casus-sync.timer")
 
-    assert (timer["Timer"]["OnCalendar"], timer["Timer"]["Persistent"], timer["Install"]["WantedBy"]) == (
-        "*:0/10", "true", "timers.target")
+    assert (timer["Timer"]["OnCalendar"], timer["Timer"]["Persistent"], timer["Install"]["WantedBy"]) == ("*:0/10", "true", "timers.target")
 
 
 def test_the_example_settings_name_only_settings_the_operators_guide_documents() -> None:
     guide = (DEPLOY.parent / "docs" / "operators.md").read_text(encoding="utf-8")
-    names = [line.lstrip("# ").split("=")[0] for line in (DEPLOY / "sync.env.example").read_text().splitlines()
-             if re.match(r"#? ?CASUS_[A-Z_]+=", line)]
+    names = [
+        line.lstrip("# ").split("=")[0] for line in (DEPLOY / "sync.env.example").read_text().splitlines() if re.match(r"#? ?CASUS_[A-Z_]+=", line)
+    ]
 
     assert names and all(f"`{name}`" in guide for name in names)
 
@@ -72,7 +72,12 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
     for name in ("casus-sync.service", "casus-sync.timer"):
         (tmp_path / name).write_text((DEPLOY / name).read_text().replace(SHIPPED_COMMAND, str(command)))
 
-    done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "casus-sync.service"), str(tmp_path / "casus-sync.timer")],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "casus-sync.service"), str(tmp_path / "casus-sync.timer")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
     assert done.returncode == 0, done.stderr

@@ -18,8 +18,14 @@ def test_the_suite_is_configured_to_collect_doctests_from_the_package() -> None:
 
 def test_the_package_doctests_are_collected_without_running_the_cli() -> None:
     # __main__.py starts the CLI when imported; pytest's doctest collector must leave it alone.
-    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", "fhir_adapter"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", "fhir_adapter"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     doctests = [line for line in result.stdout.splitlines() if line.startswith("fhir_adapter/") and "::" in line]
     assert len(doctests) > 0

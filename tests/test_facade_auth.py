@@ -66,8 +66,7 @@ def test_every_scoped_endpoint_refuses_a_token_without_its_scope_with_403(guarde
         token = f"token-with-only-{other}"
         app_grants = (TokenGrant("narrow", hash_token(token), frozenset({other})),)
         guarded_app.config["CASUS_GRANTS"] = app_grants
-        response = client.open(path, method=method, headers={"Authorization": f"Bearer {token}"},
-                               json={} if method in ("POST", "PUT") else None)
+        response = client.open(path, method=method, headers={"Authorization": f"Bearer {token}"}, json={} if method in ("POST", "PUT") else None)
         refused[(method, path)] = response.status_code
     assert refused and set(refused.values()) == {403}, refused
 
@@ -91,18 +90,22 @@ def test_an_admin_token_may_do_everything():
 
 
 def test_tokens_are_configured_by_hash_or_plain_text_never_kept_plain():
-    grants_ = parse_grants([{"name": "ehr", "token": "s3cret", "scopes": ["decision.read"]},
-                            {"name": "ops", "token_sha256": hash_token("other"), "scopes": ["admin"]}])
+    grants_ = parse_grants(
+        [{"name": "ehr", "token": "s3cret", "scopes": ["decision.read"]}, {"name": "ops", "token_sha256": hash_token("other"), "scopes": ["admin"]}]
+    )
     assert all("s3cret" not in repr(g) for g in grants_)
     assert authenticate("Bearer s3cret", grants_, datetime.now(UTC)).name == "ehr"
 
 
-@pytest.mark.parametrize("entries", [
-    {"name": "x"},
-    [{"name": "x", "token": "t", "scopes": ["root"]}],
-    [{"name": "x", "scopes": ["admin"]}],
-    [{"name": "x", "token": "t", "scopes": ["admin"], "expires_at": "tomorrow"}],
-])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"name": "x"},
+        [{"name": "x", "token": "t", "scopes": ["root"]}],
+        [{"name": "x", "scopes": ["admin"]}],
+        [{"name": "x", "token": "t", "scopes": ["admin"], "expires_at": "tomorrow"}],
+    ],
+)
 def test_bad_token_configuration_is_refused_without_echoing_secrets(entries):
     with pytest.raises(ConfigurationError) as err:
         parse_grants(entries)

@@ -104,8 +104,10 @@ def test_an_unknown_information_type_gets_400_naming_the_parameter(loaded: Flask
 
 
 def test_cds_hooks_names_the_context_field_of_a_role_that_is_no_recipient_role(loaded: FlaskClient) -> None:
-    body = {"hook": "casus-consent-consult", "context": {"patient": NHS, "recipientRole": "bishop",
-                                                          "informationTypes": ["attendance"], "purpose": "TREAT"}}
+    body = {
+        "hook": "casus-consent-consult",
+        "context": {"patient": NHS, "recipientRole": "bishop", "informationTypes": ["attendance"], "purpose": "TREAT"},
+    }
     response = loaded.post("/cds-services/casus-consent", json=body, headers=bearer("ehr"))
     assert (response.status_code, response.json["issue"][0]["expression"]) == (400, ["context.recipientRole"])
 
@@ -117,8 +119,11 @@ def test_an_exception_answer_as_fhir_parameters_names_the_exception_basis(loaded
 
 
 def test_cds_hooks_asks_about_the_police_under_risk_of_harm(loaded: FlaskClient) -> None:
-    body = {"hook": "casus-consent-consult", "hookInstance": "1d2c3b4a-0000-4000-8000-000000000001",
-            "context": {"patient": NHS, "recipientRole": "police", "informationTypes": ["risk-safety"], "purpose": "THREAT"}}
+    body = {
+        "hook": "casus-consent-consult",
+        "hookInstance": "1d2c3b4a-0000-4000-8000-000000000001",
+        "context": {"patient": NHS, "recipientRole": "police", "informationTypes": ["risk-safety"], "purpose": "THREAT"},
+    }
     card = loaded.post("/cds-services/casus-consent", json=body, headers=bearer("ehr")).json["cards"][0]
     assert (card["indicator"], card["extension"]["casus-verdict"]["basis"]) == ("warning", "policy-exception")
 
@@ -138,8 +143,13 @@ ROLE_FAMILY_ROWS = {
 @pytest.mark.parametrize(("role", "dad", "expected", "matched"), ROLE_FAMILY_ROWS.values(), ids=ROLE_FAMILY_ROWS.keys())
 def test_a_general_role_matches_its_family(client: FlaskClient, role: str, dad: str, expected: str, matched: list[str]) -> None:
     form = example_form()
-    form["people"][2] = {"id": "dad", "name": "Chris Example", "role": "father", "sharing": dad,
-                         **({"informationTypes": ["attendance"]} if dad == "share" else {})}
+    form["people"][2] = {
+        "id": "dad",
+        "name": "Chris Example",
+        "role": "father",
+        "sharing": dad,
+        **({"informationTypes": ["attendance"]} if dad == "share" else {}),
+    }
     assert client.post("/api/forms", json=form, headers=bearer("clinician")).status_code == 201
     verdict = ask(client, **{"recipient-role": role, "at": "2026-11-21T12:00:00Z"}).json
     assert (verdict["decision"], verdict["matchedPeople"]) == (expected, matched)
@@ -191,9 +201,18 @@ def test_known_at_before_anything_was_stored_reads_as_an_unknown_patient(loaded:
 
 
 def test_cds_hooks_takes_at_and_known_at_from_the_context(loaded: FlaskClient) -> None:
-    body = {"hook": "casus-consent-consult", "hookInstance": "1d2c3b4a-0000-4000-8000-000000000002",
-            "context": {"patient": NHS, "recipientRole": "mother", "informationTypes": ["attendance"], "purpose": "TREAT",
-                        "at": "2026-11-21T09:00:00Z", "knownAt": "2026-11-21T00:00:00Z"}}
+    body = {
+        "hook": "casus-consent-consult",
+        "hookInstance": "1d2c3b4a-0000-4000-8000-000000000002",
+        "context": {
+            "patient": NHS,
+            "recipientRole": "mother",
+            "informationTypes": ["attendance"],
+            "purpose": "TREAT",
+            "at": "2026-11-21T09:00:00Z",
+            "knownAt": "2026-11-21T00:00:00Z",
+        },
+    }
     card = loaded.post("/cds-services/casus-consent", json=body, headers=bearer("ehr")).json["cards"][0]
     assert card["extension"]["casus-verdict"]["decision"] == "deny"  # nothing had been stored by then
 
@@ -237,27 +256,34 @@ def test_the_decision_audit_keeps_no_person_id(loaded: FlaskClient, store: Store
 # --------------------------------------------------------------------------- disclosures name the recipient the same way
 
 DISCLOSURE = {
-    "formId": FORM_ID, "exception": "risk-of-significant-harm", "informationTypes": ["risk-safety"],
-    "reason": "Disclosed a plan to harm a sibling", "disclosedAt": "2026-11-24T10:00:00+00:00",
-    "youngPersonTold": True, "toldAt": "2026-11-24T12:00:00+00:00",
+    "formId": FORM_ID,
+    "exception": "risk-of-significant-harm",
+    "informationTypes": ["risk-safety"],
+    "reason": "Disclosed a plan to harm a sibling",
+    "disclosedAt": "2026-11-24T10:00:00+00:00",
+    "youngPersonTold": True,
+    "toldAt": "2026-11-24T12:00:00+00:00",
 }
 DISCLOSED_TO = {
     # recipient as recorded, the AuditEvent agent's role code, its identifier
     "the police by role": ({"name": "Cambridgeshire Constabulary", "role": "police"}, "police", None),
     "children's social care by role and ODS code": (
-        {"name": "Children's services", "role": "childrens-social-care", "odsCode": "X26AB"}, "childrens-social-care",
-        {"system": ODS, "value": "X26AB"}),
-    "a doctor by GMC number": ({"name": "Dr B Jones", "identifier": {"system": GMC, "value": "7777777"}}, None,
-                               {"system": GMC, "value": "7777777"}),
+        {"name": "Children's services", "role": "childrens-social-care", "odsCode": "X26AB"},
+        "childrens-social-care",
+        {"system": ODS, "value": "X26AB"},
+    ),
+    "a doctor by GMC number": ({"name": "Dr B Jones", "identifier": {"system": GMC, "value": "7777777"}}, None, {"system": GMC, "value": "7777777"}),
     "a form role": ({"name": "Head of year", "role": "school"}, "school", None),
 }
 
 
 @pytest.mark.parametrize(("recipient", "role", "identifier"), DISCLOSED_TO.values(), ids=DISCLOSED_TO.keys())
 def test_a_disclosures_audit_event_names_the_recipient_by_role_or_identifier(
-        loaded: FlaskClient, recipient: dict[str, Any], role: str | None, identifier: dict[str, str] | None) -> None:
-    assert loaded.post(f"/api/patients/{NHS}/disclosures", json={**DISCLOSURE, "recipient": recipient},
-                       headers=bearer("clinician")).status_code == 201
+    loaded: FlaskClient, recipient: dict[str, Any], role: str | None, identifier: dict[str, str] | None
+) -> None:
+    assert (
+        loaded.post(f"/api/patients/{NHS}/disclosures", json={**DISCLOSURE, "recipient": recipient}, headers=bearer("clinician")).status_code == 201
+    )
     event = loaded.get(f"/api/patients/{NHS}/disclosures?_format=fhir", headers=bearer("ehr")).json["entry"][0]["resource"]
     AuditEvent.model_validate(event)
     agent = event["agent"][1]
@@ -265,13 +291,17 @@ def test_a_disclosures_audit_event_names_the_recipient_by_role_or_identifier(
     assert agent["who"].get("identifier") == identifier
 
 
-@pytest.mark.parametrize(("recipient", "field"), [
-    ({"name": "Someone", "role": "bishop"}, "$.recipient.role"),
-    ({"name": "Someone", "identifier": {"system": "https://example.org/staff", "value": "1"}}, "$.recipient.identifier.system"),
-    ({"name": "Someone"}, "$.recipient"),
-])
+@pytest.mark.parametrize(
+    ("recipient", "field"),
+    [
+        ({"name": "Someone", "role": "bishop"}, "$.recipient.role"),
+        ({"name": "Someone", "identifier": {"system": "https://example.org/staff", "value": "1"}}, "$.recipient.identifier.system"),
+        ({"name": "Someone"}, "$.recipient"),
+    ],
+)
 def test_a_disclosure_recipient_named_by_no_recipient_role_or_accepted_identifier_gets_400(
-        loaded: FlaskClient, recipient: dict[str, Any], field: str) -> None:
+    loaded: FlaskClient, recipient: dict[str, Any], field: str
+) -> None:
     response = loaded.post(f"/api/patients/{NHS}/disclosures", json={**DISCLOSURE, "recipient": recipient}, headers=bearer("clinician"))
     assert response.status_code == 400
     assert field in [e for issue in response.json["issue"] for e in issue["expression"]]

@@ -116,21 +116,25 @@ def test_an_unknown_patient_reads_the_same_as_one_with_no_consent_in_force(loade
 def test_the_answer_as_fhir_parameters(loaded):
     response = loaded.get(
         f"/api/decision?{urlencode({'patient': NHS, 'purpose': 'TREAT', 'recipient-role': 'mother', 'information-type': 'attendance'})}",
-        headers={**bearer("ehr"), "Accept": "application/fhir+json"})
+        headers={**bearer("ehr"), "Accept": "application/fhir+json"},
+    )
     assert response.mimetype == "application/fhir+json"
     Parameters.model_validate(response.json)
     assert {p["name"]: p.get("valueCode") for p in response.json["parameter"]}["decision"] == "permit"
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"recipient-role": "mother", "information-type": "attendance", "patient": ""}, "patient"),
-    ({"recipient-role": "mother", "information-type": "attendance", "patient": "9434765918"}, "patient"),
-    ({"information-type": "attendance"}, "recipient-identifier"),
-    ({"recipient-role": "mother"}, "information-type"),
-    ({"recipient-role": "mother", "information-type": "attendance", "purpose": ""}, "purpose"),
-    ({"recipient-role": "mother", "information-type": "attendance", "at": "yesterday"}, "at"),
-    ({"recipient-identifier": "no-bar", "information-type": "attendance"}, "recipient-identifier"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"recipient-role": "mother", "information-type": "attendance", "patient": ""}, "patient"),
+        ({"recipient-role": "mother", "information-type": "attendance", "patient": "9434765918"}, "patient"),
+        ({"information-type": "attendance"}, "recipient-identifier"),
+        ({"recipient-role": "mother"}, "information-type"),
+        ({"recipient-role": "mother", "information-type": "attendance", "purpose": ""}, "purpose"),
+        ({"recipient-role": "mother", "information-type": "attendance", "at": "yesterday"}, "at"),
+        ({"recipient-identifier": "no-bar", "information-type": "attendance"}, "recipient-identifier"),
+    ],
+)
 def test_bad_decision_questions_get_400_naming_the_parameter(loaded, params, field):
     response = ask(loaded, **params)
     assert response.status_code == 400
@@ -166,10 +170,14 @@ def test_the_summary_lists_who_may_receive_what(loaded):
 
 
 DISCLOSURE = {
-    "formId": FORM_ID, "exception": "court-order", "informationTypes": ["attendance", "substance-use"],
+    "formId": FORM_ID,
+    "exception": "court-order",
+    "informationTypes": ["attendance", "substance-use"],
     "recipient": {"name": "Family Court", "role": "court", "organisation": "HMCTS"},
-    "reason": "Order FC-2026-123", "disclosedAt": "2026-11-24T10:00:00+00:00",
-    "youngPersonTold": True, "toldAt": "2026-11-24T12:00:00+00:00",
+    "reason": "Order FC-2026-123",
+    "disclosedAt": "2026-11-24T10:00:00+00:00",
+    "youngPersonTold": True,
+    "toldAt": "2026-11-24T12:00:00+00:00",
 }
 
 
@@ -198,8 +206,11 @@ def test_cds_hooks_discovery_lists_the_consent_service(client):
 
 
 def test_cds_hooks_consult_answers_a_card_with_the_verdict(loaded):
-    body = {"hook": "casus-consent-consult", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-            "context": {"patient": NHS, "recipientRole": "father", "informationTypes": ["attendance"], "purpose": "TREAT"}}
+    body = {
+        "hook": "casus-consent-consult",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"patient": NHS, "recipientRole": "father", "informationTypes": ["attendance"], "purpose": "TREAT"},
+    }
     card = loaded.post("/cds-services/casus-consent", json=body, headers=bearer("ehr")).json["cards"][0]
     assert card["indicator"] == "critical"
     assert card["extension"]["casus-verdict"]["decision"] == "deny"
@@ -228,8 +239,10 @@ def test_a_negative_audit_limit_gets_400(loaded):
 
 
 def test_cds_hooks_context_values_of_the_wrong_type_get_400_naming_them(loaded):
-    body = {"hook": "casus-consent-consult", "context": {"patient": 9434765919, "recipientRole": "gp",
-                                                          "informationTypes": ["medication"], "purpose": "TREAT"}}
+    body = {
+        "hook": "casus-consent-consult",
+        "context": {"patient": 9434765919, "recipientRole": "gp", "informationTypes": ["medication"], "purpose": "TREAT"},
+    }
     response = loaded.post("/cds-services/casus-consent", json=body, headers=bearer("ehr"))
     assert response.status_code == 400
     assert response.json["issue"][0]["expression"] == ["context.patient"]

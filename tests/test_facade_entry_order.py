@@ -50,9 +50,13 @@ def histories(draw: st.DrawFn) -> list[Choice]:
 
 @st.composite
 def questions(draw: st.DrawFn) -> dict[str, str]:
-    return {"patient": NHS, "recipient-role": draw(st.sampled_from(["mother", "parent", "father", "court"])),
-            "information-type": draw(st.sampled_from(["attendance", "medication"])),
-            "purpose": draw(st.sampled_from(["TREAT", "THREAT"])), "at": draw(moments).isoformat()}
+    return {
+        "patient": NHS,
+        "recipient-role": draw(st.sampled_from(["mother", "parent", "father", "court"])),
+        "information-type": draw(st.sampled_from(["attendance", "medication"])),
+        "purpose": draw(st.sampled_from(["TREAT", "THREAT"])),
+        "at": draw(moments).isoformat(),
+    }
 
 
 def form_for(choice: Choice) -> dict[str, Any]:
@@ -61,8 +65,13 @@ def form_for(choice: Choice) -> dict[str, Any]:
     form["status"] = status
     form["recorded"]["date"] = made.isoformat()
     form["decisionMaker"]["competence"]["assessedOn"] = form["exceptions"]["explainedOn"] = made.date().isoformat()
-    form["people"][0] = {"id": "mum", "name": "Pat Example", "role": "mother", "sharing": sharing,
-                         **({"informationTypes": ["attendance"]} if sharing == "share" else {})}
+    form["people"][0] = {
+        "id": "mum",
+        "name": "Pat Example",
+        "role": "mother",
+        "sharing": sharing,
+        **({"informationTypes": ["attendance"]} if sharing == "share" else {}),
+    }
     return form
 
 
@@ -78,8 +87,7 @@ def adapter_with(history: list[Choice], order: list[int], first_entry: datetime)
                 if n == 0:
                     response = client.post("/api/forms", json=form_for(history[i]), headers=bearer("clinician"))
                 else:
-                    response = client.put(f"/api/forms/{FORM_ID}", json=form_for(history[i]),
-                                          headers={**bearer("clinician"), "If-Match": f'W/"{n}"'})
+                    response = client.put(f"/api/forms/{FORM_ID}", json=form_for(history[i]), headers={**bearer("clinician"), "If-Match": f'W/"{n}"'})
                 assert response.status_code in (200, 201), response.json
             yield client
 
@@ -93,8 +101,7 @@ def ask(client: FlaskClient, question: dict[str, str]) -> dict[str, Any]:
 def meaning(answer: dict[str, Any], history: list[Choice], order: list[int]) -> tuple[Any, ...]:
     """The answer with the cited version named by when its choice was made (version numbers follow entry order)."""
     cited = history[order[answer["consent"]["version"] - 1]][0] if answer["consent"] else None
-    return (answer["decision"], answer["basis"], answer["provision"], cited, answer["perType"], answer["obligations"],
-            answer["matchedPeople"])
+    return (answer["decision"], answer["basis"], answer["provision"], cited, answer["perType"], answer["obligations"], answer["matchedPeople"])
 
 
 SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,7 +110,8 @@ SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 @SLOW
 @given(history=histories(), data=st.data(), question=questions(), first_entry=moments)
 def test_once_everything_is_stored_the_entry_order_never_changes_the_answer(
-        history: list[Choice], data: st.DataObject, question: dict[str, str], first_entry: datetime) -> None:
+    history: list[Choice], data: st.DataObject, question: dict[str, str], first_entry: datetime
+) -> None:
     one = data.draw(st.permutations(range(len(history))))
     other = data.draw(st.permutations(range(len(history))))
     with adapter_with(history, one, first_entry) as a, adapter_with(history, other, first_entry) as b:
@@ -113,7 +121,8 @@ def test_once_everything_is_stored_the_entry_order_never_changes_the_answer(
 @SLOW
 @given(history=histories(), data=st.data(), question=questions(), first_entry=moments, known_after=st.integers(-1, 4))
 def test_known_at_answers_as_an_adapter_holding_only_what_was_stored_by_then(
-        history: list[Choice], data: st.DataObject, question: dict[str, str], first_entry: datetime, known_after: int) -> None:
+    history: list[Choice], data: st.DataObject, question: dict[str, str], first_entry: datetime, known_after: int
+) -> None:
     order = data.draw(st.permutations(range(len(history))))
     known_at = first_entry + timedelta(days=known_after, hours=12)
     stored_by_then = order[: max(0, min(len(order), known_after + 1))]

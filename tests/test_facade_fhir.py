@@ -39,8 +39,9 @@ def test_the_r5_prefix_answers_fhir_r5(client):
 
 
 def test_each_capability_statement_names_the_casus_profile_of_its_version(client):
-    profiles = {prefix: client.get(f"{prefix}/metadata", headers=bearer("ehr")).json["rest"][0]["resource"][0]["profile"]
-                for prefix in ("/fhir", "/fhir/R5")}
+    profiles = {
+        prefix: client.get(f"{prefix}/metadata", headers=bearer("ehr")).json["rest"][0]["resource"][0]["profile"] for prefix in ("/fhir", "/fhir/R5")
+    }
     assert profiles == {"/fhir": codes.PROFILE_CONSENT, "/fhir/R5": f"{codes.CASUS_BASE}/StructureDefinition/casus-consent-r5"}
 
 

@@ -53,8 +53,14 @@ def ask(client: FlaskClient, token: str, patient: str = NHS, **params: str) -> A
 
 def consult(client: FlaskClient, token: str, patient: str = NHS, **params: str) -> Any:
     question = {"patient": patient, **ABOUT_ATTENDANCE, **params}
-    fields = {"patient": "patient", "recipient-role": "recipientRole", "recipient-identifier": "recipientIdentifier",
-              "purpose": "purpose", "at": "at", "known-at": "knownAt"}
+    fields = {
+        "patient": "patient",
+        "recipient-role": "recipientRole",
+        "recipient-identifier": "recipientIdentifier",
+        "purpose": "purpose",
+        "at": "at",
+        "known-at": "knownAt",
+    }
     context = {fields[k]: v for k, v in question.items() if k in fields}
     context["informationTypes"] = [question["information-type"]]
     body = {"hook": "casus-consent-consult", "hookInstance": "0f0e0d0c-0000-4000-8000-000000000001", "context": context}
@@ -77,7 +83,8 @@ def test_a_decision_only_caller_gets_the_unknown_patients_deny_body(client: Flas
 
 @pytest.mark.parametrize(("status", "params"), DENIALS.values(), ids=DENIALS.keys())
 def test_every_deny_reads_the_same_to_a_decision_only_caller_apart_from_the_types_asked(
-        client: FlaskClient, status: str, params: dict[str, str]) -> None:
+    client: FlaskClient, status: str, params: dict[str, str]
+) -> None:
     held(client, status)
     reference = ask(client, "decider", UNKNOWN_NHS, **{"information-type": "attendance"}).json
     answer = ask(client, "decider", **params).json
@@ -126,8 +133,9 @@ FULL_REASONS: dict[str, tuple[str, dict[str, str], str, int | None]] = {
 
 
 @pytest.mark.parametrize(("status", "params", "basis", "version"), FULL_REASONS.values(), ids=FULL_REASONS.keys())
-def test_a_consent_reading_caller_gets_the_full_reason(client: FlaskClient, status: str, params: dict[str, str], basis: str,
-                                                       version: int | None) -> None:
+def test_a_consent_reading_caller_gets_the_full_reason(
+    client: FlaskClient, status: str, params: dict[str, str], basis: str, version: int | None
+) -> None:
     held(client, status)
     answer = ask(client, "ehr", **params).json
     cited = answer["consent"]["version"] if answer["consent"] else None

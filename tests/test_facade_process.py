@@ -42,10 +42,18 @@ def wait_until_ready(base: str, process: subprocess.Popen, timeout: float = 30.0
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/served.db",
-           "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}])}
-    process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/served.db",
+        "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base, process)
@@ -60,8 +68,11 @@ def test_a_served_facade_records_a_form_answers_a_decision_and_serves_fhir(serve
     form = example_form()
     created = session.post(f"{served}/api/forms", json=form, timeout=10)
     assert created.status_code == 201 and created.headers["ETag"] == 'W/"1"'
-    verdict = session.get(f"{served}/api/decision", timeout=10, params={
-        "patient": form["youngPerson"]["nhsNumber"], "recipient-role": "gp", "information-type": "medication", "purpose": "TREAT"}).json()
+    verdict = session.get(
+        f"{served}/api/decision",
+        timeout=10,
+        params={"patient": form["youngPerson"]["nhsNumber"], "recipient-role": "gp", "information-type": "medication", "purpose": "TREAT"},
+    ).json()
     assert verdict["decision"] == "permit"
     consent = session.get(f"{served}/fhir/R4/Consent/{form['formId']}", timeout=10)
     assert consent.headers["Content-Type"].startswith("application/fhir+json") and consent.json()["id"] == form["formId"]
@@ -82,15 +93,20 @@ def test_a_served_facade_answers_its_capability_statement_without_a_token(served
 def test_serve_refuses_to_start_without_tokens(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CASUS_TOKENS")}
     env["CASUS_DATABASE_URL"] = f"sqlite:///{tmp_path}/x.db"
-    result = subprocess.run([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(free_port())],
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "no bearer tokens" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_demo_starts_with_sample_forms_and_answers_over_http(tmp_path: Path):
-    result = subprocess.run([sys.executable, "-m", "fhir_adapter", "demo", "--smoke", "--port", "0",
-                             "--database", str(tmp_path / "demo.db")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fhir_adapter", "demo", "--smoke", "--port", "0", "--database", str(tmp_path / "demo.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     smoke = json.loads(result.stdout)
     assert smoke["activeConsents"] == 3
@@ -102,13 +118,16 @@ def test_the_demo_starts_with_sample_forms_and_answers_over_http(tmp_path: Path)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fhir_adapter", *args], env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fhir_adapter", *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60
+    )
 
 
 def serve_env(tmp_path: Path, database_url: str | None = None) -> dict[str, str]:
-    return {"CASUS_DATABASE_URL": database_url or f"sqlite:///{tmp_path}/x.db",
-            "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}])}
+    return {
+        "CASUS_DATABASE_URL": database_url or f"sqlite:///{tmp_path}/x.db",
+        "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}]),
+    }
 
 
 @pytest.fixture
@@ -135,12 +154,18 @@ def test_serve_with_an_unsupported_database_says_so_in_one_line_and_exits_2(tmp_
     result = run_cli("serve", "--port", "0", env=serve_env(tmp_path, "mysql://casus:secret-pw@db.example/casus"))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "configuration error: CASUS_DATABASE_URL: unsupported database 'mysql': use sqlite:///path/file.db or postgresql+psycopg://..."]
+        "configuration error: CASUS_DATABASE_URL: unsupported database 'mysql': use sqlite:///path/file.db or postgresql+psycopg://..."
+    ]
 
 
 def test_serve_reports_the_port_it_picked_when_asked_for_any(tmp_path: Path):
-    process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", "0"], env={**os.environ, **serve_env(tmp_path)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_adapter", "serve", "--port", "0"],
+        env={**os.environ, **serve_env(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stderr.readline() if process.stderr else ""
         port = int(line.split("http://127.0.0.1:", 1)[1].split(" ", 1)[0])

@@ -61,10 +61,21 @@ def test_the_summary_lists_the_people_of_the_version_in_force_not_the_proposal(p
 def test_the_summary_shows_what_a_pending_proposal_would_change(proposed: FlaskClient) -> None:
     (proposal,) = proposed.get(f"/api/patients/{NHS}/summary", headers=bearer("ehr")).json["proposals"]
     assert (proposal["status"], proposal["consent"], proposal["inForce"]) == (
-        "proposed", f"Consent/{FORM_ID}/_history/2", f"Consent/{FORM_ID}/_history/1")
-    assert proposal["changes"] == [{
-        "personId": "dad", "role": "father", "change": "changed", "sharing": {"before": "do-not-share", "after": "share"},
-        "wouldReceive": ["attendance"], "wouldNoLongerReceive": [], "period": {"before": None, "after": None}}]
+        "proposed",
+        f"Consent/{FORM_ID}/_history/2",
+        f"Consent/{FORM_ID}/_history/1",
+    )
+    assert proposal["changes"] == [
+        {
+            "personId": "dad",
+            "role": "father",
+            "change": "changed",
+            "sharing": {"before": "do-not-share", "after": "share"},
+            "wouldReceive": ["attendance"],
+            "wouldNoLongerReceive": [],
+            "period": {"before": None, "after": None},
+        }
+    ]
 
 
 def test_a_caller_who_may_only_ask_for_decisions_may_not_read_the_summary(proposed: FlaskClient) -> None:
@@ -129,14 +140,18 @@ def test_an_agreement_made_on_paper_earlier_governs_from_when_it_was_made(propos
     assert (before["decision"], after["decision"], after["consent"]["version"]) == ("deny", "permit", 3)
 
 
-@pytest.mark.parametrize(("agreed_at", "status"), [
-    ("2026-11-26T10:00:00+00:00", 422),  # before the proposal (27 Nov) was made
-    ((datetime.now(UTC) + timedelta(days=1)).isoformat(), 422),  # in the future
-    ("2026-11-29T10:00:00", 400),  # no time zone
-    ("last tuesday", 400),
-])
+@pytest.mark.parametrize(
+    ("agreed_at", "status"),
+    [
+        ("2026-11-26T10:00:00+00:00", 422),  # before the proposal (27 Nov) was made
+        ((datetime.now(UTC) + timedelta(days=1)).isoformat(), 422),  # in the future
+        ("2026-11-29T10:00:00", 400),  # no time zone
+        ("last tuesday", 400),
+    ],
+)
 def test_an_agreement_time_that_cannot_be_is_refused_naming_it_and_nothing_is_stored(
-        proposed: FlaskClient, store: Store, agreed_at: str, status: int) -> None:
+    proposed: FlaskClient, store: Store, agreed_at: str, status: int
+) -> None:
     response = activate(proposed, body={"agreedAt": agreed_at})
     assert (response.status_code, response.json["issue"][0]["expression"], store.get(FORM_ID).version) == (status, ["$.agreedAt"], 2)
 

@@ -61,13 +61,13 @@ def test_the_form_history_carries_both_times_of_every_version(loaded: FlaskClien
     loaded.post(f"/api/forms/{FORM_ID}/withdraw", headers={**bearer("clinician"), "If-Match": 'W/"1"'})
     versions = loaded.get(f"/api/forms/{FORM_ID}/history", headers=bearer("ehr")).json["versions"]
     stored = store.history(FORM_ID)
-    assert [(v["governsFrom"], v["storedAt"]) for v in versions] == [
-        (s.form.recorded.date.isoformat(), s.stored_at.isoformat()) for s in stored]
+    assert [(v["governsFrom"], v["storedAt"]) for v in versions] == [(s.form.recorded.date.isoformat(), s.stored_at.isoformat()) for s in stored]
 
 
 @pytest.mark.parametrize(("base", "made_at"), [("/fhir", "dateTime"), ("/fhir/R4", "dateTime")])
 def test_a_fhir_version_carries_the_stored_time_in_meta_and_the_choice_time_in_the_consent(
-        loaded: FlaskClient, store: Store, base: str, made_at: str) -> None:
+    loaded: FlaskClient, store: Store, base: str, made_at: str
+) -> None:
     consent = loaded.get(f"{base}/Consent/{FORM_ID}/_history/1", headers=bearer("ehr")).json
     assert (consent["meta"]["lastUpdated"], consent[made_at]) == (store.get(FORM_ID).stored_at.isoformat(), RECORDED)
 
@@ -98,8 +98,9 @@ def test_a_form_recorded_in_the_future_is_refused_naming_the_field_and_not_store
 
 
 def test_a_new_version_recorded_in_the_future_is_refused_and_the_form_is_unchanged(loaded: FlaskClient, store: Store) -> None:
-    response = loaded.put(f"/api/forms/{FORM_ID}", json=dated(datetime.now(UTC) + timedelta(hours=1)),
-                          headers={**bearer("clinician"), "If-Match": 'W/"1"'})
+    response = loaded.put(
+        f"/api/forms/{FORM_ID}", json=dated(datetime.now(UTC) + timedelta(hours=1)), headers={**bearer("clinician"), "If-Match": 'W/"1"'}
+    )
     assert (response.status_code, response.json["issue"][0]["expression"]) == (422, ["$.recorded.date"])
     assert store.get(FORM_ID).version == 1
 
@@ -139,8 +140,10 @@ def test_a_form_entered_soon_after_it_was_made_is_not_flagged(client: FlaskClien
 
 def test_a_decision_by_a_backdated_version_is_flagged_in_its_audit(client: FlaskClient, store: Store) -> None:
     client.post("/api/forms", json=dated(datetime.now(UTC) - timedelta(days=200)), headers=bearer("clinician"))
-    client.get(f"/api/decision?{urlencode({'patient': NHS, 'recipient-role': 'mother', 'information-type': 'attendance', 'purpose': 'TREAT'})}",
-               headers=bearer("ehr"))
+    client.get(
+        f"/api/decision?{urlencode({'patient': NHS, 'recipient-role': 'mother', 'information-type': 'attendance', 'purpose': 'TREAT'})}",
+        headers=bearer("ehr"),
+    )
     (record,) = [r for r in store.audit_log() if r.action == "decision"]
     assert record.detail["flags"] == ["backdated"]
 

@@ -92,8 +92,7 @@ def test_prefer_return_minimal_answers_an_update_without_a_body(stored: FlaskCli
 
 
 def test_prefer_return_operation_outcome_answers_an_update_with_an_outcome(stored: FlaskClient) -> None:
-    response = stored.put(f"/fhir/Consent/{FORM_ID}", json=_consent(stored),
-                          headers={**bearer("admin"), "Prefer": "return=OperationOutcome"})
+    response = stored.put(f"/fhir/Consent/{FORM_ID}", json=_consent(stored), headers={**bearer("admin"), "Prefer": "return=OperationOutcome"})
     assert response.status_code == 200 and response.json["resourceType"] == "OperationOutcome"
     assert response.json["issue"][0]["severity"] == "information"
 

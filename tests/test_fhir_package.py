@@ -93,8 +93,9 @@ def test_every_structure_definition_carries_snapshot_and_differential(release):
 
 
 def test_r4_package_holds_every_r4_structure_definition_in_profiles():
-    in_profiles = {r["url"] for r in fhir_package.conformance_resources()
-                   if r["resourceType"] == "StructureDefinition" and R4.holds(r["fhirVersion"])}
+    in_profiles = {
+        r["url"] for r in fhir_package.conformance_resources() if r["resourceType"] == "StructureDefinition" and R4.holds(r["fhirVersion"])
+    }
     in_package = {d["url"] for d in _json_files(_committed_tree(R4)).values() if d.get("resourceType") == "StructureDefinition"}
     assert in_profiles and in_profiles <= in_package
 
@@ -106,8 +107,9 @@ def test_index_lists_every_resource_file_with_its_identity(release):
         if folder + ".index.json" not in files:
             continue
         listed = {e["filename"]: e for e in files[folder + ".index.json"]["files"]}
-        here = {n.removeprefix(folder): d for n, d in files.items()
-                if n.startswith(folder) and "/" not in n.removeprefix(folder) and "resourceType" in d}
+        here = {
+            n.removeprefix(folder): d for n, d in files.items() if n.startswith(folder) and "/" not in n.removeprefix(folder) and "resourceType" in d
+        }
         assert listed.keys() == here.keys()
         for name, entry in listed.items():
             assert (entry["resourceType"], entry["id"], entry.get("url")) == (here[name]["resourceType"], here[name]["id"], here[name].get("url"))
@@ -133,8 +135,7 @@ def test_implementation_guide_lists_every_resource_and_example(release):
     files = _json_files(_committed_tree(release))
     ig = files[f"package/ImplementationGuide-{release.package_name}.json"]
     listed = {e["reference"]["reference"] for e in ig["definition"]["resource"]}
-    present = {f"{d['resourceType']}/{d['id']}" for n, d in files.items()
-               if "resourceType" in d and d["resourceType"] != "ImplementationGuide"}
+    present = {f"{d['resourceType']}/{d['id']}" for n, d in files.items() if "resourceType" in d and d["resourceType"] != "ImplementationGuide"}
     assert listed == present
     assert (ig["packageId"], ig["fhirVersion"]) == (release.package_name, [release.fhir_version])
 
@@ -154,8 +155,13 @@ def profiles_with_an_r5_profile(tmp_path) -> Path:
     shutil.copytree(fhir_package.PROFILES_DIR, tmp_path / "profiles", ignore=shutil.ignore_patterns("package"))
     source = tmp_path / "profiles"
     r4 = json.loads((source / "StructureDefinition-casus-consent.json").read_text())
-    r5 = {**r4, "id": "casus-consent-r5", "url": r4["url"] + "-r5", "fhirVersion": "5.0.0",
-          "differential": {"element": [e for e in r4["differential"]["element"] if e["id"].startswith("Consent.extension")]}}
+    r5 = {
+        **r4,
+        "id": "casus-consent-r5",
+        "url": r4["url"] + "-r5",
+        "fhirVersion": "5.0.0",
+        "differential": {"element": [e for e in r4["differential"]["element"] if e["id"].startswith("Consent.extension")]},
+    }
     (source / "StructureDefinition-casus-consent-r5.json").write_text(json.dumps(r5))
     example = {"resourceType": "Consent", "id": "casus-example-r5", "meta": {"profile": [r5["url"]]}, "status": "active"}
     (source / "examples" / "Consent-casus-example-r5.json").write_text(json.dumps(example))
@@ -233,8 +239,13 @@ def test_rebuilt_packages_with_snapshots_are_byte_identical_to_the_committed_one
 
 def _medplum(tools: Path, instances: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     request = json.dumps({"instances": [{"name": n, "resource": r} for n, r in instances.items()]})
-    done = subprocess.run(["node", str(fhir_package.TOOLS_SOURCE / "validate.mjs"), str(tools), str(_committed_tgz(R4))],
-                          input=request.encode(), capture_output=True, check=False, timeout=120)
+    done = subprocess.run(
+        ["node", str(fhir_package.TOOLS_SOURCE / "validate.mjs"), str(tools), str(_committed_tgz(R4))],
+        input=request.encode(),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     return {r["name"]: [i for i in r["issues"] if i["severity"] in ("error", "fatal")] for r in json.loads(done.stdout)}
 
@@ -293,6 +304,7 @@ def _set(path: tuple[Any, ...], value: Any) -> Any:
             target = target[step]
         target[path[-1]] = value
         return out
+
     return change
 
 
@@ -325,22 +337,34 @@ class Breakage:
 
 
 BROKEN = {
-    "status removed": Breakage(lambda r: _without(r, "status"), ("structure", "Consent.status", "Missing required property"),
-                               ("Consent", r"Consent\.status: minimum required = 1, but only found 0")),
-    "unknown element": Breakage(_set(("colour",), "red"), ("structure", "Consent.colour", 'Invalid additional property "colour"'),
-                                ("Consent", r"Unrecognized property 'colour'")),
-    "wrong fixed identifier system": Breakage(_set(("identifier", 0, "system"), "urn:example:other"),
-                                              ("structure", "Consent.identifier.system", "Value did not match expected pattern"),
-                                              ("Consent.identifier[0].system", r"Value is 'urn:example:other' but must be 'https://fhir\.cpft\.nhs\.uk/casus/Id/consent-form'")),
-    "wrong category code": Breakage(_disclosure_category_recoded,
-                                    ("structure", "Consent.category",
-                                     "Incorrect number of values provided for slice 'informationDisclosure': expected 1..1, but found 0"),
-                                    ("Consent", r"Slice 'Consent\.category:informationDisclosure': a matching slice is required, but not found")),
-    "an extension removed": Breakage(_recorded_by_removed,
-                                     ("structure", "Consent.extension", "Invalid number of values: expected 3..*, but found 2"),
-                                     ("Consent", r"Slice 'Consent\.extension:recordedBy': a matching slice is required, but not found")),
-    "grantor not the decider (casus-7)": Breakage(_performer_is_not_the_decider, ("invariant", "Consent", "Constraint casus-7 not met"),
-                                                  ("Consent", r"Constraint failed: casus-7: ")),
+    "status removed": Breakage(
+        lambda r: _without(r, "status"),
+        ("structure", "Consent.status", "Missing required property"),
+        ("Consent", r"Consent\.status: minimum required = 1, but only found 0"),
+    ),
+    "unknown element": Breakage(
+        _set(("colour",), "red"),
+        ("structure", "Consent.colour", 'Invalid additional property "colour"'),
+        ("Consent", r"Unrecognized property 'colour'"),
+    ),
+    "wrong fixed identifier system": Breakage(
+        _set(("identifier", 0, "system"), "urn:example:other"),
+        ("structure", "Consent.identifier.system", "Value did not match expected pattern"),
+        ("Consent.identifier[0].system", r"Value is 'urn:example:other' but must be 'https://fhir\.cpft\.nhs\.uk/casus/Id/consent-form'"),
+    ),
+    "wrong category code": Breakage(
+        _disclosure_category_recoded,
+        ("structure", "Consent.category", "Incorrect number of values provided for slice 'informationDisclosure': expected 1..1, but found 0"),
+        ("Consent", r"Slice 'Consent\.category:informationDisclosure': a matching slice is required, but not found"),
+    ),
+    "an extension removed": Breakage(
+        _recorded_by_removed,
+        ("structure", "Consent.extension", "Invalid number of values: expected 3..*, but found 2"),
+        ("Consent", r"Slice 'Consent\.extension:recordedBy': a matching slice is required, but not found"),
+    ),
+    "grantor not the decider (casus-7)": Breakage(
+        _performer_is_not_the_decider, ("invariant", "Consent", "Constraint casus-7 not met"), ("Consent", r"Constraint failed: casus-7: ")
+    ),
 }
 
 
@@ -379,8 +403,9 @@ def _hapi(lib: Path, release: Release, instances: dict[str, dict[str, Any]], fol
     for name, resource in instances.items():
         (folder / name).write_text(json.dumps(resource), encoding="utf-8")
     files = sorted(tree.glob("package/StructureDefinition-*.json")) + [folder / n for n in instances]
-    done = subprocess.run(["java", "-cp", f"{lib}/*", str(HAPI_SOURCE / "Check.java"), str(tree), *map(str, files)],
-                          capture_output=True, check=False, timeout=300)
+    done = subprocess.run(
+        ["java", "-cp", f"{lib}/*", str(HAPI_SOURCE / "Check.java"), str(tree), *map(str, files)], capture_output=True, check=False, timeout=300
+    )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     reports: dict[str, list[dict[str, str]]] = {p.name: [] for p in files}
     for line in done.stdout.decode().splitlines():
@@ -395,6 +420,7 @@ def _copy(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]]
         out = copy.deepcopy(resource)
         change(out)
         return out
+
     return changed
 
 
@@ -415,23 +441,35 @@ R4_INVARIANT_BREAKAGES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any
     "root provision typed": (_copy(lambda c: c["provision"].update(type="deny")), "casus-13"),
     "nested provision untyped": (_copy(lambda c: c["provision"]["provision"][0].pop("type")), "casus-14"),
     "court order exception removed": (_copy(lambda c: c["provision"]["provision"].pop(3)), "casus-5"),
-    "person provision with two actors": (_copy(lambda c: c["provision"]["provision"][0]["actor"].append(
-        copy.deepcopy(c["provision"]["provision"][1]["actor"][0]))), "casus-2"),
-    "exception nested in a person provision": (_copy(lambda c: c["provision"]["provision"][1].update(
-        provision=[{"type": "deny", "purpose": [{"system": ACT_REASON, "code": "THREAT"}]}])), "casus-4"),
+    "person provision with two actors": (
+        _copy(lambda c: c["provision"]["provision"][0]["actor"].append(copy.deepcopy(c["provision"]["provision"][1]["actor"][0]))),
+        "casus-2",
+    ),
+    "exception nested in a person provision": (
+        _copy(lambda c: c["provision"]["provision"][1].update(provision=[{"type": "deny", "purpose": [{"system": ACT_REASON, "code": "THREAT"}]}])),
+        "casus-4",
+    ),
     "grantor not the decider": (_performer_is_not_the_decider, "casus-7"),
 }
-NESTED_BANK_DETAILS = _copy(lambda c: c["provision"]["provision"][1].update(provision=[
-    {"type": "permit", "code": [{"coding": [{"system": f"{codes.CASUS_BASE}/CodeSystem/casus-information-type", "code": "bank-details"}]}]}]))
+NESTED_BANK_DETAILS = _copy(
+    lambda c: c["provision"]["provision"][1].update(
+        provision=[
+            {"type": "permit", "code": [{"coding": [{"system": f"{codes.CASUS_BASE}/CodeSystem/casus-information-type", "code": "bank-details"}]}]}
+        ]
+    )
+)
 
 
 @pytest.fixture(scope="module")
 def hapi_reports(hapi_lib, tmp_path_factory) -> dict[str, list[dict[str, str]]]:
     """HAPI's errors for the R4 package's own StructureDefinitions, every example and every broken copy, in one JVM."""
     base = _examples()[BROKEN_BASE]
-    instances = {**_examples(), **{f"{name}.json": b.change(base) for name, b in BROKEN.items()},
-                 **{f"{name}.json": change(base) for name, (change, _) in R4_INVARIANT_BREAKAGES.items()},
-                 "nested bank details.json": NESTED_BANK_DETAILS(base)}
+    instances = {
+        **_examples(),
+        **{f"{name}.json": b.change(base) for name, b in BROKEN.items()},
+        **{f"{name}.json": change(base) for name, (change, _) in R4_INVARIANT_BREAKAGES.items()},
+        "nested bank details.json": NESTED_BANK_DETAILS(base),
+    }
     return _hapi(hapi_lib, R4, instances, tmp_path_factory.mktemp("hapi-r4"))
 
 
@@ -441,8 +479,9 @@ CORE_EXAMPLE = re.compile(r"if identifier\.system is 'urn:ietf:rfc:3986', then t
 
 @pytest.mark.integration
 def test_hl7_validator_core_accepts_every_invariant_of_the_r4_profiles(hapi_reports):
-    sds = {n: [i for i in issues if not CORE_EXAMPLE.match(i["message"])] for n, issues in hapi_reports.items()
-           if n.startswith("StructureDefinition-")}
+    sds = {
+        n: [i for i in issues if not CORE_EXAMPLE.match(i["message"])] for n, issues in hapi_reports.items() if n.startswith("StructureDefinition-")
+    }
     assert sds == {n: [] for n in sds}
 
 
@@ -493,8 +532,7 @@ HAPI_R5_TYPE_READING = re.compile(r"The type \w+ is not legal because it is not 
 def _r5_examples() -> dict[str, dict[str, Any]]:
     """Each R4 example's form as the R5 mapping writes it (the R5 package carries no examples of its own)."""
     forms = sorted((fhir_package.PROFILES_DIR / "examples").glob("form-*.json"))
-    return {f"Consent-r5-{p.name.removeprefix('form-')}": form_to_r5(parse_form(json.loads(p.read_text(encoding="utf-8"))))
-            for p in forms}
+    return {f"Consent-r5-{p.name.removeprefix('form-')}": form_to_r5(parse_form(json.loads(p.read_text(encoding="utf-8")))) for p in forms}
 
 
 def _do_not_share(consent: dict[str, Any]) -> dict[str, Any]:
@@ -525,8 +563,11 @@ def hapi_r5_reports(hapi_lib, tmp_path_factory) -> dict[str, list[dict[str, str]
 
 @pytest.mark.integration
 def test_hl7_validator_core_accepts_every_invariant_of_the_r5_profiles(hapi_r5_reports):
-    sds = {n: [i for i in issues if not HAPI_R5_TYPE_READING.match(i["message"])] for n, issues in hapi_r5_reports.items()
-           if n.startswith("StructureDefinition-")}
+    sds = {
+        n: [i for i in issues if not HAPI_R5_TYPE_READING.match(i["message"])]
+        for n, issues in hapi_r5_reports.items()
+        if n.startswith("StructureDefinition-")
+    }
     assert sds == {n: [] for n in sds}
 
 

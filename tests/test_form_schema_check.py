@@ -30,8 +30,14 @@ def _reference_accepts(document: Any) -> bool:
 @given(form=consent_forms(), data=st.data())
 def test_fast_check_agrees_with_jsonschema_on_valid_and_broken_forms(form: Any, data: st.DataObject) -> None:
     document = form_to_json(form)
-    body = data.draw(st.one_of(st.just(json.dumps(document).encode()), wrong_type(document).map(lambda kb: kb[1]),
-                               missing_element(document).map(lambda kb: kb[1]), unknown_code(document).map(lambda kb: kb[1])))
+    body = data.draw(
+        st.one_of(
+            st.just(json.dumps(document).encode()),
+            wrong_type(document).map(lambda kb: kb[1]),
+            missing_element(document).map(lambda kb: kb[1]),
+            unknown_code(document).map(lambda kb: kb[1]),
+        )
+    )
     candidate = json.loads(body)
     assert _fast_validator().is_valid(candidate) == _reference_accepts(candidate)
 

@@ -42,8 +42,13 @@ def token_issuer() -> Iterator[TokenIssuer]:
 @pytest.fixture
 def app(tmp_path: Path, token_issuer: TokenIssuer) -> Iterator[Flask]:
     store = Store.open(f"sqlite:///{tmp_path}/oauth.db")
-    oauth = OAuthSettings(issuer=token_issuer.issuer, audience=AUDIENCE, jwks_url=token_issuer.jwks_url,
-                          token_endpoint=f"{token_issuer.base_url}/token", jwks_min_refresh_seconds=REFRESH_SECONDS)
+    oauth = OAuthSettings(
+        issuer=token_issuer.issuer,
+        audience=AUDIENCE,
+        jwks_url=token_issuer.jwks_url,
+        token_endpoint=f"{token_issuer.base_url}/token",
+        jwks_min_refresh_seconds=REFRESH_SECONDS,
+    )
     application = create_app(Settings(grants=grants(), oauth=oauth), store=store)
     assert application.test_client().post("/api/forms", json=example_form(), headers=bearer("admin")).status_code == 201
     yield application
@@ -88,10 +93,10 @@ def test_a_token_not_valid_yet_is_a_401(client: FlaskClient, token_issuer: Token
     assert client.get(f"/fhir/Consent/{FORM_ID}", headers=_with(token)).status_code == 401
 
 
-@pytest.mark.parametrize("claims", [{"aud": "https://another.example/fhir"}, {"iss": "https://another-issuer.example"},
-                                    {"exp": None}, {"aud": None}])
+@pytest.mark.parametrize("claims", [{"aud": "https://another.example/fhir"}, {"iss": "https://another-issuer.example"}, {"exp": None}, {"aud": None}])
 def test_a_token_for_another_audience_from_another_issuer_or_missing_a_claim_is_a_401(
-        client: FlaskClient, token_issuer: TokenIssuer, claims: dict[str, object]) -> None:
+    client: FlaskClient, token_issuer: TokenIssuer, claims: dict[str, object]
+) -> None:
     response = client.get(f"/fhir/Consent/{FORM_ID}", headers=_with(token_issuer.issue(**claims)))
     assert response.status_code == 401 and response.json["resourceType"] == "OperationOutcome"
 
@@ -134,8 +139,7 @@ def test_a_rotated_key_is_fetched_when_a_token_names_it(client: FlaskClient, tok
     assert client.get(f"/fhir/Consent/{FORM_ID}", headers=_with(token_issuer.issue(key=old))).status_code == 401
 
 
-def test_tokens_naming_unknown_keys_do_not_make_the_adapter_refetch_on_every_request(client: FlaskClient,
-                                                                                     token_issuer: TokenIssuer) -> None:
+def test_tokens_naming_unknown_keys_do_not_make_the_adapter_refetch_on_every_request(client: FlaskClient, token_issuer: TokenIssuer) -> None:
     assert client.get(f"/fhir/Consent/{FORM_ID}", headers=_with(token_issuer.issue())).status_code == 200
     fetched, started = token_issuer.jwks_requests, time.monotonic()
     stranger = new_key()
@@ -161,8 +165,7 @@ def test_smart_v2_create_and_update_scopes_write(client: FlaskClient, token_issu
 
 
 @pytest.mark.parametrize("base", ["/fhir", "/fhir/R4", "/fhir/R5"])
-def test_the_smart_configuration_is_public_and_names_the_issuer_and_its_keys(client: FlaskClient, token_issuer: TokenIssuer,
-                                                                             base: str) -> None:
+def test_the_smart_configuration_is_public_and_names_the_issuer_and_its_keys(client: FlaskClient, token_issuer: TokenIssuer, base: str) -> None:
     document = client.get(f"{base}/.well-known/smart-configuration").json
     assert document["issuer"] == token_issuer.issuer and document["jwks_uri"] == token_issuer.jwks_url
     assert document["token_endpoint"] == f"{token_issuer.base_url}/token" and "permission-v2" in document["capabilities"]
@@ -183,13 +186,25 @@ def test_without_an_authorisation_server_the_smart_configuration_is_a_404(tmp_pa
         store.close()
 
 
-@pytest.mark.parametrize(("env", "named"), [
-    ({"CASUS_OAUTH_ISSUER": "https://as.example", "CASUS_OAUTH_JWKS_URL": "https://as.example/jwks"}, "CASUS_OAUTH_AUDIENCE"),
-    ({"CASUS_OAUTH_ISSUER": "https://as.example", "CASUS_OAUTH_AUDIENCE": "x", "CASUS_OAUTH_JWKS_URL": "http://as.example/jwks"},
-     "CASUS_OAUTH_JWKS_URL"),
-    ({"CASUS_OAUTH_ISSUER": "https://as.example", "CASUS_OAUTH_AUDIENCE": "x", "CASUS_OAUTH_JWKS_URL": "https://as.example/jwks",
-      "CASUS_OAUTH_LEEWAY_SECONDS": "3600"}, "CASUS_OAUTH_LEEWAY_SECONDS"),
-])
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CASUS_OAUTH_ISSUER": "https://as.example", "CASUS_OAUTH_JWKS_URL": "https://as.example/jwks"}, "CASUS_OAUTH_AUDIENCE"),
+        (
+            {"CASUS_OAUTH_ISSUER": "https://as.example", "CASUS_OAUTH_AUDIENCE": "x", "CASUS_OAUTH_JWKS_URL": "http://as.example/jwks"},
+            "CASUS_OAUTH_JWKS_URL",
+        ),
+        (
+            {
+                "CASUS_OAUTH_ISSUER": "https://as.example",
+                "CASUS_OAUTH_AUDIENCE": "x",
+                "CASUS_OAUTH_JWKS_URL": "https://as.example/jwks",
+                "CASUS_OAUTH_LEEWAY_SECONDS": "3600",
+            },
+            "CASUS_OAUTH_LEEWAY_SECONDS",
+        ),
+    ],
+)
 def test_an_unusable_oauth_setting_is_a_configuration_error_naming_it(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):
         Settings.from_env(env)

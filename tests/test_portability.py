@@ -45,7 +45,13 @@ WITHOUT_POSIX_ONLY_CALLS = textwrap.dedent("""
 
 
 def test_the_package_imports_decides_and_serves_on_the_embedded_store_without_posix_only_calls(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", WITHOUT_POSIX_ONLY_CALLS, str(tmp_path / "casus.db")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_POSIX_ONLY_CALLS, str(tmp_path / "casus.db")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["permit", "1"]

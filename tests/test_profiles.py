@@ -148,6 +148,7 @@ def test_examples_cover_the_four_decision_scenarios():
 
 # --------------------------------------------------------------------------- every rule has a failing example
 
+
 def _get(c: dict, path: str) -> Any:
     """The node at a dotted path ("provision.provision.0.type"); digits index lists."""
     node: Any = c
@@ -165,6 +166,7 @@ def _drop(path: str) -> Callable[[dict], None]:
     def mutate(c: dict) -> None:
         node, key = _parent_and_key(c, path)
         del node[key]
+
     return mutate
 
 
@@ -172,6 +174,7 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
     def mutate(c: dict) -> None:
         node, key = _parent_and_key(c, path)
         node[key] = value
+
     return mutate
 
 
@@ -186,6 +189,7 @@ def _append(path: str, value: Any) -> Callable[[dict], None]:
 def _keep(path: str, *indexes: int) -> Callable[[dict], None]:
     def mutate(c: dict) -> None:
         _set(path, [c_item for n, c_item in enumerate(_get(c, path)) if n in indexes])(c)
+
     return mutate
 
 
@@ -193,6 +197,7 @@ def _both(*mutations: Callable[[dict], None]) -> Callable[[dict], None]:
     def mutate(c: dict) -> None:
         for m in mutations:
             m(c)
+
     return mutate
 
 
@@ -213,8 +218,11 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "casus-4": (_set("provision.provision.3.type", "deny"), "Consent.provision", "invariant"),
     "casus-5": (_drop("provision.provision.4"), "Consent", "invariant"),
     "casus-6": (_set("patient.identifier.value", "943476591"), "Consent.patient", "invariant"),
-    "casus-6|modulus-11": (_both(_set("patient.identifier.value", BAD_CHECK_DIGIT), _set("contained.0.identifier.0.value", BAD_CHECK_DIGIT)),
-                           "Consent.patient.identifier.value", "value"),
+    "casus-6|modulus-11": (
+        _both(_set("patient.identifier.value", BAD_CHECK_DIGIT), _set("contained.0.identifier.0.value", BAD_CHECK_DIGIT)),
+        "Consent.patient.identifier.value",
+        "value",
+    ),
     "casus-7": (_set("performer", [{"reference": "#mum"}]), "Consent", "invariant"),
     "casus-8": (_drop("extension.2"), "Consent", "invariant"),
     "casus-13": (_set("provision.type", "deny"), "Consent", "invariant"),
@@ -258,8 +266,11 @@ MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "Consent.policyRule|min": (_drop("policyRule"), "Consent.policyRule", "required"),
     "Consent.policyRule|pattern": (_set("policyRule.coding.0.code", "OPTOUT"), "Consent.policyRule", "value"),
     "Consent.provision|min": (_drop("provision"), "Consent.provision", "required"),
-    "Consent.provision.code|binding": (_set("provision.provision.0.code", [{"coding": [{**ATTENDANCE, "code": "bank-details"}]}]),
-                                       "Consent.provision.provision[0].code[0]", "code-invalid"),
+    "Consent.provision.code|binding": (
+        _set("provision.provision.0.code", [{"coding": [{**ATTENDANCE, "code": "bank-details"}]}]),
+        "Consent.provision.provision[0].code[0]",
+        "code-invalid",
+    ),
 }
 
 
@@ -334,4 +345,3 @@ def test_an_invariant_on_the_root_provision_is_evaluated_on_each_nested_provisio
     nested_exception = {"type": "deny", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "THREAT"}]}
     issues = _base_with(_set("provision.provision.0.provision", [{"type": "permit", "provision": [nested_exception]}]))
     assert any(i.expression == "Consent.provision.provision[0]" and i.diagnostics.startswith("casus-4:") for i in _errors(issues))
-

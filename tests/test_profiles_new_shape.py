@@ -145,8 +145,11 @@ R5_MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "casus-2": (_set("provision.0.actor.0.role.coding.0.code", "PRCP"), "Consent.provision[0]", "invariant"),
     "casus-5": (_drop("provision.3"), "Consent", "invariant"),
     "casus-6": (_set("subject.identifier.value", "943476591"), "Consent.subject", "invariant"),
-    "casus-6|modulus-11": (_both(_set("subject.identifier.value", BAD_CHECK_DIGIT), _set("contained.0.identifier.0.value", BAD_CHECK_DIGIT)),
-                           "Consent.subject.identifier.value", "value"),
+    "casus-6|modulus-11": (
+        _both(_set("subject.identifier.value", BAD_CHECK_DIGIT), _set("contained.0.identifier.0.value", BAD_CHECK_DIGIT)),
+        "Consent.subject.identifier.value",
+        "value",
+    ),
     "casus-7": (_set("grantor", [{"reference": "#mum"}]), "Consent", "invariant"),
     "casus-8": (_drop("extension.3"), "Consent", "invariant"),
     "casus-9": (_set("extension.5.extension.0.valueReference.reference", "#mum"), "Consent", "invariant"),
@@ -201,15 +204,21 @@ R5_MUTATIONS: dict[str, tuple[Callable[[dict], None], str, str]] = {
     "Consent.provision.actor.role|min": (_drop("provision.0.actor.0.role"), "Consent.provision[0].actor[0].role", "required"),
     "Consent.provision.actor.role|pattern": (_set("provision.0.actor.0.role.coding.0.code", "PRCP"), "Consent.provision[0].actor[0].role", "value"),
     "Consent.provision.actor.reference|min": (_drop("provision.0.actor.0.reference"), "Consent.provision[0].actor[0].reference", "required"),
-    "Consent.provision.actor.reference|target": (_set("provision.0.actor.0.reference.reference", "#recorded-by"),
-                                                 "Consent.provision[0].actor[0].reference", "value"),
+    "Consent.provision.actor.reference|target": (
+        _set("provision.0.actor.0.reference.reference", "#recorded-by"),
+        "Consent.provision[0].actor[0].reference",
+        "value",
+    ),
     "Consent.provision.action|min": (_drop("provision.0.action"), "Consent.provision[0].action", "required"),
     "Consent.provision.action|max": (_duplicate("provision.0.action"), "Consent.provision[0].action", "structure"),
     "Consent.provision.action|pattern": (_set("provision.0.action.0.coding.0.code", "access"), "Consent.provision[0].action[0]", "value"),
     "Consent.provision.purpose|min": (_drop("provision.2.purpose"), "Consent.provision[2].purpose", "required"),
     "Consent.provision.code|binding": (_set("provision.0.code.0.coding.0.code", "bank-details"), "Consent.provision[0].code[0]", "code-invalid"),
-    "Consent.provision.provision|max": (_set("provision.0.provision", [{"action": [{"coding": [codes.ACTION_CODING]}]}]),
-                                        "Consent.provision[0].provision", "structure"),
+    "Consent.provision.provision|max": (
+        _set("provision.0.provision", [{"action": [{"coding": [codes.ACTION_CODING]}]}]),
+        "Consent.provision[0].provision",
+        "structure",
+    ),
 }
 
 
@@ -286,28 +295,33 @@ def test_do_not_share_with_a_period_is_valid():
 
 
 def test_do_not_share_without_a_recipient_names_the_missing_sub_extension():
-    assert ("Consent.extension[5].extension('recipient')", "required") in _dns_errors(_set("extension.5.extension", [
-        {"url": "period", "valuePeriod": {"start": "2026-11-20"}}]))
+    assert ("Consent.extension[5].extension('recipient')", "required") in _dns_errors(
+        _set("extension.5.extension", [{"url": "period", "valuePeriod": {"start": "2026-11-20"}}])
+    )
 
 
 def test_do_not_share_recipient_must_be_a_contained_person():
     assert ("Consent.extension[5].extension[0].valueReference", "value") in _dns_errors(
-        _set("extension.5.extension.0.valueReference.reference", "#recorded-by"))
+        _set("extension.5.extension.0.valueReference.reference", "#recorded-by")
+    )
 
 
 def test_do_not_share_period_must_be_a_period():
     assert ("Consent.extension[5].extension[1].valueDateTime", "structure") in _dns_errors(
-        _append("extension.5.extension", {"url": "period", "valueDateTime": "2026-11-20T10:00:00Z"}))
+        _append("extension.5.extension", {"url": "period", "valueDateTime": "2026-11-20T10:00:00Z"})
+    )
 
 
 def test_do_not_share_rejects_an_unknown_sub_extension():
     assert ("Consent.extension[5].extension[1]", "structure") in _dns_errors(
-        _append("extension.5.extension", {"url": "reason", "valueString": "family conflict"}))
+        _append("extension.5.extension", {"url": "reason", "valueString": "family conflict"})
+    )
 
 
 def test_recorded_at_must_be_a_date_time():
     assert ("Consent.extension[1].valueDate", "structure") in _dns_errors(
-        lambda c: c["extension"].__setitem__(1, {"url": EXT_RECORDED_AT, "valueDate": "2026-11-20"}))
+        lambda c: c["extension"].__setitem__(1, {"url": EXT_RECORDED_AT, "valueDate": "2026-11-20"})
+    )
 
 
 # --------------------------------------------------------------------------- contained people: role bindings
@@ -315,8 +329,12 @@ def test_recorded_at_must_be_a_date_time():
 
 CONTAINED_CASES = {
     # case -> (path to change, new value or None to drop it, expected expression, expected code)
-    "related-person-role-outside-the-value-set": ("contained.3.relationship.0.coding.0.code", "UNCLE",
-                                                  "Consent.contained[3].relationship[0]", "code-invalid"),
+    "related-person-role-outside-the-value-set": (
+        "contained.3.relationship.0.coding.0.code",
+        "UNCLE",
+        "Consent.contained[3].relationship[0]",
+        "code-invalid",
+    ),
     "related-person-without-relationship": ("contained.3.relationship", None, "Consent.contained[3].relationship", "required"),
     "practitioner-role-code-outside-the-value-set": ("contained.4.code.0.coding.0.code", "plumber", "Consent.contained[4].code[0]", "code-invalid"),
     "practitioner-role-without-code": ("contained.4.code", None, "Consent.contained[4].code", "required"),
@@ -356,5 +374,5 @@ def test_fixtures_are_the_example_forms_people_in_form_order():
         form = parse_form(_load(EXAMPLES_DIR / f"form-{path.stem.removeprefix('Consent-r4-')}.json"))
         people = [p for p in _load(path)["provision"]["provision"] if "actor" in p]
         assert [(p["actor"][0]["reference"]["reference"][1:], p["type"]) for p in people] == [
-            (p.id, codes.SHARING_R4.row(p.sharing).code) for p in form.people]
-
+            (p.id, codes.SHARING_R4.row(p.sharing).code) for p in form.people
+        ]

@@ -25,7 +25,7 @@ def _named(rows: list[str]) -> set[str]:
 def _package_rows() -> list[str]:
     rows = _layout_rows()
     start = next(n for n, row in enumerate(rows) if row.startswith("| `fhir_adapter/` | what it holds"))
-    return rows[start + 1:]
+    return rows[start + 1 :]
 
 
 def _top_level_rows() -> list[str]:
@@ -34,14 +34,20 @@ def _top_level_rows() -> list[str]:
 
 
 def test_every_top_level_folder_is_in_the_layout_table():
-    folders = {f"{p.name}/" for p in REPO.iterdir()
-               if p.is_dir() and not p.name.startswith(".") and p.name not in GENERATED and not p.name.endswith(".egg-info")}
+    folders = {
+        f"{p.name}/"
+        for p in REPO.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in GENERATED and not p.name.endswith(".egg-info")
+    }
     assert folders <= _named(_top_level_rows())
 
 
 def test_every_module_and_subpackage_of_the_adapter_is_in_the_layout_table():
-    entries = {p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in PACKAGE.iterdir()
-               if p.name not in GENERATED and p.name not in ("__init__.py", "__main__.py")}
+    entries = {
+        p.name + ("/" if p.is_dir() and not p.is_symlink() else "")
+        for p in PACKAGE.iterdir()
+        if p.name not in GENERATED and p.name not in ("__init__.py", "__main__.py")
+    }
     assert entries <= _named(_package_rows())
 
 

@@ -264,8 +264,13 @@ def exception(purpose: str) -> dict[str, Any]:
 
 def casus_r4() -> dict[str, Any]:
     refuse = {"type": "deny", "actor": actor("#dad"), "action": DISCLOSE, "purpose": CARE}
-    return r4(share("#mum", "attendance", "medication", period={"start": "2025-01-01", "end": "2025-12-31"}),
-              refuse, exception("THREAT"), exception("HLEGAL"), rule="OPTIN")
+    return r4(
+        share("#mum", "attendance", "medication", period={"start": "2025-01-01", "end": "2025-12-31"}),
+        refuse,
+        exception("THREAT"),
+        exception("HLEGAL"),
+        rule="OPTIN",
+    )
 
 
 def casus_r5() -> dict[str, Any]:

@@ -63,10 +63,12 @@ class Case:
     def describe(self) -> str:
         p = self.person
         split = [f"{r.name}={r.answer} via {' > '.join(r.trail)}" for r in (*self.r4.readings, *self.r5.readings)]
-        return (f"person #{p.id} role={p.role} sharing={p.sharing} types={p.information_types} period={p.period}; "
-                f"asked {self.info_type} for {self.purpose} at {self.moment.isoformat()}; "
-                f"engine {self.decision} ({self.basis}); R4 reader {sorted(self.r4.answers)}; R5 reader {sorted(self.r5.answers)}\n"
-                + "\n".join(split[:24]))
+        return (
+            f"person #{p.id} role={p.role} sharing={p.sharing} types={p.information_types} period={p.period}; "
+            f"asked {self.info_type} for {self.purpose} at {self.moment.isoformat()}; "
+            f"engine {self.decision} ({self.basis}); R4 reader {sorted(self.r4.answers)}; R5 reader {sorted(self.r5.answers)}\n"
+            + "\n".join(split[:24])
+        )
 
 
 Writer = Callable[[ConsentForm], dict[str, object]]
@@ -80,13 +82,25 @@ def cases(form: ConsentForm, to_r4: Writer = form_to_r4, to_r5: Writer = form_to
             coding = Coding.of(codes.INFORMATION_TYPES.to_coding(info_type))
             for purpose in PURPOSES:
                 for moment in moments(form, person):
-                    request = DecisionRequest(nhs_number=form.young_person.nhs_number, recipient=Recipient(person_id=person.id),
-                                              information_types=(info_type,), purpose=purpose, at=moment)
+                    request = DecisionRequest(
+                        nhs_number=form.young_person.nhs_number,
+                        recipient=Recipient(person_id=person.id),
+                        information_types=(info_type,),
+                        purpose=purpose,
+                        at=moment,
+                    )
                     verdict = decide(request, [version], now=moment)
-                    question = Question(actor=f"#{person.id}", purpose=Coding(V3_ACT_REASON, purpose),
-                                        information_type=(coding,), moment=moment)
-                    yield Case(person, info_type, purpose, moment, str(verdict.decision), str(verdict.basis),
-                               evaluate_r4(r4_doc, question), evaluate_r5(r5_doc, question))
+                    question = Question(actor=f"#{person.id}", purpose=Coding(V3_ACT_REASON, purpose), information_type=(coding,), moment=moment)
+                    yield Case(
+                        person,
+                        info_type,
+                        purpose,
+                        moment,
+                        str(verdict.decision),
+                        str(verdict.basis),
+                        evaluate_r4(r4_doc, question),
+                        evaluate_r5(r5_doc, question),
+                    )
 
 
 @EXAMPLES
@@ -130,12 +144,17 @@ def _choice(person: Person) -> dict[str, object]:
 
 def target_r4(form: ConsentForm) -> dict[str, object]:
     """OPTIN, an untyped root, and top-level choices and exceptions that never both match one question."""
-    exceptions = [{"type": "permit", "action": DISCLOSE, "purpose": [{"system": V3_ACT_REASON, "code": EXCEPTION_PURPOSE[e]}]}
-                  for e in form.exceptions.provisions]
+    exceptions = [
+        {"type": "permit", "action": DISCLOSE, "purpose": [{"system": V3_ACT_REASON, "code": EXCEPTION_PURPOSE[e]}]}
+        for e in form.exceptions.provisions
+    ]
     status = {"active": "active", "draft": "draft", "withdrawn": "inactive", "entered-in-error": "entered-in-error"}[form.status]
-    return {"resourceType": "Consent", "status": status,
-            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-            "provision": {"provision": [_choice(p) for p in form.people] + exceptions}}
+    return {
+        "resourceType": "Consent",
+        "status": status,
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {"provision": [_choice(p) for p in form.people] + exceptions},
+    }
 
 
 def target_r5(form: ConsentForm) -> dict[str, object]:

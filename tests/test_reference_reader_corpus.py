@@ -43,8 +43,13 @@ def sample_questions(doc: Any) -> list[Question]:
             for coding in c.get("coding", []) if isinstance(c, dict) else []:
                 if isinstance(coding, dict):
                     infos.add(Coding.of(coding))
-    return [Question(actor=a, purpose=p, information_type=(i,), moment=m)
-            for a in sorted(actors)[:4] for p in sorted(purposes, key=str)[:4] for i in sorted(infos, key=str)[:3] for m in MOMENTS]
+    return [
+        Question(actor=a, purpose=p, information_type=(i,), moment=m)
+        for a in sorted(actors)[:4]
+        for p in sorted(purposes, key=str)[:4]
+        for i in sorted(infos, key=str)[:3]
+        for m in MOMENTS
+    ]
 
 
 @pytest.mark.parametrize("name", FILES)

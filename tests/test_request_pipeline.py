@@ -17,9 +17,14 @@ NHS = "9434765919"
 GOOD = {"patient": NHS, "purpose": "TREAT", "recipient-role": "mother", "information-type": "attendance"}
 
 #: One request per kind of route: the lean decision route, a Flask view, a public view, an unknown path, a wrong method.
-ROUTES = [("GET", "/api/decision", GOOD, "ehr"), ("GET", "/api/forms", {"nhs_number": NHS}, "clinician"),
-          ("GET", "/health/live", {}, None), ("GET", "/api/no-such-route", {}, "ehr"), ("DELETE", "/api/decision", {}, "ehr"),
-          ("HEAD", "/api/decision", GOOD, "ehr")]
+ROUTES = [
+    ("GET", "/api/decision", GOOD, "ehr"),
+    ("GET", "/api/forms", {"nhs_number": NHS}, "clinician"),
+    ("GET", "/health/live", {}, None),
+    ("GET", "/api/no-such-route", {}, "ehr"),
+    ("DELETE", "/api/decision", {}, "ehr"),
+    ("HEAD", "/api/decision", GOOD, "ehr"),
+]
 ROUTE_IDS = ["lean-decision", "flask-view", "public", "unknown-path", "wrong-method", "head-decision"]
 
 
@@ -77,30 +82,37 @@ def test_head_on_the_decision_route_answers_without_a_body(loaded) -> None:
     assert response.status_code == 200 and response.get_data() == b""
 
 
-@pytest.mark.parametrize("query", [
-    {},
-    {**GOOD, "patient": "9434765918"},
-    {**GOOD, "information-type": "everything"},
-    {**GOOD, "recipient-role": "aunt"},
-    {k: v for k, v in GOOD.items() if k != "recipient-role"},
-    {**GOOD, "at": "yesterday"},
-    {**GOOD, "at": "2026-01-01T00:00:00"},
-    {**GOOD, "recipient-identifier": "no-separator"},
-    {**GOOD, "purpose": ""},
-], ids=["empty", "bad-check-digit", "unknown-type", "unknown-role", "no-recipient", "bad-at", "at-without-zone",
-        "bad-identifier", "empty-purpose"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {**GOOD, "patient": "9434765918"},
+        {**GOOD, "information-type": "everything"},
+        {**GOOD, "recipient-role": "aunt"},
+        {k: v for k, v in GOOD.items() if k != "recipient-role"},
+        {**GOOD, "at": "yesterday"},
+        {**GOOD, "at": "2026-01-01T00:00:00"},
+        {**GOOD, "recipient-identifier": "no-separator"},
+        {**GOOD, "purpose": ""},
+    ],
+    ids=["empty", "bad-check-digit", "unknown-type", "unknown-role", "no-recipient", "bad-at", "at-without-zone", "bad-identifier", "empty-purpose"],
+)
 def test_a_bad_question_gets_a_400_outcome_and_nothing_is_audited(loaded, store, query) -> None:
     response = loaded.get("/api/decision", query_string=query, headers=bearer("ehr"))
     assert response.status_code == 400 and response.json["resourceType"] == "OperationOutcome"
     assert decisions_audited(store) == 0
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({}, 401),
-    ({"Authorization": "Bearer not-a-known-token-0123456789"}, 401),
-    ({"Authorization": f"Basic {TOKENS['ehr']}"}, 401),
-    (bearer("engineer"), 403),
-], ids=["no-token", "unknown-token", "wrong-scheme", "missing-scope"])
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer not-a-known-token-0123456789"}, 401),
+        ({"Authorization": f"Basic {TOKENS['ehr']}"}, 401),
+        (bearer("engineer"), 403),
+    ],
+    ids=["no-token", "unknown-token", "wrong-scheme", "missing-scope"],
+)
 def test_a_refused_token_is_answered_before_the_view_and_nothing_is_audited(loaded, store, headers, status) -> None:
     response = loaded.get("/api/decision", query_string=GOOD, headers=headers)
     assert response.status_code == status and response.json["resourceType"] == "OperationOutcome"
@@ -155,8 +167,7 @@ def test_a_change_of_the_form_changes_the_next_answer_at_once(loaded) -> None:
     assert loaded.get("/api/decision", query_string=GOOD, headers=bearer("ehr")).json["decision"] == "permit"
     changed = example_form()
     changed["people"][0] = {"id": "mum", "name": "Pat Example", "role": "mother", "sharing": "do-not-share"}
-    assert loaded.put(f"/api/forms/{changed['formId']}", json=changed,
-                      headers={**bearer("clinician"), "If-Match": 'W/"1"'}).status_code == 200
+    assert loaded.put(f"/api/forms/{changed['formId']}", json=changed, headers={**bearer("clinician"), "If-Match": 'W/"1"'}).status_code == 200
     assert loaded.get("/api/decision", query_string=GOOD, headers=bearer("ehr")).json["decision"] == "deny"
 
 

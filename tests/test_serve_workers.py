@@ -29,10 +29,18 @@ def worker_pids(parent: int) -> list[int]:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
-    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/served.db",
-           "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}])}
-    process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "2",
-                                "--workers", str(WORKERS)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/served.db",
+        "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "2", "--workers", str(WORKERS)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base, process)
@@ -43,8 +51,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
 
 def decide(base: str, nhs: str) -> str:
     """One decision on a fresh connection, so the kernel may hand it to any worker."""
-    response = requests.get(f"{base}/api/decision", timeout=10, headers={"Authorization": f"Bearer {TOKEN}", "Connection": "close"},
-                            params={"patient": nhs, "recipient-role": "gp", "information-type": "medication", "purpose": "TREAT"})
+    response = requests.get(
+        f"{base}/api/decision",
+        timeout=10,
+        headers={"Authorization": f"Bearer {TOKEN}", "Connection": "close"},
+        params={"patient": nhs, "recipient-role": "gp", "information-type": "medication", "purpose": "TREAT"},
+    )
     return str(response.json()["decision"])
 
 

@@ -56,10 +56,15 @@ def test_the_connection_limit_is_lowered_to_fit_a_low_open_file_limit() -> None:
 
 def test_a_served_facade_closes_a_connection_that_stays_silent(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/t.db", "CASUS_CHANNEL_TIMEOUT_SECONDS": "2",
-           "CASUS_TOKENS": json.dumps([{"name": "it", "token": "serving-test-token-0123456789", "scopes": ["admin"]}])}
-    process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/t.db",
+        "CASUS_CHANNEL_TIMEOUT_SECONDS": "2",
+        "CASUS_TOKENS": json.dumps([{"name": "it", "token": "serving-test-token-0123456789", "scopes": ["admin"]}]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", process)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
@@ -84,8 +89,7 @@ def _consent_with(values: int) -> dict[str, Any]:
 
 
 def test_validate_refuses_a_resource_of_more_values_than_it_takes(validating_app: Any) -> None:
-    response = validating_app.test_client().post("/fhir/Consent/$validate", json=_consent_with(2 * MAX_VALIDATE_ELEMENTS),
-                                                 headers=bearer("engineer"))
+    response = validating_app.test_client().post("/fhir/Consent/$validate", json=_consent_with(2 * MAX_VALIDATE_ELEMENTS), headers=bearer("engineer"))
     assert response.status_code == 413 and response.json["issue"][0]["code"] == "too-long"
 
 
@@ -131,15 +135,23 @@ def _alive(pid: int) -> bool:
 def test_validation_workers_leave_when_the_serving_process_is_killed(tmp_path: Path) -> None:
     port = free_port()
     token = "serving-test-token-0123456789"
-    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/t.db",
-           "CASUS_TOKENS": json.dumps([{"name": "it", "token": token, "scopes": ["admin"]}])}
-    process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/t.db",
+        "CASUS_TOKENS": json.dumps([{"name": "it", "token": token, "scopes": ["admin"]}]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", process)
         consent = (EXAMPLES / "Consent-casus-example-withdrawn.json").read_bytes()
-        response = requests.post(f"http://127.0.0.1:{port}/fhir/Consent/$validate", data=consent, timeout=60,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+        response = requests.post(
+            f"http://127.0.0.1:{port}/fhir/Consent/$validate",
+            data=consent,
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        )
         assert response.status_code == 200
         workers = _children(process.pid)
         assert workers

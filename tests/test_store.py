@@ -151,7 +151,10 @@ def test_update_appends_a_version_and_keeps_every_earlier_one(store: Store, cloc
     third = store.update_form(make_form(status="active"), expected_version=2, actor="clinician-1")
     history = store.history(SAMPLE["formId"])
     assert [(v.version, v.form.status, v.actor) for v in history] == [
-        (1, "active", "clinician-1"), (2, "withdrawn", "clinician-2"), (3, "active", "clinician-1")]
+        (1, "active", "clinician-1"),
+        (2, "withdrawn", "clinician-2"),
+        (3, "active", "clinician-1"),
+    ]
     assert [v.stored_at for v in history] == [START, START + timedelta(seconds=60), START + timedelta(seconds=120)]
     assert store.get(SAMPLE["formId"]) == third
 
@@ -173,12 +176,15 @@ def test_unknown_source_is_refused(store: Store) -> None:
         store.create_form(make_form(), actor="clinician-1", source="elsewhere")
 
 
-@pytest.mark.parametrize("read", [
-    pytest.param(lambda s: s.get(form_id(99)), id="get"),
-    pytest.param(lambda s: s.get(SAMPLE["formId"], version=2), id="get-missing-version"),
-    pytest.param(lambda s: s.history(form_id(99)), id="history"),
-    pytest.param(lambda s: s.update_form(make_form(form_id(99)), expected_version=1, actor="a"), id="update"),
-])
+@pytest.mark.parametrize(
+    "read",
+    [
+        pytest.param(lambda s: s.get(form_id(99)), id="get"),
+        pytest.param(lambda s: s.get(SAMPLE["formId"], version=2), id="get-missing-version"),
+        pytest.param(lambda s: s.history(form_id(99)), id="history"),
+        pytest.param(lambda s: s.update_form(make_form(form_id(99)), expected_version=1, actor="a"), id="update"),
+    ],
+)
 def test_reading_or_updating_what_is_not_stored_raises_not_found(store: Store, read: Callable[[Store], Any]) -> None:
     store.create_form(make_form(), actor="clinician-1")
     with pytest.raises(NotFound):
@@ -345,7 +351,8 @@ def test_form_writes_are_audited_without_clinical_content(store: Store) -> None:
     records = store.audit_log()
     assert [(r.action, r.actor, r.resource, r.outcome, r.detail["version"]) for r in records] == [
         (STORED_FORM_VERSION, "clinician-2", f"form/{SAMPLE['formId']}", "updated", 2),
-        (STORED_FORM_VERSION, "clinician-1", f"form/{SAMPLE['formId']}", "created", 1)]
+        (STORED_FORM_VERSION, "clinician-1", f"form/{SAMPLE['formId']}", "created", 1),
+    ]
     rendered = repr([dataclasses.replace(r, subject=None) for r in records])
     assert [word for word in IDENTIFYING if word in rendered] == []
 
@@ -356,9 +363,13 @@ def test_form_writes_are_audited_against_the_young_persons_nhs_number(store: Sto
 
 
 def test_audit_keeps_codes_and_redacts_identifying_fields_and_nhs_numbers(store: Store) -> None:
-    store.audit(actor="ehr-client", action="decision", resource="Patient/9434765919", outcome="permit",
-                detail={"purposes": ["THREAT"], "verdict": "permit", "name": "Alex Example", "nhsNumber": "9434765919",
-                        "query": "patient 943 476 5919"})
+    store.audit(
+        actor="ehr-client",
+        action="decision",
+        resource="Patient/9434765919",
+        outcome="permit",
+        detail={"purposes": ["THREAT"], "verdict": "permit", "name": "Alex Example", "nhsNumber": "9434765919", "query": "patient 943 476 5919"},
+    )
     (record,) = store.audit_log()
     assert record.detail["purposes"] == ["THREAT"]
     assert record.detail["verdict"] == "permit"
@@ -380,11 +391,17 @@ def test_audit_log_is_newest_first_and_filters_by_actor(store: Store, clock: Fak
 
 def a_disclosure(**changes: Any) -> Disclosure:
     base = Disclosure(
-        id=None, nhs_number="9434765919", form_id=SAMPLE["formId"], exception="court-order",
+        id=None,
+        nhs_number="9434765919",
+        form_id=SAMPLE["formId"],
+        exception="court-order",
         information_types=("attendance", "medication"),
         recipient={"name": "Family Court", "role": "court", "organisation": "HMCTS", "odsCode": "ZE123"},
-        reason="order ZE12345/27", disclosed_at=datetime(2027, 2, 1, 12, 0, tzinfo=UTC),
-        young_person_told=True, told_at=datetime(2027, 2, 1, 15, 0, tzinfo=UTC))
+        reason="order ZE12345/27",
+        disclosed_at=datetime(2027, 2, 1, 12, 0, tzinfo=UTC),
+        young_person_told=True,
+        told_at=datetime(2027, 2, 1, 15, 0, tzinfo=UTC),
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -444,10 +461,12 @@ def test_a_cursor_set_with_one_server_is_not_another_servers(store: Store) -> No
 
 def test_sync_record_is_none_until_saved_and_a_save_replaces_it(store: Store) -> None:
     assert store.sync_record(SERVER, form_id(1)) is None
-    store.save_sync_record(SyncRecord(SERVER, form_id(1), pushed_version=1, remote_id="abc", remote_version_id="1",
-                                      remote_last_updated="2027-01-01T00:00:00Z"))
-    replacement = SyncRecord(SERVER, form_id(1), pushed_version=2, remote_id="abc", remote_version_id="2",
-                             remote_last_updated="2027-01-02T00:00:00Z", pulled_version=None)
+    store.save_sync_record(
+        SyncRecord(SERVER, form_id(1), pushed_version=1, remote_id="abc", remote_version_id="1", remote_last_updated="2027-01-01T00:00:00Z")
+    )
+    replacement = SyncRecord(
+        SERVER, form_id(1), pushed_version=2, remote_id="abc", remote_version_id="2", remote_last_updated="2027-01-02T00:00:00Z", pulled_version=None
+    )
     store.save_sync_record(replacement)
     assert store.sync_record(SERVER, form_id(1)) == replacement
 
@@ -540,14 +559,14 @@ def test_sync_state_from_before_it_was_kept_per_server_is_kept_under_the_unknown
     try:
         with engine.begin() as conn:
             schema.migrate(conn, schema.MIGRATIONS[:4])
-            conn.execute(text("INSERT INTO sync_records (form_id, pushed_version, remote_id, remote_version_id) "
-                              "VALUES ('f-1', 1, 'srv-1', '1')"))
+            conn.execute(text("INSERT INTO sync_records (form_id, pushed_version, remote_id, remote_version_id) VALUES ('f-1', 1, 'srv-1', '1')"))
             conn.execute(text("INSERT INTO sync_cursors (name, value, updated_at) VALUES ('sync.push', '7', '2026-01-01 00:00:00')"))
     finally:
         engine.dispose()
     with Store.open(database_url) as upgraded:
-        assert upgraded.sync_record(schema.LEGACY_SERVER, "f-1") == SyncRecord(schema.LEGACY_SERVER, "f-1", pushed_version=1,
-                                                                                remote_id="srv-1", remote_version_id="1")
+        assert upgraded.sync_record(schema.LEGACY_SERVER, "f-1") == SyncRecord(
+            schema.LEGACY_SERVER, "f-1", pushed_version=1, remote_id="srv-1", remote_version_id="1"
+        )
         assert upgraded.get_cursor(schema.LEGACY_SERVER, "sync.push") == "7"
         assert upgraded.get_cursor(SERVER, "sync.push") is None
 

@@ -55,8 +55,12 @@ def test_every_bulk_loaded_version_is_audited(store: Store) -> None:
     store.bulk_load([history(0, numbers[0]), history(1, numbers[1], versions=2)], actor="loader")
     records = [r for r in store.audit_log(limit=100) if r.action == STORED_FORM_VERSION]
     assert sorted((r.resource, r.detail["version"], r.outcome) for r in records) == [
-        (f"form/{form_id(0)}", 1, "created"), (f"form/{form_id(0)}", 2, "updated"), (f"form/{form_id(0)}", 3, "updated"),
-        (f"form/{form_id(1)}", 1, "created"), (f"form/{form_id(1)}", 2, "updated")]
+        (f"form/{form_id(0)}", 1, "created"),
+        (f"form/{form_id(0)}", 2, "updated"),
+        (f"form/{form_id(0)}", 3, "updated"),
+        (f"form/{form_id(1)}", 1, "created"),
+        (f"form/{form_id(1)}", 2, "updated"),
+    ]
 
 
 def test_bulk_load_numbers_versions_after_earlier_writes_and_later_writes_follow(store: Store) -> None:
@@ -66,7 +70,8 @@ def test_bulk_load_numbers_versions_after_earlier_writes_and_later_writes_follow
     store.bulk_load([history(1, numbers[1]), history(2, numbers[2])], actor="loader")
     assert store.db.change_marker() == before + 6
     assert [(seq, v.form_id, v.version) for seq, v in store.versions_changed_since(before, 100)] == [
-        (before + 1 + i, form_id(1 + i // 3), 1 + i % 3) for i in range(6)]
+        (before + 1 + i, form_id(1 + i // 3), 1 + i % 3) for i in range(6)
+    ]
     store.update_form(history(1, numbers[1])[0], expected_version=3, actor="clinician")
     assert store.get(form_id(1)).version == 4
 

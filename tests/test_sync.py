@@ -244,8 +244,7 @@ def test_a_conflict_is_audited_by_form_id(store: Store, client: FhirClient) -> N
     assert [a.resource for a in conflicts] == [f"form/{form.form_id}"]
 
 
-def test_a_server_consent_that_breaks_the_casus_profile_is_rejected_with_an_outcome_and_not_imported(
-        store: Store, client: FhirClient) -> None:
+def test_a_server_consent_that_breaks_the_casus_profile_is_rejected_with_an_outcome_and_not_imported(store: Store, client: FhirClient) -> None:
     form = new_form()
     broken = form_to_r4(form)
     del broken["policy"]
@@ -387,8 +386,11 @@ def test_a_dry_run_reports_what_would_happen_and_writes_nothing_anywhere(store: 
     assert on_server(client, local.form_id) == []
     assert store.search(limit=0)[1] == 1
     server = server_key(client.base_url)
-    assert (store.get_cursor(server, PUSH_CURSOR), store.get_cursor(server, PULL_CURSOR), store.sync_record(server, local.form_id)) \
-        == (None, None, None)
+    assert (store.get_cursor(server, PUSH_CURSOR), store.get_cursor(server, PULL_CURSOR), store.sync_record(server, local.form_id)) == (
+        None,
+        None,
+        None,
+    )
 
 
 def test_a_run_refuses_to_start_while_another_holds_the_lease(store: Store, client: FhirClient) -> None:
@@ -412,17 +414,19 @@ def test_the_lease_is_released_when_a_run_ends(store: Store, client: FhirClient)
 def _sync_process(env: dict[str, str], *extra: str, slow: bool = False) -> subprocess.Popen[bytes]:
     """``fhir-adapter sync`` in a child process; ``slow`` pauses after each transaction so the test can kill it mid-run."""
     if slow:
-        code = ("import sys, time\n"
-                "from fhir_adapter import fhir_client\n"
-                "send = fhir_client.FhirClient.transaction\n"
-                "def slow(self, bundle):\n"
-                "    result = send(self, bundle)\n"
-                "    time.sleep(0.5)\n"
-                "    return result\n"
-                "fhir_client.FhirClient.transaction = slow\n"
-                "from fhir_adapter.cli import main\n"
-                "sys.argv = ['fhir-adapter', *sys.argv[1:]]\n"
-                "main()\n")
+        code = (
+            "import sys, time\n"
+            "from fhir_adapter import fhir_client\n"
+            "send = fhir_client.FhirClient.transaction\n"
+            "def slow(self, bundle):\n"
+            "    result = send(self, bundle)\n"
+            "    time.sleep(0.5)\n"
+            "    return result\n"
+            "fhir_client.FhirClient.transaction = slow\n"
+            "from fhir_adapter.cli import main\n"
+            "sys.argv = ['fhir-adapter', *sys.argv[1:]]\n"
+            "main()\n"
+        )
         command = [sys.executable, "-c", code, "sync", *extra]
     else:
         command = [sys.executable, "-m", "fhir_adapter", "sync", *extra]
@@ -440,7 +444,8 @@ def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
 
 @pytest.mark.slow
 def test_a_run_killed_after_its_first_batch_resumes_to_every_form_exactly_once(
-        tmp_path: Path, fresh_fhir_server: SekmetServer, client: FhirClient) -> None:
+    tmp_path: Path, fresh_fhir_server: SekmetServer, client: FhirClient
+) -> None:
     database = f"sqlite:///{tmp_path / 'casus.sqlite3'}"
     with Store.open(database) as store:
         form_ids = [store.create_form(new_form(), actor="clinician").form.form_id for _ in range(60)]
@@ -490,7 +495,8 @@ def push_in_the_version_1_shape(store: Store, client: FhirClient, monkeypatch: p
 
 @pytest.mark.parametrize("recorded", ["as version 1", "as NULL (rows from before versions were kept)"])
 def test_consents_an_older_mapping_wrote_are_re_pushed_once_in_the_new_shape(
-        any_store: Store, client: FhirClient, monkeypatch: pytest.MonkeyPatch, recorded: str) -> None:
+    any_store: Store, client: FhirClient, monkeypatch: pytest.MonkeyPatch, recorded: str
+) -> None:
     forms = push_in_the_version_1_shape(any_store, client, monkeypatch)
     if recorded.startswith("as NULL"):
         for f in forms:
@@ -519,7 +525,8 @@ def test_consents_an_older_mapping_wrote_are_re_pushed_once_in_the_new_shape(
 
 
 def test_an_older_mapping_consent_changed_on_the_server_is_pulled_not_pushed_over(
-        store: Store, client: FhirClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store, client: FhirClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     [form] = push_in_the_version_1_shape(store, client, monkeypatch, count=1)
     change_on_server(client, dad_now_shares(form))
 

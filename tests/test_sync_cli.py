@@ -25,8 +25,26 @@ from fhir_adapter.sync_cli import ProgressLine, progress_for
 from tests.support.fhir_server import SekmetServer, free_port
 from tests.test_sync import new_form
 
-SUMMARY_KEYS = {"server", "runId", "startedAt", "endedAt", "exitCode", "outcome", "failure", "full", "dryRun", "pushed", "pulled",
-                "inStep", "conflicts", "rejected", "deletedOnServer", "requests", "retries", "durationSeconds"}
+SUMMARY_KEYS = {
+    "server",
+    "runId",
+    "startedAt",
+    "endedAt",
+    "exitCode",
+    "outcome",
+    "failure",
+    "full",
+    "dryRun",
+    "pushed",
+    "pulled",
+    "inStep",
+    "conflicts",
+    "rejected",
+    "deletedOnServer",
+    "requests",
+    "retries",
+    "durationSeconds",
+}
 TOKEN = "casus-test-token-7f3a9c1e-never-print-me"
 
 
@@ -73,7 +91,8 @@ def test_a_run_in_step_exits_0_with_the_json_summary_on_stdout(store: Store, dat
 
 @pytest.mark.integration
 def test_the_summary_file_receives_the_summary_and_stdout_stays_empty(
-        store: Store, database: str, fresh_fhir_server: SekmetServer, tmp_path: Path) -> None:
+    store: Store, database: str, fresh_fhir_server: SekmetServer, tmp_path: Path
+) -> None:
     store.create_form(new_form(), actor="clinician")
     target = tmp_path / "reports" / "sync.json"
 
@@ -179,13 +198,13 @@ def test_plain_http_to_a_remote_host_is_refused_with_exit_2(database: str) -> No
 def test_the_plain_http_refusal_names_the_setting_not_a_python_argument(database: str) -> None:
     result = sync(settings(database, "http://fhir.example.org/fhir"))
 
-    assert one_line_reason(result) == ("sync: failed: CASUS_FHIR_BASE_URL must use https "
-                                       "(plain http is allowed only to this machine: localhost, 127.0.0.0/8, ::1)")
+    assert one_line_reason(result) == (
+        "sync: failed: CASUS_FHIR_BASE_URL must use https (plain http is allowed only to this machine: localhost, 127.0.0.0/8, ::1)"
+    )
 
 
 def test_a_plain_http_token_url_is_refused_naming_its_setting(database: str) -> None:
-    result = sync(settings(database, "https://fhir.example.org/fhir", CASUS_FHIR_AUTH="smart",
-                           CASUS_FHIR_TOKEN_URL="http://auth.example.org/token"))
+    result = sync(settings(database, "https://fhir.example.org/fhir", CASUS_FHIR_AUTH="smart", CASUS_FHIR_TOKEN_URL="http://auth.example.org/token"))
 
     assert result.exit_code == 2
     assert one_line_reason(result).startswith("sync: failed: CASUS_FHIR_TOKEN_URL must use https")
@@ -195,8 +214,11 @@ def test_a_token_the_server_refuses_exits_2_without_printing_it(store: Store, da
     store.create_form(new_form(), actor="clinician")
     base = "http://127.0.0.1:8099/fhir"
     with responses.RequestsMock() as mocked:
-        mocked.get(f"{base}/Consent", status=401, json={"resourceType": "OperationOutcome", "issue": [
-            {"severity": "error", "code": "login", "diagnostics": "invalid token"}]})
+        mocked.get(
+            f"{base}/Consent",
+            status=401,
+            json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login", "diagnostics": "invalid token"}]},
+        )
 
         result = sync(settings(database, base, CASUS_FHIR_AUTH="bearer", CASUS_FHIR_TOKEN=TOKEN))
 

@@ -113,7 +113,7 @@ def make_scenario(rng: random.Random) -> Scenario:
     templates = [json.loads(path.read_text()) for path in EXAMPLES]
     local = tuple(example_form(templates[n % len(templates)], rng) for n in range(LOCAL_FORMS))
     remote_edits = tuple(withdrawn(f) if f.status != "withdrawn" else with_extra_gp(f, "remote-gp") for f in local[:REMOTE_EDITS])
-    local_edits = tuple(with_extra_gp(f, "local-gp") for f in local[REMOTE_EDITS:REMOTE_EDITS + LOCAL_EDITS])
+    local_edits = tuple(with_extra_gp(f, "local-gp") for f in local[REMOTE_EDITS : REMOTE_EDITS + LOCAL_EDITS])
     remote_new = tuple(example_form(templates[n % len(templates)], rng) for n in range(REMOTE_NEW))
     return Scenario(local, remote_edits, remote_new, local_edits)
 
@@ -164,8 +164,10 @@ def change_on_server(direct: FhirClient, form: ConsentForm) -> None:
 
 
 def server_state(direct: FhirClient, form_ids: set[str]) -> dict[str, list[str]]:
-    return {form_id: sorted(canonical(r4_to_form(r)) for r in direct.search("Consent", {"identifier": f"{codes.ID_CONSENT_FORM}|{form_id}"}))
-            for form_id in form_ids}
+    return {
+        form_id: sorted(canonical(r4_to_form(r)) for r in direct.search("Consent", {"identifier": f"{codes.ID_CONSENT_FORM}|{form_id}"}))
+        for form_id in form_ids
+    }
 
 
 def casus_identifiers_on_server(direct: FhirClient) -> Counter[str]:
@@ -183,9 +185,11 @@ def local_state(store: Store) -> dict[str, str]:
 
 def play(scenario: Scenario, base_url: str, sync_url: str, workdir: Path, faults: Callable[[], FaultCounts] | None) -> Outcome:
     """The whole scenario on one server; the sync talks to ``sync_url``, the 'other systems' to ``base_url`` directly."""
-    with (Store.open(f"sqlite:///{workdir / 'casus.sqlite3'}") as store,
-          FhirClient(base_url) as direct,
-          FhirClient(sync_url, sleep=lambda _: None, rng=random.Random(SEED), max_retries=MAX_RETRIES) as client):
+    with (
+        Store.open(f"sqlite:///{workdir / 'casus.sqlite3'}") as store,
+        FhirClient(base_url) as direct,
+        FhirClient(sync_url, sleep=lambda _: None, rng=random.Random(SEED), max_retries=MAX_RETRIES) as client,
+    ):
         for form in scenario.local:
             store.create_form(form, actor="clinician")
         first = sync_until_in_step(store, client)
@@ -199,10 +203,16 @@ def play(scenario: Scenario, base_url: str, sync_url: str, workdir: Path, faults
         second = sync_until_in_step(store, client)
 
         return Outcome(
-            runs_per_phase=(first[0], second[0]), in_step=(first[1], second[1]), summaries=(*first[2], *second[2]),
-            client_requests=client.stats.requests, client_retries=client.stats.retries,
-            server=server_state(direct, scenario.form_ids), server_casus_identifiers=casus_identifiers_on_server(direct),
-            local=local_state(store), faults=faults() if faults is not None else None)
+            runs_per_phase=(first[0], second[0]),
+            in_step=(first[1], second[1]),
+            summaries=(*first[2], *second[2]),
+            client_requests=client.stats.requests,
+            client_retries=client.stats.retries,
+            server=server_state(direct, scenario.form_ids),
+            server_casus_identifiers=casus_identifiers_on_server(direct),
+            local=local_state(store),
+            faults=faults() if faults is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -218,8 +228,10 @@ def plays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plays]:
     scenario = make_scenario(random.Random(SEED))
     with running_sekmet(tmp_path_factory.mktemp("direct-server")) as server:
         fault_free = play(scenario, server.base_url, server.base_url, tmp_path_factory.mktemp("direct-store"), None)
-    with (running_sekmet(tmp_path_factory.mktemp("faulty-server")) as server,
-          running_fault_proxy(server.base_url, rate=FAULT_RATE, seed=SEED) as proxy):
+    with (
+        running_sekmet(tmp_path_factory.mktemp("faulty-server")) as server,
+        running_fault_proxy(server.base_url, rate=FAULT_RATE, seed=SEED) as proxy,
+    ):
         faulty = play(scenario, server.base_url, proxy.base_url, tmp_path_factory.mktemp("faulty-store"), lambda: proxy.counts)
     yield Plays(scenario, fault_free, faulty)
 
@@ -302,8 +314,7 @@ def test_the_proxy_rebases_next_links_and_full_urls_onto_itself(shared_server: s
 
 
 def test_the_proxy_pages_through_itself_to_every_resource(shared_server: str) -> None:
-    with (FhirClient(shared_server) as direct, running_fault_proxy(shared_server, rate=0.0) as proxy,
-          FhirClient(proxy.base_url) as client):
+    with FhirClient(shared_server) as direct, running_fault_proxy(shared_server, rate=0.0) as proxy, FhirClient(proxy.base_url) as client:
         through_proxy = [r["id"] for r in client.search("Consent", {"_count": "2"})]
         assert sorted(through_proxy) == sorted(r["id"] for r in direct.search("Consent", {"_count": "100"}))
         assert proxy.counts.requests == -(-len(through_proxy) // 2)
@@ -311,8 +322,10 @@ def test_the_proxy_pages_through_itself_to_every_resource(shared_server: str) ->
 
 def test_the_proxy_injects_the_same_faults_for_the_same_seed(shared_server: str) -> None:
     def faults_seen() -> FaultCounts:
-        with (running_fault_proxy(shared_server, rate=0.5, seed=7, max_delay_s=0.01) as proxy,
-              FhirClient(proxy.base_url, sleep=lambda _: None, max_retries=MAX_RETRIES) as client):
+        with (
+            running_fault_proxy(shared_server, rate=0.5, seed=7, max_delay_s=0.01) as proxy,
+            FhirClient(proxy.base_url, sleep=lambda _: None, max_retries=MAX_RETRIES) as client,
+        ):
             for _ in range(10):
                 client.capabilities()
             return proxy.counts
@@ -322,8 +335,11 @@ def test_the_proxy_injects_the_same_faults_for_the_same_seed(shared_server: str)
 
 def test_the_proxy_drop_after_lets_the_write_land_but_loses_the_answer(shared_server: str) -> None:
     form = make_scenario(random.Random(SEED + 1)).local[0]
-    with (FhirClient(shared_server) as direct, running_fault_proxy(shared_server, rate=1.0, kinds=("drop-after",)) as proxy,
-          FhirClient(proxy.base_url, max_retries=0) as client):
+    with (
+        FhirClient(shared_server) as direct,
+        running_fault_proxy(shared_server, rate=1.0, kinds=("drop-after",)) as proxy,
+        FhirClient(proxy.base_url, max_retries=0) as client,
+    ):
         with pytest.raises(TransportError, match="ConnectionError"):
             client.conditional_update(form_to_r4(form), identifier_query(codes.ID_CONSENT_FORM, form.form_id))
         landed = list(direct.search("Consent", {"identifier": f"{codes.ID_CONSENT_FORM}|{form.form_id}"}))

@@ -36,8 +36,13 @@ def store(database: str) -> Iterator[Store]:
 
 def ended_process_owner() -> str:
     """The lease owner a process on this host would have written, for a process that has since ended."""
-    done = subprocess.run([sys.executable, "-c", "from fhir_adapter.sync_lease import lease_owner; print(lease_owner())"],
-                          capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", "from fhir_adapter.sync_lease import lease_owner; print(lease_owner())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return done.stdout.strip()
 
 
@@ -68,8 +73,7 @@ def test_a_holder_on_another_host_is_never_judged_dead() -> None:
 
 
 @pytest.mark.integration
-def test_a_lease_left_by_a_process_that_ended_on_this_host_is_taken_over_at_once(
-        store: Store, fresh_fhir_server: SekmetServer) -> None:
+def test_a_lease_left_by_a_process_that_ended_on_this_host_is_taken_over_at_once(store: Store, fresh_fhir_server: SekmetServer) -> None:
     store.create_form(new_form(), actor="clinician")
     assert store.acquire_lock(LOCK_NAME, ended_process_owner(), 900)
 
@@ -82,8 +86,7 @@ def test_a_lease_left_by_a_process_that_ended_on_this_host_is_taken_over_at_once
 
 
 @pytest.mark.integration
-def test_a_lease_held_by_a_live_process_is_refused_naming_the_holder_and_expiry(
-        store: Store, fresh_fhir_server: SekmetServer) -> None:
+def test_a_lease_held_by_a_live_process_is_refused_naming_the_holder_and_expiry(store: Store, fresh_fhir_server: SekmetServer) -> None:
     live = lease_owner()
     assert store.acquire_lock(LOCK_NAME, live, 900)
     expires = store.sync_state.lock_holder(LOCK_NAME).expires_at  # type: ignore[union-attr]

@@ -39,8 +39,11 @@ def facade(store: Store) -> FlaskClient:
 def scrape(facade: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = facade.get("/metrics", headers={"Authorization": f"Bearer {SCRAPER_TOKEN}"})
     assert response.status_code == 200 and response.content_type.startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.get_data(as_text=True)) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for s in family.samples
+    }
 
 
 def test_metrics_need_the_metrics_read_scope(facade: FlaskClient) -> None:
@@ -85,7 +88,8 @@ def test_metrics_show_conflicts_outstanding(store: Store, facade: FlaskClient, f
 
 
 def test_the_audit_log_filters_by_action_and_an_aborted_run_says_why_and_against_which_server(
-        store: Store, facade: FlaskClient, tmp_path: Path) -> None:
+    store: Store, facade: FlaskClient, tmp_path: Path
+) -> None:
     store.create_form(new_form(), actor="clinician")
     stopped = "http://127.0.0.1:9/fhir"
     with FhirClient(stopped, max_retries=0) as client, pytest.raises(Exception, match="could not be reached"):

@@ -54,8 +54,7 @@ HTML_PAGE = "<html><body><h1>Service unavailable</h1></body></html>"
 
 def searchset(*resources: dict[str, Any], next_url: str | None = None) -> dict[str, Any]:
     links = [{"relation": "next", "url": next_url}] if next_url else []
-    return {"resourceType": "Bundle", "type": "searchset", "link": links,
-            "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
+    return {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
 
 
 def as_remote(form: ConsentForm, resource_id: str, version_id: str, last_updated: str) -> dict[str, Any]:
@@ -66,9 +65,21 @@ def as_remote(form: ConsentForm, resource_id: str, version_id: str, last_updated
 
 
 def transaction_response(count: int) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [
-        {"response": {"status": "201 Created", "location": f"{BASE}/Consent/srv-{n}/_history/1", "etag": 'W/"1"',
-                      "lastModified": "2026-11-25T10:00:00.000Z"}} for n in range(count)]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [
+            {
+                "response": {
+                    "status": "201 Created",
+                    "location": f"{BASE}/Consent/srv-{n}/_history/1",
+                    "etag": 'W/"1"',
+                    "lastModified": "2026-11-25T10:00:00.000Z",
+                }
+            }
+            for n in range(count)
+        ],
+    }
 
 
 def outcome(diagnostics: str) -> dict[str, Any]:
@@ -102,7 +113,8 @@ def mocked() -> Iterator[responses.RequestsMock]:
 
 
 def test_retry_after_is_honoured_during_sync_and_counted_in_the_summary(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock, sleeps: list[float]) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
     mocked.get(CONSENT, status=429, headers={"Retry-After": "7"}, json=outcome("slow down"))
     mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
 
@@ -149,7 +161,8 @@ def test_a_bearer_token_the_server_refuses_stops_the_run_without_naming_the_toke
 
 
 def test_a_malformed_bundle_stops_the_pull_and_leaves_the_cursor_where_it_was(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
     saved = PullCursor("2026-01-01T00:00:00Z").dump()
     store.set_cursor(SERVER, PULL_CURSOR, saved)
     mocked.get(CONSENT, json={"resourceType": "Bundle", "type": "searchset", "entry": "not a list"}, headers=FHIR_JSON)
@@ -161,7 +174,8 @@ def test_a_malformed_bundle_stops_the_pull_and_leaves_the_cursor_where_it_was(
 
 
 def test_an_html_page_in_place_of_a_later_page_keeps_the_cursor_at_the_last_complete_page(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
     form = new_form()
     first = as_remote(form, "srv-1", "1", "2026-11-25T10:00:00.000Z")
     mocked.get(CONSENT, json=searchset(first, next_url=f"{CONSENT}?page=2"), headers=FHIR_JSON)
@@ -185,7 +199,8 @@ def test_an_html_error_page_stops_the_push_with_nothing_recorded(store: Store, c
 
 
 def test_an_html_answer_to_the_transaction_leaves_the_push_cursor_and_records_untouched(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
     form = store.create_form(new_form(), actor="clinician").form
     mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
     mocked.post(BASE, body=HTML_PAGE, status=200, content_type="text/html")
@@ -197,7 +212,8 @@ def test_an_html_answer_to_the_transaction_leaves_the_push_cursor_and_records_un
 
 
 def test_a_transaction_response_missing_entries_is_malformed_and_records_nothing(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
     forms = [store.create_form(new_form(), actor="clinician").form for _ in range(2)]
     mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
     mocked.post(BASE, json=transaction_response(1), headers=FHIR_JSON)
@@ -234,7 +250,8 @@ def _synced_then_changed_locally(store: Store) -> tuple[ConsentForm, dict[str, A
 
 
 def test_a_412_is_reclassified_once_and_a_second_412_is_a_conflict_that_holds_the_cursor(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
     form, remote = _synced_then_changed_locally(store)
     searches = mocked.get(CONSENT, json=searchset(remote), headers=FHIR_JSON)
     sends = mocked.post(BASE, status=412, json=outcome("version conflict"))
@@ -246,8 +263,7 @@ def test_a_412_is_reclassified_once_and_a_second_412_is_a_conflict_that_holds_th
     assert store.get_cursor(SERVER, PUSH_CURSOR) == "1"
 
 
-def test_the_update_of_a_known_server_copy_carries_its_version_in_if_match(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+def test_the_update_of_a_known_server_copy_carries_its_version_in_if_match(store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
     _form, remote = _synced_then_changed_locally(store)
     mocked.get(CONSENT, json=searchset(remote), headers=FHIR_JSON)
     sends = mocked.post(BASE, json=transaction_response(1), headers=FHIR_JSON)
@@ -260,7 +276,8 @@ def test_the_update_of_a_known_server_copy_carries_its_version_in_if_match(
 
 
 def test_a_form_the_server_has_not_seen_is_written_by_a_conditional_update_on_its_identifier(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
     form = store.create_form(new_form(), actor="clinician").form
     mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
     sends = mocked.post(BASE, json=transaction_response(1), headers=FHIR_JSON)
@@ -274,7 +291,8 @@ def test_a_form_the_server_has_not_seen_is_written_by_a_conditional_update_on_it
 
 
 def test_a_batch_the_server_refuses_is_sent_form_by_form_and_only_the_bad_form_is_rejected(
-        store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
     good, bad = (store.create_form(new_form(), actor="clinician").form for _ in range(2))
     mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
 
@@ -291,7 +309,8 @@ def test_a_batch_the_server_refuses_is_sent_form_by_form_and_only_the_bad_form_i
     assert summary.pushed == 1
     assert store.sync_record(SERVER, good.form_id) is not None
     assert [(r["formId"], r["outcome"]["issue"][0]["diagnostics"]) for r in summary.rejected] == [
-        (bad.form_id, "Consent.provision: not acceptable here")]
+        (bad.form_id, "Consent.provision: not acceptable here")
+    ]
     assert store.sync_record(SERVER, bad.form_id) is None
 
 

@@ -39,8 +39,11 @@ def client(fresh_fhir_server: SekmetServer) -> Iterator[FhirClient]:
 
 
 def command(database: str, base_url: str, *args: str) -> Result:
-    return CliRunner().invoke(main, ["sync", *args], env={"CASUS_FHIR_BASE_URL": base_url, "CASUS_DATABASE_URL": database,
-                                                          "CASUS_FHIR_AUTH": "none", "CASUS_FHIR_TOKEN": None})
+    return CliRunner().invoke(
+        main,
+        ["sync", *args],
+        env={"CASUS_FHIR_BASE_URL": base_url, "CASUS_DATABASE_URL": database, "CASUS_FHIR_AUTH": "none", "CASUS_FHIR_TOKEN": None},
+    )
 
 
 def in_conflict(store: Store, client: FhirClient) -> str:
@@ -53,16 +56,14 @@ def in_conflict(store: Store, client: FhirClient) -> str:
     return form_id
 
 
-def test_status_shows_the_last_run_forms_waiting_the_lease_and_outstanding_conflicts(
-        store: Store, database: str, client: FhirClient) -> None:
+def test_status_shows_the_last_run_forms_waiting_the_lease_and_outstanding_conflicts(store: Store, database: str, client: FhirClient) -> None:
     form_id = in_conflict(store, client)
     store.create_form(new_form(), actor="clinician")
     assert store.acquire_lock(LOCK_NAME, "another-host.example:1:1:00000000", 600)
 
     status = json.loads(command(database, client.base_url, "status", "--format", "json").stdout)
 
-    assert (status["lastRun"]["outcome"], status["formsWaiting"], status["lease"]["holder"]) == (
-        "problems", 2, "another-host.example:1:1:00000000")
+    assert (status["lastRun"]["outcome"], status["formsWaiting"], status["lease"]["holder"]) == ("problems", 2, "another-host.example:1:1:00000000")
     assert [c["formId"] for c in status["conflicts"]] == [form_id]
 
 
@@ -74,8 +75,7 @@ def test_status_as_text_names_each_outstanding_conflict(store: Store, database: 
     assert "conflicts:       1" in text and f"  {form_id}: changed on the server" in text
 
 
-def test_resolve_keeping_local_writes_the_local_version_over_the_server_copy(
-        store: Store, database: str, client: FhirClient) -> None:
+def test_resolve_keeping_local_writes_the_local_version_over_the_server_copy(store: Store, database: str, client: FhirClient) -> None:
     form_id = in_conflict(store, client)
 
     result = command(database, client.base_url, "resolve", form_id, "--keep", "local")
@@ -85,8 +85,7 @@ def test_resolve_keeping_local_writes_the_local_version_over_the_server_copy(
     assert SyncJob(store, client).run().exit_code() == 0
 
 
-def test_resolve_keeping_the_server_copy_stores_it_as_a_new_local_version(
-        store: Store, database: str, client: FhirClient) -> None:
+def test_resolve_keeping_the_server_copy_stores_it_as_a_new_local_version(store: Store, database: str, client: FhirClient) -> None:
     form_id = in_conflict(store, client)
 
     result = command(database, client.base_url, "resolve", form_id, "--keep", "server")
@@ -106,8 +105,7 @@ def test_a_resolution_is_audited_with_the_side_kept(store: Store, database: str,
     assert (record.resource, record.outcome) == (f"form/{form_id}", "kept-local")
 
 
-def test_resolve_is_refused_when_the_server_copy_is_not_a_valid_casus_consent(
-        store: Store, database: str, client: FhirClient) -> None:
+def test_resolve_is_refused_when_the_server_copy_is_not_a_valid_casus_consent(store: Store, database: str, client: FhirClient) -> None:
     form_id = store.create_form(new_form(), actor="clinician").form_id
     SyncJob(store, client).run()
     broken = only_on_server(client, form_id)
@@ -120,12 +118,10 @@ def test_resolve_is_refused_when_the_server_copy_is_not_a_valid_casus_consent(
     assert store.get(form_id).version == 1
 
 
-def test_status_without_a_configured_server_lists_every_server_the_store_has_synced_with(
-        store: Store, database: str, client: FhirClient) -> None:
+def test_status_without_a_configured_server_lists_every_server_the_store_has_synced_with(store: Store, database: str, client: FhirClient) -> None:
     store.create_form(new_form(), actor="clinician")
     SyncJob(store, client).run()
 
-    result = CliRunner().invoke(main, ["sync", "status", "--format", "json"], env={"CASUS_DATABASE_URL": database,
-                                                                                   "CASUS_FHIR_BASE_URL": None})
+    result = CliRunner().invoke(main, ["sync", "status", "--format", "json"], env={"CASUS_DATABASE_URL": database, "CASUS_FHIR_BASE_URL": None})
 
     assert [s["server"] for s in json.loads(result.stdout)] == [client.base_url]

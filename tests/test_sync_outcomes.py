@@ -38,8 +38,13 @@ def store(database: str) -> Iterator[Store]:
 
 
 def sync(database: str, base_url: str, *args: str) -> Result:
-    env = {"CASUS_FHIR_BASE_URL": base_url, "CASUS_DATABASE_URL": database, "CASUS_FHIR_AUTH": "none", "CASUS_FHIR_TOKEN": None,
-           "CASUS_FHIR_MAX_RETRIES": "0"}
+    env = {
+        "CASUS_FHIR_BASE_URL": base_url,
+        "CASUS_DATABASE_URL": database,
+        "CASUS_FHIR_AUTH": "none",
+        "CASUS_FHIR_TOKEN": None,
+        "CASUS_FHIR_MAX_RETRIES": "0",
+    }
     return CliRunner().invoke(main, ["sync", *args], env=env)
 
 
@@ -49,14 +54,14 @@ def test_the_summary_names_the_server_run_times_and_exit_code(store: Store, data
 
     summary = json.loads(sync(database, fresh_fhir_server.base_url + "/").stdout)
 
-    assert (summary["server"], summary["exitCode"], summary["outcome"], summary["failure"]) == (
-        fresh_fhir_server.base_url, 0, "in-step", None)
+    assert (summary["server"], summary["exitCode"], summary["outcome"], summary["failure"]) == (fresh_fhir_server.base_url, 0, "in-step", None)
     assert summary["startedAt"] <= summary["endedAt"] and len(summary["runId"]) == 32
 
 
 @pytest.mark.integration
 def test_a_failed_run_replaces_the_previous_summary_file_with_its_own(
-        store: Store, database: str, fresh_fhir_server: SekmetServer, tmp_path: Path) -> None:
+    store: Store, database: str, fresh_fhir_server: SekmetServer, tmp_path: Path
+) -> None:
     target = tmp_path / "sync.json"
     assert sync(database, fresh_fhir_server.base_url, "--summary-file", str(target)).exit_code == 0
     store.create_form(new_form(), actor="clinician")
@@ -82,8 +87,11 @@ def test_credentials_refused_on_the_first_request_say_so_and_not_part_way(store:
     store.create_form(new_form(), actor="clinician")
     base = "http://127.0.0.1:8099/fhir"
     with responses.RequestsMock() as mocked:
-        mocked.get(f"{base}/Consent", status=401, json={"resourceType": "OperationOutcome", "issue": [
-            {"severity": "error", "code": "login", "diagnostics": "invalid token"}]})
+        mocked.get(
+            f"{base}/Consent",
+            status=401,
+            json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login", "diagnostics": "invalid token"}]},
+        )
 
         result = sync(database, base)
 
@@ -92,8 +100,7 @@ def test_credentials_refused_on_the_first_request_say_so_and_not_part_way(store:
 
 
 @pytest.mark.integration
-def test_a_404_on_the_first_request_hints_that_the_base_url_is_wrong(
-        store: Store, database: str, fresh_fhir_server: SekmetServer) -> None:
+def test_a_404_on_the_first_request_hints_that_the_base_url_is_wrong(store: Store, database: str, fresh_fhir_server: SekmetServer) -> None:
     store.create_form(new_form(), actor="clinician")
     without_fhir_path = fresh_fhir_server.base_url.removesuffix("/fhir")
 
@@ -104,11 +111,13 @@ def test_a_404_on_the_first_request_hints_that_the_base_url_is_wrong(
 
 
 @pytest.mark.integration
-def test_a_push_whose_answer_was_lost_and_whose_retry_met_412_counts_as_pushed(
-        store: Store, fresh_fhir_server: SekmetServer) -> None:
+def test_a_push_whose_answer_was_lost_and_whose_retry_met_412_counts_as_pushed(store: Store, fresh_fhir_server: SekmetServer) -> None:
     form = store.create_form(new_form(), actor="clinician").form
-    with running_fault_proxy(fresh_fhir_server.base_url, rate=0.0, kinds=("drop-after",), writes_only=True, max_faults=1) as proxy, \
-            FhirClient(proxy.base_url, backoff_base=0.0) as client, FhirClient(fresh_fhir_server.base_url) as direct:
+    with (
+        running_fault_proxy(fresh_fhir_server.base_url, rate=0.0, kinds=("drop-after",), writes_only=True, max_faults=1) as proxy,
+        FhirClient(proxy.base_url, backoff_base=0.0) as client,
+        FhirClient(fresh_fhir_server.base_url) as direct,
+    ):
         SyncJob(store, client).run()
         store.update_form(dad_now_shares(form), expected_version=1, actor="clinician")
         proxy.rate = 1.0  # from now on: the next write lands on the server, and its answer is lost
@@ -121,13 +130,20 @@ def test_a_push_whose_answer_was_lost_and_whose_retry_met_412_counts_as_pushed(
 
 @pytest.mark.integration
 def test_json_logs_are_one_object_a_line_with_a_utc_time_and_the_run_id_and_no_identifying_content(
-        store: Store, database: str, fresh_fhir_server: SekmetServer) -> None:
+    store: Store, database: str, fresh_fhir_server: SekmetServer
+) -> None:
     form = store.create_form(new_form(), actor="clinician").form
-    env = {**os.environ, "CASUS_FHIR_BASE_URL": fresh_fhir_server.base_url, "CASUS_DATABASE_URL": database,
-           "CASUS_FHIR_AUTH": "none", "CASUS_LOG_LEVEL": "DEBUG"}
+    env = {
+        **os.environ,
+        "CASUS_FHIR_BASE_URL": fresh_fhir_server.base_url,
+        "CASUS_DATABASE_URL": database,
+        "CASUS_FHIR_AUTH": "none",
+        "CASUS_LOG_LEVEL": "DEBUG",
+    }
 
-    done = subprocess.run([sys.executable, "-m", "fhir_adapter", "sync", "--log-format", "json"], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "fhir_adapter", "sync", "--log-format", "json"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]
@@ -139,7 +155,8 @@ def test_json_logs_are_one_object_a_line_with_a_utc_time_and_the_run_id_and_no_i
 
 @pytest.mark.integration
 def test_full_on_the_command_line_walks_everything_and_writes_nothing_to_a_server_in_step(
-        store: Store, database: str, fresh_fhir_server: SekmetServer) -> None:
+    store: Store, database: str, fresh_fhir_server: SekmetServer
+) -> None:
     store.create_form(new_form(), actor="clinician")
     assert sync(database, fresh_fhir_server.base_url).exit_code == 0
 

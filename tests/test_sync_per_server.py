@@ -79,8 +79,7 @@ def test_going_back_to_the_first_server_writes_nothing_there(store: Store, stagi
     assert server_versions(staging) == before
 
 
-def test_a_change_made_while_on_another_server_reaches_the_first_on_return(
-        store: Store, staging: FhirClient, production: FhirClient) -> None:
+def test_a_change_made_while_on_another_server_reaches_the_first_on_return(store: Store, staging: FhirClient, production: FhirClient) -> None:
     form_id = synced_with_staging(store, staging, 1)[0]
     SyncJob(store, production).run()
     store.update_form(dad_now_shares(store.get(form_id).form), expected_version=1, actor="clinician")
@@ -120,8 +119,7 @@ def test_a_full_sync_pulls_a_server_change_the_pull_cursor_had_passed(store: Sto
     assert (summary.pulled, store.get(form_id).version, summary.exit_code()) == (1, 2, 0)
 
 
-def test_after_the_upgrade_a_server_change_made_since_the_last_sync_is_pulled_not_reported_as_a_conflict(
-        store: Store, staging: FhirClient) -> None:
+def test_after_the_upgrade_a_server_change_made_since_the_last_sync_is_pulled_not_reported_as_a_conflict(store: Store, staging: FhirClient) -> None:
     form_id = synced_with_staging(store, staging, 1)[0]
     as_before_the_upgrade(store)
     change_on_server(staging, dad_now_shares(store.get(form_id).form))
@@ -131,8 +129,7 @@ def test_after_the_upgrade_a_server_change_made_since_the_last_sync_is_pulled_no
     assert (summary.conflicts, summary.pulled, summary.pushed, store.get(form_id).version) == ([], 1, 0, 2)
 
 
-def test_after_the_upgrade_a_server_that_never_held_the_forms_still_receives_them(
-        store: Store, staging: FhirClient, production: FhirClient) -> None:
+def test_after_the_upgrade_a_server_that_never_held_the_forms_still_receives_them(store: Store, staging: FhirClient, production: FhirClient) -> None:
     form_ids = synced_with_staging(store, staging)
     as_before_the_upgrade(store)
 

@@ -35,8 +35,7 @@ def synced(store: Store, client: FhirClient, **changes: str) -> str:
     return form_id
 
 
-def test_a_consent_deleted_on_the_server_is_reported_and_re_pushed_while_the_form_is_in_force(
-        store: Store, client: FhirClient) -> None:
+def test_a_consent_deleted_on_the_server_is_reported_and_re_pushed_while_the_form_is_in_force(store: Store, client: FhirClient) -> None:
     form_id = synced(store, client)
     client.delete("Consent", only_on_server(client, form_id)["id"])
 
@@ -47,8 +46,7 @@ def test_a_consent_deleted_on_the_server_is_reported_and_re_pushed_while_the_for
     assert only_on_server(client, form_id)
 
 
-def test_a_consent_deleted_on_the_server_for_a_withdrawn_form_is_reported_once_and_not_re_pushed(
-        store: Store, client: FhirClient) -> None:
+def test_a_consent_deleted_on_the_server_for_a_withdrawn_form_is_reported_once_and_not_re_pushed(store: Store, client: FhirClient) -> None:
     form_id = synced(store, client)
     store.update_form(changed(store.get(form_id).form, status="withdrawn"), expected_version=1, actor="clinician")
     SyncJob(store, client).run()

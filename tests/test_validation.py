@@ -104,7 +104,7 @@ def test_non_utf8_bytes_are_a_structure_error():
 
 def test_document_over_the_size_limit_is_refused_before_parsing():
     consent = _example()
-    consent["text"] = {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">" + "x" * MAX_DOCUMENT_BYTES + "</div>"}
+    consent["text"] = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">' + "x" * MAX_DOCUMENT_BYTES + "</div>"}
     issues = validate_text(json.dumps(consent))
     assert [i.code for i in issues] == ["too-long"]
 
@@ -139,10 +139,13 @@ def test_other_resource_type_is_a_structure_error_and_not_checked_further():
 
 
 def test_valid_base_consent_that_is_not_casus_gets_a_headline_error_with_reasons():
-    consent = {"resourceType": "Consent", "status": "active",
-               "scope": {"coding": [{"system": codes.CONSENT_SCOPE, "code": "patient-privacy"}]},
-               "category": [{"coding": [{"system": codes.LOINC, "code": "59284-0"}]}],
-               "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]}}
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"system": codes.CONSENT_SCOPE, "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": codes.LOINC, "code": "59284-0"}]}],
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+    }
     issues = validate_consent(consent)
     headline = issues[0]
     assert (headline.severity, headline.expression) == ("error", "Consent")
@@ -215,8 +218,6 @@ def test_profile_artefacts_are_loaded_once():
     assert validation.compiled(codes.PROFILE_CONSENT) is validation.compiled(codes.PROFILE_CONSENT)
 
 
-
-
 def test_a_version_1_r4_consent_validates_with_a_note_that_the_version_2_profile_was_not_applied():
     legacy = json.loads((Path(__file__).parent / "fixtures" / "legacy-shape" / "r4-competent-under-16.json").read_text(encoding="utf-8"))
     issues = validate_consent(legacy, "r4")
@@ -287,12 +288,15 @@ def test_rule_about_an_absent_element_becomes_one_missing_element_issue():
     assert [(i.code, i.expression) for i in issues] == [("required", "Consent.provision.provision[0].action")]
 
 
-@pytest.mark.parametrize("version, form_path, expected", [
-    ("r4", "$.people[1].period", "Consent.provision.provision.where(actor.exists())[1]"),
-    ("r4", "$.exceptions.provisions[0]", "Consent.provision.provision.where(actor.empty())[0]"),
-    ("r5", "$.people[2]", "Consent.contained.where($this is RelatedPerson or $this is PractitionerRole)[2]"),
-    ("r5", "$.exceptions.provisions[1]", "Consent.provision.where(actor.empty())[1]"),
-])
+@pytest.mark.parametrize(
+    "version, form_path, expected",
+    [
+        ("r4", "$.people[1].period", "Consent.provision.provision.where(actor.exists())[1]"),
+        ("r4", "$.exceptions.provisions[0]", "Consent.provision.provision.where(actor.empty())[0]"),
+        ("r5", "$.people[2]", "Consent.contained.where($this is RelatedPerson or $this is PractitionerRole)[2]"),
+        ("r5", "$.exceptions.provisions[1]", "Consent.provision.where(actor.empty())[1]"),
+    ],
+)
 def test_form_paths_find_people_and_exceptions_in_either_provision_shape(version, form_path, expected):
     assert validation.form_path_to_fhirpath(form_path, version) == expected
 

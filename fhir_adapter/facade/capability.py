@@ -15,8 +15,7 @@ from typing import Any
 from werkzeug.routing import Map
 
 #: view function name -> FHIR restful interaction code
-INTERACTIONS = {"read": "read", "vread": "vread", "history": "history-instance", "update": "update", "search": "search-type",
-                "create": "create"}
+INTERACTIONS = {"read": "read", "vread": "vread", "history": "history-instance", "update": "update", "search": "search-type", "create": "create"}
 #: view function name -> (operation name, its definition)
 OPERATIONS = {"validate": ("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate")}
 FORMATS = ["application/fhir+json", "json"]
@@ -34,19 +33,30 @@ class SearchParameter:
 def declared(url_map: Map, blueprint: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The interaction codes and operations the routes of ``blueprint`` serve, in the order of the tables."""
     views = {rule.endpoint.partition(".")[2] for rule in url_map.iter_rules() if rule.endpoint.startswith(f"{blueprint}.")}
-    return ([code for view, code in INTERACTIONS.items() if view in views],
-            [operation for view, operation in OPERATIONS.items() if view in views])
+    return ([code for view, code in INTERACTIONS.items() if view in views], [operation for view, operation in OPERATIONS.items() if view in views])
 
 
-def capability_statement(*, fhir_version: str, base_url: str, profiles: Iterable[str], interactions: list[str],
-                         operations: list[tuple[str, str]], search_parameters: Iterable[SearchParameter],
-                         token_endpoint: str | None, software_version: str) -> dict[str, Any]:
+def capability_statement(
+    *,
+    fhir_version: str,
+    base_url: str,
+    profiles: Iterable[str],
+    interactions: list[str],
+    operations: list[tuple[str, str]],
+    search_parameters: Iterable[SearchParameter],
+    token_endpoint: str | None,
+    software_version: str,
+) -> dict[str, Any]:
     security: dict[str, Any] = {
         "cors": False,
         "description": "Bearer tokens with scopes consent.read, decision.read, form.write, validate, admin"
-                       + ("; or access tokens of the configured OAuth 2.0 authorisation server (SMART Backend Services, "
-                          "scopes system/Consent.rs, system/Consent.cu and their SMART v1 forms)" if token_endpoint else "")
-                       + ". Reading this statement needs no token.",
+        + (
+            "; or access tokens of the configured OAuth 2.0 authorisation server (SMART Backend Services, "
+            "scopes system/Consent.rs, system/Consent.cu and their SMART v1 forms)"
+            if token_endpoint
+            else ""
+        )
+        + ". Reading this statement needs no token.",
     }
     if token_endpoint:
         security["service"] = [{"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}]
@@ -62,23 +72,27 @@ def capability_statement(*, fhir_version: str, base_url: str, profiles: Iterable
         "implementation": {"description": "CASUS FHIR Consent adapter", "url": base_url or "/"},
         "fhirVersion": fhir_version,
         "format": FORMATS,
-        "rest": [{
-            "mode": "server",
-            "security": security,
-            "resource": [{
-                "type": "Consent",
-                "profile": profiles[0],
-                "supportedProfile": profiles,
-                "interaction": [{"code": code} for code in interactions],
-                "versioning": "versioned-update",
-                "readHistory": True,
-                "updateCreate": True,
-                "conditionalCreate": True,
-                "conditionalRead": "not-match",
-                "conditionalUpdate": False,
-                "conditionalDelete": "not-supported",
-                "searchParam": [{"name": p.name, "type": p.type, "documentation": p.documentation} for p in search_parameters],
-                "operation": [{"name": name, "definition": definition} for name, definition in operations],
-            }],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "security": security,
+                "resource": [
+                    {
+                        "type": "Consent",
+                        "profile": profiles[0],
+                        "supportedProfile": profiles,
+                        "interaction": [{"code": code} for code in interactions],
+                        "versioning": "versioned-update",
+                        "readHistory": True,
+                        "updateCreate": True,
+                        "conditionalCreate": True,
+                        "conditionalRead": "not-match",
+                        "conditionalUpdate": False,
+                        "conditionalDelete": "not-supported",
+                        "searchParam": [{"name": p.name, "type": p.type, "documentation": p.documentation} for p in search_parameters],
+                        "operation": [{"name": name, "definition": definition} for name, definition in operations],
+                    }
+                ],
+            }
+        ],
     }

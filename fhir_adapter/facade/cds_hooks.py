@@ -22,8 +22,13 @@ SERVICE_ID = "casus-consent"
 HOOK = "casus-consent-consult"
 #: decision query parameter -> CDS Hooks context field carrying it
 CONTEXT_FIELDS = {
-    "patient": "patient", "recipient-identifier": "recipientIdentifier", "recipient-role": "recipientRole",
-    "recipient-person": "recipientPerson", "information-type": "informationTypes", "purpose": "purpose", "at": "at",
+    "patient": "patient",
+    "recipient-identifier": "recipientIdentifier",
+    "recipient-role": "recipientRole",
+    "recipient-person": "recipientPerson",
+    "information-type": "informationTypes",
+    "purpose": "purpose",
+    "at": "at",
     "known-at": "knownAt",
 }
 
@@ -41,14 +46,22 @@ class _Args(dict[str, Any]):
 @bp.get("")
 @require(None)
 def discovery() -> Any:
-    return json_response({"services": [{
-        "hook": HOOK,
-        "id": SERVICE_ID,
-        "title": "CASUS consent consult",
-        "description": "May CASUS information of these types about this patient go to this recipient for this purpose?",
-        "usageRequirements": ("context: patient (NHS number), recipientIdentifier (system|value), recipientRole or recipientPerson, "
-                              "informationTypes, purpose; optional at and knownAt (ISO 8601 with a time zone)"),
-    }]})
+    return json_response(
+        {
+            "services": [
+                {
+                    "hook": HOOK,
+                    "id": SERVICE_ID,
+                    "title": "CASUS consent consult",
+                    "description": "May CASUS information of these types about this patient go to this recipient for this purpose?",
+                    "usageRequirements": (
+                        "context: patient (NHS number), recipientIdentifier (system|value), recipientRole or recipientPerson, "
+                        "informationTypes, purpose; optional at and knownAt (ISO 8601 with a time zone)"
+                    ),
+                }
+            ]
+        }
+    )
 
 
 @bp.post(f"/{SERVICE_ID}")
@@ -71,8 +84,7 @@ def consult() -> Any:
         elif not isinstance(value, str):
             raise problem(400, "value", f"context.{field}", "must be a string")
         args[arg] = value
-    verdict = verdict_for(decision_request(args), principal(), service(),
-                          {arg: f"context.{field}" for arg, field in CONTEXT_FIELDS.items()})
+    verdict = verdict_for(decision_request(args), principal(), service(), {arg: f"context.{field}" for arg, field in CONTEXT_FIELDS.items()})
     return json_response({"cards": [card(verdict)]})
 
 

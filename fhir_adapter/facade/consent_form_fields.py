@@ -46,8 +46,19 @@ class PersonRow:
 
     @property
     def is_blank(self) -> bool:
-        return not any((self.name, self.role, self.organisation, self.ods_code, self.identifier_value, self.sharing,
-                        self.information_types, self.start, self.end))
+        return not any(
+            (
+                self.name,
+                self.role,
+                self.organisation,
+                self.ods_code,
+                self.identifier_value,
+                self.sharing,
+                self.information_types,
+                self.start,
+                self.end,
+            )
+        )
 
 
 @dataclass
@@ -72,19 +83,34 @@ class PageValues:
 
 def values_from_form(form: ConsentForm, version: int, recorded_by: str) -> PageValues:
     dm = form.decision_maker
-    rows = [PersonRow(
-        id=p.id, name=p.name, role=p.role,
-        organisation=p.organisation.name if p.organisation else "", ods_code=(p.organisation.ods_code or "") if p.organisation else "",
-        identifier_system=p.identifiers[0].system if p.identifiers else "", identifier_value=p.identifiers[0].value if p.identifiers else "",
-        sharing=p.sharing, information_types=list(p.information_types),
-        start=p.period.start.isoformat() if p.period and p.period.start else "",
-        end=p.period.end.isoformat() if p.period and p.period.end else "",
-    ) for p in form.people]
+    rows = [
+        PersonRow(
+            id=p.id,
+            name=p.name,
+            role=p.role,
+            organisation=p.organisation.name if p.organisation else "",
+            ods_code=(p.organisation.ods_code or "") if p.organisation else "",
+            identifier_system=p.identifiers[0].system if p.identifiers else "",
+            identifier_value=p.identifiers[0].value if p.identifiers else "",
+            sharing=p.sharing,
+            information_types=list(p.information_types),
+            start=p.period.start.isoformat() if p.period and p.period.start else "",
+            end=p.period.end.isoformat() if p.period and p.period.end else "",
+        )
+        for p in form.people
+    ]
     return PageValues(
-        form_id=form.form_id, nhs_number=form.young_person.nhs_number, version=version, name=form.young_person.name,
-        birth_date=form.young_person.birth_date.isoformat(), local_id=form.young_person.local_id or "", recorded_by=recorded_by,
-        basis=dm.basis, competence_by=dm.competence.assessed_by.name if dm.competence else "",
-        competence_on=dm.competence.assessed_on.isoformat() if dm.competence else "", decider=dm.person_id or "",
+        form_id=form.form_id,
+        nhs_number=form.young_person.nhs_number,
+        version=version,
+        name=form.young_person.name,
+        birth_date=form.young_person.birth_date.isoformat(),
+        local_id=form.young_person.local_id or "",
+        recorded_by=recorded_by,
+        basis=dm.basis,
+        competence_by=dm.competence.assessed_by.name if dm.competence else "",
+        competence_on=dm.competence.assessed_on.isoformat() if dm.competence else "",
+        decider=dm.person_id or "",
         explained=form.exceptions.explained,
         explained_on=form.exceptions.explained_on.isoformat() if form.exceptions.explained_on else "",
         people=with_blank_rows(rows),
@@ -117,21 +143,38 @@ def values_from_post(fields: FormFields, form_id: str, nhs_number: str) -> PageV
     count = min(int(rows_text), MAX_ROWS) if rows_text.isascii() and rows_text.isdigit() and len(rows_text) <= 3 else 0
     for i in range(count):
         p = f"p-{i}-"
-        rows.append(PersonRow(
-            id=_text(fields, p + "id") or f"person-{i + 1}", name=_text(fields, p + "name"), role=_text(fields, p + "role"),
-            organisation=_text(fields, p + "organisation"), ods_code=_text(fields, p + "ods").upper(),
-            identifier_system=_text(fields, p + "idsys"), identifier_value=_text(fields, p + "idval"),
-            sharing=_text(fields, p + "sharing"), information_types=[t for t in fields.getlist(p + "types") if t],
-            start=_text(fields, p + "start"), end=_text(fields, p + "end"), remove=bool(fields.get(p + "remove")),
-        ))
+        rows.append(
+            PersonRow(
+                id=_text(fields, p + "id") or f"person-{i + 1}",
+                name=_text(fields, p + "name"),
+                role=_text(fields, p + "role"),
+                organisation=_text(fields, p + "organisation"),
+                ods_code=_text(fields, p + "ods").upper(),
+                identifier_system=_text(fields, p + "idsys"),
+                identifier_value=_text(fields, p + "idval"),
+                sharing=_text(fields, p + "sharing"),
+                information_types=[t for t in fields.getlist(p + "types") if t],
+                start=_text(fields, p + "start"),
+                end=_text(fields, p + "end"),
+                remove=bool(fields.get(p + "remove")),
+            )
+        )
     version = _text(fields, "version")
     return PageValues(
-        form_id=form_id, nhs_number=nhs_number, version=version_number(version),
-        name=_text(fields, "yp-name"), birth_date=_text(fields, "yp-birthDate"), local_id=_text(fields, "yp-localId"),
-        recorded_by=_text(fields, "recorded-by"), basis=_text(fields, "basis"),
-        competence_by=_text(fields, "competence-by"), competence_on=_text(fields, "competence-on"),
-        decider=_text(fields, "decider"), explained=bool(fields.get("exceptions-explained")),
-        explained_on=_text(fields, "exceptions-on"), people=rows,
+        form_id=form_id,
+        nhs_number=nhs_number,
+        version=version_number(version),
+        name=_text(fields, "yp-name"),
+        birth_date=_text(fields, "yp-birthDate"),
+        local_id=_text(fields, "yp-localId"),
+        recorded_by=_text(fields, "recorded-by"),
+        basis=_text(fields, "basis"),
+        competence_by=_text(fields, "competence-by"),
+        competence_on=_text(fields, "competence-on"),
+        decider=_text(fields, "decider"),
+        explained=bool(fields.get("exceptions-explained")),
+        explained_on=_text(fields, "exceptions-on"),
+        people=rows,
     )
 
 
@@ -227,9 +270,19 @@ _FIELDS: dict[str, str] = {
     "$.exceptions.provisions": "exceptions-explained",
 }
 _PERSON_FIELDS: dict[str, str] = {
-    "": "name", ".id": "name", ".name": "name", ".role": "role", ".organisation": "organisation",
-    ".organisation.name": "organisation", ".organisation.odsCode": "ods", ".identifiers": "idval", ".sharing": "sharing",
-    ".informationTypes": "types", ".period": "start", ".period.start": "start", ".period.end": "end",
+    "": "name",
+    ".id": "name",
+    ".name": "name",
+    ".role": "role",
+    ".organisation": "organisation",
+    ".organisation.name": "organisation",
+    ".organisation.odsCode": "ods",
+    ".identifiers": "idval",
+    ".sharing": "sharing",
+    ".informationTypes": "types",
+    ".period": "start",
+    ".period.start": "start",
+    ".period.end": "end",
 }
 _PERSON = re.compile(r"^\$\.people\[(\d+)\](.*)$")
 _REQUIRED = re.compile(r"^'(\w+)' is a required property$")
@@ -255,9 +308,17 @@ def field_issues(issues: Sequence[Issue], values: PageValues) -> list[FieldIssue
     return out
 
 
-_LABELS = {"name": "a name", "role": "a role", "sharing": "share or do not share", "birthDate": "the date of birth",
-           "basis": "who decides", "competence": "the competence assessment", "assessedBy": "who assessed competence",
-           "assessedOn": "the date competence was assessed", "personId": "the person with parental responsibility who decides"}
+_LABELS = {
+    "name": "a name",
+    "role": "a role",
+    "sharing": "share or do not share",
+    "birthDate": "the date of birth",
+    "basis": "who decides",
+    "competence": "the competence assessment",
+    "assessedBy": "who assessed competence",
+    "assessedOn": "the date competence was assessed",
+    "personId": "the person with parental responsibility who decides",
+}
 
 
 def _control(where: str, rows: Sequence[int]) -> str:

@@ -52,8 +52,7 @@ def parse_time(value: str | None, name: str) -> datetime | None:
 
 #: The question's parameters, each capped before it can reach the engine or the audit record: codes,
 #: identifiers and instants are short, and a 100,000-character purpose is not a question.
-CAPPED_PARAMETERS = ("patient", "recipient-identifier", "recipient-role", "recipient-person", "information-type",
-                     "purpose", "at", "known-at")
+CAPPED_PARAMETERS = ("patient", "recipient-identifier", "recipient-role", "recipient-person", "information-type", "purpose", "at", "known-at")
 MAX_PARAMETER_CHARS = 256
 #: More information types than the CASUS code table holds several times over is not a question either.
 MAX_INFORMATION_TYPES = 64
@@ -100,14 +99,18 @@ def decision_request(args: Any) -> decision.DecisionRequest:
 
 #: The part of the question the engine rejected -> the query parameter carrying it, so the 400 names the field.
 QUESTION_PARAMETERS: dict[str, str] = {
-    "nhs_number": "patient", "recipient.identifier": "recipient-identifier", "recipient.role": "recipient-role",
-    "recipient": "recipient-identifier", "information_types": "information-type", "purpose": "purpose",
-    "at": "at", "known_at": "known-at",
+    "nhs_number": "patient",
+    "recipient.identifier": "recipient-identifier",
+    "recipient.role": "recipient-role",
+    "recipient": "recipient-identifier",
+    "information_types": "information-type",
+    "purpose": "purpose",
+    "at": "at",
+    "known_at": "known-at",
 }
 
 
-def verdict_for(req: decision.DecisionRequest, caller: Principal, consent: ConsentService,
-                fields: dict[str, str] | None = None) -> decision.Verdict:
+def verdict_for(req: decision.DecisionRequest, caller: Principal, consent: ConsentService, fields: dict[str, str] | None = None) -> decision.Verdict:
     """The verdict as this caller may see it, audited in full before it is returned (a failed audit raises: no answer).
 
     A caller who may not read consents gets ``decision.for_decision_only_caller``: every deny reads the same.
@@ -155,9 +158,13 @@ def patient_summary(nhs_number: str) -> Any:
     found = service().summary(nhs_number, at=at, known_at=known_at, actor=principal().name)
     in_force = found.in_force
     document: dict[str, Any] = {
-        "inForce": None if in_force is None else {
+        "inForce": None
+        if in_force is None
+        else {
             "consent": f"Consent/{in_force.form_id}/_history/{in_force.version}",
-            "governsFrom": in_force.form.recorded.date.isoformat(), "storedAt": in_force.stored_at.isoformat()},
+            "governsFrom": in_force.form.recorded.date.isoformat(),
+            "storedAt": in_force.stored_at.isoformat(),
+        },
         "recipients": decision.summary_to_json(found.recipients),
         "proposals": decision.proposals_to_json(found.proposals),
     }

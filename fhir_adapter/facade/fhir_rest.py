@@ -52,8 +52,12 @@ WRITERS: dict[str, Callable[[Any], dict[str, Any]]] = {"r4": r4.form_to_r4, "r5"
 STATUS_TO_FORM = {row.code: row.value for row in codes.STATUS_R4}
 #: The search parameters the CapabilityStatement declares: the parser below reads each of them.
 SEARCH_PARAMETERS = (
-    SearchParameter("patient", "reference", "the young person: Patient/<NHS number> (a Patient's id is its NHS number, as in "
-                                            "the NHS PDS FHIR API), or patient:identifier=https://fhir.nhs.uk/Id/nhs-number|<NHS number>"),
+    SearchParameter(
+        "patient",
+        "reference",
+        "the young person: Patient/<NHS number> (a Patient's id is its NHS number, as in "
+        "the NHS PDS FHIR API), or patient:identifier=https://fhir.nhs.uk/Id/nhs-number|<NHS number>",
+    ),
     SearchParameter("identifier", "token", "the CASUS form id: https://fhir.cpft.nhs.uk/casus/Id/consent-form|<form id>"),
     SearchParameter("status", "token", "the Consent status"),
     SearchParameter("_lastUpdated", "date", "with a prefix: gt, ge, lt or le"),
@@ -63,8 +67,7 @@ SEARCH_PARAMETERS = (
     SearchParameter("_total", "token", "none, estimate or accurate (every total is accurate)"),
 )
 #: Every parameter a search accepts: the declared ones, the identifier forms of patient, and the output ones.
-SEARCH_PARAMS = {p.name for p in SEARCH_PARAMETERS} | {"patient:identifier", "patient.identifier", "subject:identifier",
-                                                     "_format", "_pretty"}
+SEARCH_PARAMS = {p.name for p in SEARCH_PARAMETERS} | {"patient:identifier", "patient.identifier", "subject:identifier", "_format", "_pretty"}
 HISTORY_PARAMS = {"_count", "_format", "_pretty"}
 MAX_COUNT = 100
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
@@ -106,8 +109,7 @@ def bp_prefix(name: str | None) -> str:
 def render_consent(found: FormVersion) -> dict[str, Any]:
     resource = WRITERS[fhir_version()](found.form)
     meta = {"versionId": str(found.version), "lastUpdated": found.stored_at.isoformat(), **resource.get("meta", {})}
-    return {"resourceType": "Consent", "id": found.form_id, "meta": meta,
-            **{k: v for k, v in resource.items() if k not in ("resourceType", "meta")}}
+    return {"resourceType": "Consent", "id": found.form_id, "meta": meta, **{k: v for k, v in resource.items() if k not in ("resourceType", "meta")}}
 
 
 def recorded_time_field() -> str:
@@ -153,10 +155,19 @@ def metadata() -> Any:
     """Public, as SMART App Launch and common practice expect: it says what the server does, nothing about anyone."""
     version = fhir_version()
     interactions, operations = declared(current_app.url_map, request.blueprint or "fhir")
-    return json_response(capability_statement(
-        fhir_version="4.0.1" if version == "r4" else "5.0.0", base_url=base_url(), profiles=[CONSENT_PROFILES[version]],
-        interactions=interactions, operations=operations, search_parameters=SEARCH_PARAMETERS,
-        token_endpoint=current_app.config.get("CASUS_OAUTH_TOKEN_ENDPOINT"), software_version=SOFTWARE_VERSION), fhir=True)
+    return json_response(
+        capability_statement(
+            fhir_version="4.0.1" if version == "r4" else "5.0.0",
+            base_url=base_url(),
+            profiles=[CONSENT_PROFILES[version]],
+            interactions=interactions,
+            operations=operations,
+            search_parameters=SEARCH_PARAMETERS,
+            token_endpoint=current_app.config.get("CASUS_OAUTH_TOKEN_ENDPOINT"),
+            software_version=SOFTWARE_VERSION,
+        ),
+        fhir=True,
+    )
 
 
 @bp.get("/.well-known/smart-configuration")
@@ -171,9 +182,15 @@ def smart_configuration() -> Any:
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "scopes_supported": ["system/Consent.rs", "system/Consent.cu", "system/Consent.cruds", "system/Consent.read",
-                             "system/Consent.write", "system/Consent.*",
-                             *(f"casus/{scope}" for scope in sorted(SCOPES))],
+        "scopes_supported": [
+            "system/Consent.rs",
+            "system/Consent.cu",
+            "system/Consent.cruds",
+            "system/Consent.read",
+            "system/Consent.write",
+            "system/Consent.*",
+            *(f"casus/{scope}" for scope in sorted(SCOPES)),
+        ],
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
     }
     if oauth.token_endpoint:
@@ -215,7 +232,7 @@ def history(form_id: str) -> Any:
     versions = service().history(form_id, actor=principal().name)
     newest_first = list(reversed(versions))
     if raw_count is not None:  # without _count, every version (a form has few)
-        newest_first = newest_first[:bounded_int(raw_count, "_count", MAX_COUNT, 0, MAX_COUNT)]
+        newest_first = newest_first[: bounded_int(raw_count, "_count", MAX_COUNT, 0, MAX_COUNT)]
     entries = [history_entry(v) for v in newest_first]
     return json_response({"resourceType": "Bundle", "type": "history", "total": len(versions), "entry": entries}, fhir=True)
 
@@ -226,8 +243,11 @@ def history_entry(found: FormVersion) -> dict[str, Any]:
         "fullUrl": f"{base_url()}/Consent/{found.form_id}",
         "resource": render_consent(found),
         "request": {"method": method, "url": "Consent" if method == "POST" else f"Consent/{found.form_id}"},
-        "response": {"status": "201 Created" if method == "POST" else "200 OK", "etag": etag(found.version),
-                     "lastModified": found.stored_at.isoformat()},
+        "response": {
+            "status": "201 Created" if method == "POST" else "200 OK",
+            "etag": etag(found.version),
+            "lastModified": found.stored_at.isoformat(),
+        },
     }
 
 
@@ -317,9 +337,11 @@ def searchset(found: list[FormVersion], total: int, count: int, offset: int) -> 
     if offset > 0:
         links.append(link("previous", max(0, offset - count)))
     return {
-        "resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
-        "entry": [{"fullUrl": f"{base_url()}/Consent/{f.form_id}", "resource": render_consent(f), "search": {"mode": "match"}}
-                  for f in found],
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [{"fullUrl": f"{base_url()}/Consent/{f.form_id}", "resource": render_consent(f), "search": {"mode": "match"}} for f in found],
     }
 
 
@@ -393,8 +415,13 @@ def validate() -> Any:
     issues = workers.validate(resource, fhir_version(), profile)
     if issues is None:
         raise HttpProblem(503, [error("throttled", "", "other validations are running; try again shortly")], {"Retry-After": "2"})
-    service().store.audit(actor=principal().name, action="validate", resource="Consent", outcome="ok",
-                          detail={"errors": sum(i.severity in ("error", "fatal") for i in issues)})
+    service().store.audit(
+        actor=principal().name,
+        action="validate",
+        resource="Consent",
+        outcome="ok",
+        detail={"errors": sum(i.severity in ("error", "fatal") for i in issues)},
+    )
     return json_response(operation_outcome(issues), fhir=True)
 
 
@@ -410,4 +437,3 @@ def validate_parameters(body: dict[str, Any]) -> tuple[Any, str | None]:
     if resource is None:
         raise problem(400, "required", "Parameters.parameter('resource')", "give the Consent to validate in a 'resource' parameter")
     return resource, profile
-

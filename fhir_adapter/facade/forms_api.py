@@ -92,8 +92,12 @@ def withdraw_form(form_id: str) -> Any:
 def activate_form(form_id: str) -> Any:
     version = expected_version(required=True)
     agreed_at = agreement_time(json_body()) if request.content_length else None
-    saved = service().activate(form_id, expected_version=version, actor=principal().name,  # type: ignore[arg-type]
-                               agreed_at=agreed_at)
+    saved = service().activate(
+        form_id,
+        expected_version=version,  # type: ignore[arg-type]
+        actor=principal().name,
+        agreed_at=agreed_at,
+    )
     return json_response(render(saved), headers=version_headers(saved.version, saved.stored_at))
 
 

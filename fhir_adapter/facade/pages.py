@@ -34,15 +34,20 @@ from .protocol import service
 
 bp = Blueprint("pages", __name__, url_prefix="/consent", template_folder="templates", static_folder="static")
 #: Stylesheets and the one script from this site only; forms post only here; no framing.
-PAGE_CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; form-action 'self'; "
-            "frame-ancestors 'none'; base-uri 'none'")
+PAGE_CSP = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 UK = ZoneInfo("Europe/London")
 BASES = (
     ("aged-16-17", "The young person, aged 16 or 17", "The law treats 16 and 17 year olds as adults for confidentiality."),
-    ("competent-under-16", "The young person, under 16 and assessed as competent",
-     "They understand and can decide about their treatment and confidentiality. Record who assessed this and when."),
-    ("parental-responsibility", "A person with parental responsibility",
-     "For an under-16 not assessed as competent. Choose that person in their row below."),
+    (
+        "competent-under-16",
+        "The young person, under 16 and assessed as competent",
+        "They understand and can decide about their treatment and confidentiality. Record who assessed this and when.",
+    ),
+    (
+        "parental-responsibility",
+        "A person with parental responsibility",
+        "For an under-16 not assessed as competent. Choose that person in their row below.",
+    ),
 )
 IDENTIFIER_SYSTEMS = (("gmc", "GMC"), ("nmc", "NMC"), ("hcpc", "HCPC"), ("gphc", "GPhC"), ("sds-user-id", "NHS smartcard (SDS user id)"))
 
@@ -102,8 +107,15 @@ def sign_in_page() -> Response:
 
 def _sign_in(problem: str | None, status: int) -> Response:
     token = sessions.sign_in_token()
-    response = _page("sign_in.html", status, csrf=token, problem=problem, next=sessions.safe_next(request.values.get("next")),
-                     with_passwords=bool(_users()), session=None)
+    response = _page(
+        "sign_in.html",
+        status,
+        csrf=token,
+        problem=problem,
+        next=sessions.safe_next(request.values.get("next")),
+        with_passwords=bool(_users()),
+        session=None,
+    )
     sessions.set_sign_in_cookie(response, token)
     return response
 
@@ -210,9 +222,17 @@ def patient(session: sessions.PageSession, nhs_number: str) -> Response:
     versions = [v for history in found.histories for v in history]
     proposals = {p.form_id: p for p in found.proposals}
     forms = [_form_view(history, proposals, versions) for history in found.histories]
-    return _page("patient.html", session=session, nhs_number=found.nhs_number, forms=forms, in_force=found.in_force,
-                 in_period={s.person_id: s for s in found.summary}, flags=found.review_flags,
-                 young_person=(forms[0].latest.form.young_person if forms else None), message=request.args.get("saved"))
+    return _page(
+        "patient.html",
+        session=session,
+        nhs_number=found.nhs_number,
+        forms=forms,
+        in_force=found.in_force,
+        in_period={s.person_id: s for s in found.summary},
+        flags=found.review_flags,
+        young_person=(forms[0].latest.form.young_person if forms else None),
+        message=request.args.get("saved"),
+    )
 
 
 # --------------------------------------------------------------------------- record and change
@@ -222,8 +242,9 @@ def patient(session: sessions.PageSession, nhs_number: str) -> Response:
 @sessions.signed_in("form.write", now)
 def new_form(session: sessions.PageSession, nhs_number: str) -> Response:
     nhs = _checked(nhs_number)
-    values = fields.PageValues(form_id=str(uuid.uuid4()), nhs_number=nhs, recorded_by=session.display_name,
-                               people=fields.with_blank_rows([], blank=2))
+    values = fields.PageValues(
+        form_id=str(uuid.uuid4()), nhs_number=nhs, recorded_by=session.display_name, people=fields.with_blank_rows([], blank=2)
+    )
     return _edit_page(session, values, new=True)
 
 
@@ -234,10 +255,27 @@ def edit_form(session: sessions.PageSession, form_id: str) -> Response:
     return _edit_page(session, fields.values_from_form(latest.form, latest.version, session.display_name), new=False)
 
 
-def _edit_page(session: sessions.PageSession, values: fields.PageValues, *, new: bool, status: int = 200,
-               problems: list[fields.FieldIssue] | None = None, conflict: dict[str, Any] | None = None) -> Response:
-    return _page("edit.html", status, session=session, v=values, new=new, problems=problems or [],
-                 errors=fields.issues_by_field(problems or []), conflict=conflict, bases=BASES, id_systems=IDENTIFIER_SYSTEMS)
+def _edit_page(
+    session: sessions.PageSession,
+    values: fields.PageValues,
+    *,
+    new: bool,
+    status: int = 200,
+    problems: list[fields.FieldIssue] | None = None,
+    conflict: dict[str, Any] | None = None,
+) -> Response:
+    return _page(
+        "edit.html",
+        status,
+        session=session,
+        v=values,
+        new=new,
+        problems=problems or [],
+        errors=fields.issues_by_field(problems or []),
+        conflict=conflict,
+        bases=BASES,
+        id_systems=IDENTIFIER_SYSTEMS,
+    )
 
 
 @bp.post("/forms/<form_id>")
@@ -273,8 +311,9 @@ def _stale(session: sessions.PageSession, values: fields.PageValues, *, new: boo
     opened = service().read(values.form_id, values.version, actor=session.actor) if values.version else None
     lines = plain_english.change_lines(opened.form if opened else None, current.form)
     values.version = current.version
-    return _edit_page(session, values, new=new, status=409, conflict={"version": current.version, "lines": lines,
-                                                                      "by": current.form.recorded.by.name})
+    return _edit_page(
+        session, values, new=new, status=409, conflict={"version": current.version, "lines": lines, "by": current.form.recorded.by.name}
+    )
 
 
 @bp.post("/forms/<form_id>/withdraw")
@@ -302,17 +341,28 @@ def activate(session: sessions.PageSession, form_id: str) -> Response:
         return _changed_meanwhile(session, form_id)
     except InvalidInput as exc:
         current = service().read(form_id, actor=session.actor)
-        return _page("problem.html", 422, session=session, title="This proposal cannot be made active yet",
-                     message="; ".join(i.diagnostics for i in exc.issues), back=f"/consent/patients/{current.form.young_person.nhs_number}")
+        return _page(
+            "problem.html",
+            422,
+            session=session,
+            title="This proposal cannot be made active yet",
+            message="; ".join(i.diagnostics for i in exc.issues),
+            back=f"/consent/patients/{current.form.young_person.nhs_number}",
+        )
     return redirect(f"/consent/patients/{saved.form.young_person.nhs_number}?saved=active", 303)
 
 
 def _changed_meanwhile(session: sessions.PageSession, form_id: str) -> Response:
     current = service().read(form_id, actor=session.actor)
-    return _page("problem.html", 409, session=session, title="Someone else changed this consent",
-                 message=f"It is now version {current.version}, saved by {current.form.recorded.by.name}. "
-                         "Nothing was changed by you: read the consent again and repeat your action if it is still right.",
-                 back=f"/consent/patients/{current.form.young_person.nhs_number}")
+    return _page(
+        "problem.html",
+        409,
+        session=session,
+        title="Someone else changed this consent",
+        message=f"It is now version {current.version}, saved by {current.form.recorded.by.name}. "
+        "Nothing was changed by you: read the consent again and repeat your action if it is still right.",
+        back=f"/consent/patients/{current.form.young_person.nhs_number}",
+    )
 
 
 # --------------------------------------------------------------------------- the young person's summary
@@ -329,6 +379,13 @@ def young_person_summary(session: sessions.PageSession, nhs_number: str) -> Resp
     if in_force.in_force is not None:
         form = in_force.in_force.form
         sentences = plain_english.young_person_sentences(form, in_force.recipients, moment.astimezone(UK).date())
-    return _page("summary.html", session=session, nhs_number=nhs, form=form, sentences=sentences,
-                 exceptions=plain_english.EXCEPTIONS, exceptions_after=plain_english.EXCEPTIONS_AFTER,
-                 today=moment.astimezone(UK).date())
+    return _page(
+        "summary.html",
+        session=session,
+        nhs_number=nhs,
+        form=form,
+        sentences=sentences,
+        exceptions=plain_english.EXCEPTIONS,
+        exceptions_after=plain_english.EXCEPTIONS_AFTER,
+        today=moment.astimezone(UK).date(),
+    )

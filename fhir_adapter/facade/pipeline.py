@@ -105,9 +105,11 @@ def render_error(exc: BaseException, rule: str = "-") -> Answer:
         return outcome_answer(409, [error("duplicate", "formId", "a form with this id already exists; update it instead")])
     if isinstance(exc, VersionConflict):
         current = exc.current_version
-        return outcome_answer(412, [error("conflict", "If-Match",
-                                          f"the form has changed: version {current} is current; read it and apply your change again")],
-                              {"ETag": etag(current)} if current else None)
+        return outcome_answer(
+            412,
+            [error("conflict", "If-Match", f"the form has changed: version {current} is current; read it and apply your change again")],
+            {"ETag": etag(current)} if current else None,
+        )
     if isinstance(exc, FormIdMismatch):
         return outcome_answer(400, [error("invariant", "formId", str(exc))])
     if isinstance(exc, NotADraft):
@@ -179,8 +181,9 @@ class RequestPipeline:
             answer = self._odd_path(exc, environ.get("HTTP_AUTHORIZATION"))
         except Exception as exc:
             answer = render_error(exc, rule)
-        start_response(_status_line(answer.status), [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))),
-                                                     *answer.headers, *added])
+        start_response(
+            _status_line(answer.status), [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))), *answer.headers, *added]
+        )
         _log_request(method, rule, answer.status, started, who, request_id)
         return [b""] if method == "HEAD" else [answer.body]
 
@@ -231,8 +234,13 @@ class RequestPipeline:
             raise _refused(refusal)
         return found
 
-    def _through_flask(self, environ: dict[str, Any], start_response: Callable[..., Any], added: tuple[tuple[str, str], ...],
-                       log_fields: tuple[str, str, str, str, float]) -> Iterable[bytes]:
+    def _through_flask(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        added: tuple[tuple[str, str], ...],
+        log_fields: tuple[str, str, str, str, float],
+    ) -> Iterable[bytes]:
         method, rule, who, request_id, started = log_fields
 
         def finish(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

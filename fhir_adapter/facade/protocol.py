@@ -58,8 +58,9 @@ class Answer:
 
 
 def json_answer(document: Any, status: int = 200, *, fhir: bool = False, headers: dict[str, str] | None = None) -> Answer:
-    return Answer(status, serialise(document).encode(), (FHIR_JSON if fhir else "application/json") + "; charset=utf-8",
-                  tuple((headers or {}).items()))
+    return Answer(
+        status, serialise(document).encode(), (FHIR_JSON if fhir else "application/json") + "; charset=utf-8", tuple((headers or {}).items())
+    )
 
 
 def outcome_answer(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Answer:
@@ -136,14 +137,14 @@ def expected_version(required: bool = True) -> int | None:
     header = request.headers.get("If-Match")
     if header is None:
         if required:
-            raise problem(428, "required", "If-Match", "this update must name the version it changes (If-Match: W/\"n\")")
+            raise problem(428, "required", "If-Match", 'this update must name the version it changes (If-Match: W/"n")')
         return None
     value = header.strip()
     if value.startswith("W/"):
         value = value[2:]
     value = value.strip('"')
     if not is_whole_number(value):
-        raise problem(400, "value", "If-Match", "If-Match must be a version ETag such as W/\"3\" (digits 0-9)")
+        raise problem(400, "value", "If-Match", 'If-Match must be a version ETag such as W/"3" (digits 0-9)')
     return int(value)
 
 

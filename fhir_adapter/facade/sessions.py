@@ -102,8 +102,9 @@ def current(now: datetime) -> PageSession | None:
 
 
 def set_session_cookie(response: Response, session: PageSession) -> None:
-    response.set_cookie(COOKIE, session.session_id, max_age=int(book().max_age.total_seconds()), path="/consent",
-                        secure=True, httponly=True, samesite="Strict")
+    response.set_cookie(
+        COOKIE, session.session_id, max_age=int(book().max_age.total_seconds()), path="/consent", secure=True, httponly=True, samesite="Strict"
+    )
 
 
 def clear_session_cookie(response: Response) -> None:

@@ -104,46 +104,55 @@ class CodeTable:
         return next((v for v in map(self.from_coding, codings) if v is not None), None)
 
 
-INFORMATION_TYPES = CodeTable("information type", [
-    Row("attendance", CS_INFORMATION_TYPE, "attendance", "Attendance"),
-    Row("engagement-progress", CS_INFORMATION_TYPE, "engagement-progress", "Engagement and progress"),
-    Row("substance-use", CS_INFORMATION_TYPE, "substance-use", "Substance use details"),
-    Row("treatment-plan", CS_INFORMATION_TYPE, "treatment-plan", "Treatment plan"),
-    Row("risk-safety", CS_INFORMATION_TYPE, "risk-safety", "Risk and safety"),
-    Row("medication", CS_INFORMATION_TYPE, "medication", "Medication"),
-    Row("health-wellbeing", CS_INFORMATION_TYPE, "health-wellbeing", "Health and wellbeing"),
-    Row("family-social", CS_INFORMATION_TYPE, "family-social", "Family and social circumstances"),
-    Row("correspondence", CS_INFORMATION_TYPE, "correspondence", "Correspondence"),
-])
+INFORMATION_TYPES = CodeTable(
+    "information type",
+    [
+        Row("attendance", CS_INFORMATION_TYPE, "attendance", "Attendance"),
+        Row("engagement-progress", CS_INFORMATION_TYPE, "engagement-progress", "Engagement and progress"),
+        Row("substance-use", CS_INFORMATION_TYPE, "substance-use", "Substance use details"),
+        Row("treatment-plan", CS_INFORMATION_TYPE, "treatment-plan", "Treatment plan"),
+        Row("risk-safety", CS_INFORMATION_TYPE, "risk-safety", "Risk and safety"),
+        Row("medication", CS_INFORMATION_TYPE, "medication", "Medication"),
+        Row("health-wellbeing", CS_INFORMATION_TYPE, "health-wellbeing", "Health and wellbeing"),
+        Row("family-social", CS_INFORMATION_TYPE, "family-social", "Family and social circumstances"),
+        Row("correspondence", CS_INFORMATION_TYPE, "correspondence", "Correspondence"),
+    ],
+)
 
 # kind "family" -> contained RelatedPerson.relationship; "professional" -> contained PractitionerRole.code
-PERSON_ROLES = CodeTable("person role", [
-    Row("mother", V3_ROLE_CODE, "MTH", "mother", "family"),
-    Row("father", V3_ROLE_CODE, "FTH", "father", "family"),
-    Row("parent", V3_ROLE_CODE, "PRN", "parent", "family"),
-    Row("step-parent", V3_ROLE_CODE, "STPPRN", "step parent", "family"),
-    Row("foster-parent", V3_ROLE_CODE, "PRNFOST", "foster parent", "family"),
-    Row("grandparent", V3_ROLE_CODE, "GRPRN", "grandparent", "family"),
-    Row("guardian", V3_ROLE_CODE, "GUARD", "guardian", "family"),
-    Row("sibling", V3_ROLE_CODE, "SIB", "sibling", "family"),
-    Row("other-family", V3_ROLE_CODE, "FAMMEMB", "family member", "family"),
-    Row("friend", V3_ROLE_CODE, "FRND", "unrelated friend", "family"),
-    Row("carer", CS_PERSON_ROLE, "carer", "Carer (not a family member)", "family"),
-    Row("gp", CS_PERSON_ROLE, "gp", "General practitioner", "professional"),
-    Row("school", CS_PERSON_ROLE, "school", "School or college staff", "professional"),
-    Row("social-worker", CS_PERSON_ROLE, "social-worker", "Social worker", "professional"),
-    Row("youth-justice", CS_PERSON_ROLE, "youth-justice", "Youth justice worker", "professional"),
-    Row("health-professional", CS_PERSON_ROLE, "health-professional", "Other health professional", "professional"),
-    Row("other-professional", CS_PERSON_ROLE, "other-professional", "Other professional or agency", "professional"),
-])
+PERSON_ROLES = CodeTable(
+    "person role",
+    [
+        Row("mother", V3_ROLE_CODE, "MTH", "mother", "family"),
+        Row("father", V3_ROLE_CODE, "FTH", "father", "family"),
+        Row("parent", V3_ROLE_CODE, "PRN", "parent", "family"),
+        Row("step-parent", V3_ROLE_CODE, "STPPRN", "step parent", "family"),
+        Row("foster-parent", V3_ROLE_CODE, "PRNFOST", "foster parent", "family"),
+        Row("grandparent", V3_ROLE_CODE, "GRPRN", "grandparent", "family"),
+        Row("guardian", V3_ROLE_CODE, "GUARD", "guardian", "family"),
+        Row("sibling", V3_ROLE_CODE, "SIB", "sibling", "family"),
+        Row("other-family", V3_ROLE_CODE, "FAMMEMB", "family member", "family"),
+        Row("friend", V3_ROLE_CODE, "FRND", "unrelated friend", "family"),
+        Row("carer", CS_PERSON_ROLE, "carer", "Carer (not a family member)", "family"),
+        Row("gp", CS_PERSON_ROLE, "gp", "General practitioner", "professional"),
+        Row("school", CS_PERSON_ROLE, "school", "School or college staff", "professional"),
+        Row("social-worker", CS_PERSON_ROLE, "social-worker", "Social worker", "professional"),
+        Row("youth-justice", CS_PERSON_ROLE, "youth-justice", "Youth justice worker", "professional"),
+        Row("health-professional", CS_PERSON_ROLE, "health-professional", "Other health professional", "professional"),
+        Row("other-professional", CS_PERSON_ROLE, "other-professional", "Other professional or agency", "professional"),
+    ],
+)
 
 # Recipients only a policy exception reaches: bodies never on a form that the law may require CASUS to tell (no v3
 # RoleCode names a court, the police or a local authority's children's social care, so they are CASUS codes).
-EXCEPTION_ONLY_RECIPIENTS = CodeTable("exception-only recipient role", [
-    Row("court", CS_RECIPIENT_ROLE, "court", "Court (under a court order)"),
-    Row("police", CS_RECIPIENT_ROLE, "police", "Police"),
-    Row("childrens-social-care", CS_RECIPIENT_ROLE, "childrens-social-care", "Children's social care (local authority)"),
-])
+EXCEPTION_ONLY_RECIPIENTS = CodeTable(
+    "exception-only recipient role",
+    [
+        Row("court", CS_RECIPIENT_ROLE, "court", "Court (under a court order)"),
+        Row("police", CS_RECIPIENT_ROLE, "police", "Police"),
+        Row("childrens-social-care", CS_RECIPIENT_ROLE, "childrens-social-care", "Children's social care (local authority)"),
+    ],
+)
 #: Every role a recipient may be named by: the form's roles, then those only a policy exception reaches.
 EXCEPTION_RECIPIENT_ROLES = CodeTable("exception recipient role", [*PERSON_ROLES, *EXCEPTION_ONLY_RECIPIENTS])
 
@@ -162,56 +171,72 @@ def roles_covered_by(role: str) -> frozenset[str]:
     return frozenset((role, *ROLE_FAMILIES.get(role, ())))
 
 
-DECISION_BASIS = CodeTable("decision basis", [
-    Row("aged-16-17", CS_DECISION_BASIS, "aged-16-17", "Young person aged 16 or 17 decides"),
-    Row("competent-under-16", CS_DECISION_BASIS, "competent-under-16",
-        "Young person under 16 judged competent (Gillick) decides"),
-    Row("parental-responsibility", CS_DECISION_BASIS, "parental-responsibility",
-        "Person with parental responsibility decides"),
-])
+DECISION_BASIS = CodeTable(
+    "decision basis",
+    [
+        Row("aged-16-17", CS_DECISION_BASIS, "aged-16-17", "Young person aged 16 or 17 decides"),
+        Row("competent-under-16", CS_DECISION_BASIS, "competent-under-16", "Young person under 16 judged competent (Gillick) decides"),
+        Row("parental-responsibility", CS_DECISION_BASIS, "parental-responsibility", "Person with parental responsibility decides"),
+    ],
+)
 
 # Purposes of use a young person's choice covers: care by the people who support them.  Every person provision
 # lists all four (a purpose list means "any of these"), and the decision engine permits a choice for exactly these,
 # so what a spec reader reads and what the engine answers come from the same rows.  Displays are HL7's.
-CARE_PURPOSES = CodeTable("care purpose (v3-ActReason)", [
-    Row("TREAT", V3_ACT_REASON, "TREAT", "treatment"),
-    Row("ETREAT", V3_ACT_REASON, "ETREAT", "Emergency Treatment"),
-    Row("COC", V3_ACT_REASON, "COC", "coordination of care"),
-    Row("CAREMGT", V3_ACT_REASON, "CAREMGT", "care management"),
-])
+CARE_PURPOSES = CodeTable(
+    "care purpose (v3-ActReason)",
+    [
+        Row("TREAT", V3_ACT_REASON, "TREAT", "treatment"),
+        Row("ETREAT", V3_ACT_REASON, "ETREAT", "Emergency Treatment"),
+        Row("COC", V3_ACT_REASON, "COC", "coordination of care"),
+        Row("CAREMGT", V3_ACT_REASON, "CAREMGT", "care management"),
+    ],
+)
 
 # The policy's exceptions: a permit provision whose only purpose of use names the exception.  No other code sits
 # beside it, because a spec reader would permit any purpose listed there.
-EXCEPTIONS = CodeTable("policy exception", [
-    Row("risk-of-significant-harm", V3_ACT_REASON, "THREAT", "threat"),
-    Row("court-order", V3_ACT_REASON, "HLEGAL", "legal"),
-])
+EXCEPTIONS = CodeTable(
+    "policy exception",
+    [
+        Row("risk-of-significant-harm", V3_ACT_REASON, "THREAT", "threat"),
+        Row("court-order", V3_ACT_REASON, "HLEGAL", "legal"),
+    ],
+)
 # Codings that Consents written by mapping version 1 carried beside an exception's code.  Read, never written.
 LEGACY_EXCEPTION_CODINGS: dict[str, tuple[dict[str, str], ...]] = {
     "risk-of-significant-harm": ({"system": V3_ACT_REASON, "code": "OVRTPS", "display": "third party safety override"},),
     "court-order": (),
 }
 
-SHARING_R4 = CodeTable("sharing (R4 provision.type)", [
-    Row("share", "http://hl7.org/fhir/consent-provision-type", "permit", "Permit"),
-    Row("do-not-share", "http://hl7.org/fhir/consent-provision-type", "deny", "Deny"),
-])
+SHARING_R4 = CodeTable(
+    "sharing (R4 provision.type)",
+    [
+        Row("share", "http://hl7.org/fhir/consent-provision-type", "permit", "Permit"),
+        Row("do-not-share", "http://hl7.org/fhir/consent-provision-type", "deny", "Deny"),
+    ],
+)
 
-STATUS_R4 = CodeTable("status (R4)", [
-    Row("draft", "http://hl7.org/fhir/consent-state-codes", "draft", "Pending"),
-    Row("active", "http://hl7.org/fhir/consent-state-codes", "active", "Active"),
-    Row("withdrawn", "http://hl7.org/fhir/consent-state-codes", "inactive", "Inactive"),
-    Row("entered-in-error", "http://hl7.org/fhir/consent-state-codes", "entered-in-error", "Entered in Error"),
-])
+STATUS_R4 = CodeTable(
+    "status (R4)",
+    [
+        Row("draft", "http://hl7.org/fhir/consent-state-codes", "draft", "Pending"),
+        Row("active", "http://hl7.org/fhir/consent-state-codes", "active", "Active"),
+        Row("withdrawn", "http://hl7.org/fhir/consent-state-codes", "inactive", "Inactive"),
+        Row("entered-in-error", "http://hl7.org/fhir/consent-state-codes", "entered-in-error", "Entered in Error"),
+    ],
+)
 STATUS_R5 = STATUS_R4  # R5 ConsentState keeps these four codes under the same system
 
-IDENTIFIER_SYSTEMS = CodeTable("professional identifier", [
-    Row("gmc", "https://fhir.hl7.org.uk/Id/gmc-number", "gmc", "GMC number"),
-    Row("nmc", "https://fhir.hl7.org.uk/Id/nmc-number", "nmc", "NMC PIN"),
-    Row("hcpc", "https://fhir.hl7.org.uk/Id/hcpc-number", "hcpc", "HCPC number"),
-    Row("gphc", "https://fhir.hl7.org.uk/Id/gphc-number", "gphc", "GPhC number"),
-    Row("sds-user-id", "https://fhir.nhs.uk/Id/sds-user-id", "sds-user-id", "SDS user id"),
-])
+IDENTIFIER_SYSTEMS = CodeTable(
+    "professional identifier",
+    [
+        Row("gmc", "https://fhir.hl7.org.uk/Id/gmc-number", "gmc", "GMC number"),
+        Row("nmc", "https://fhir.hl7.org.uk/Id/nmc-number", "nmc", "NMC PIN"),
+        Row("hcpc", "https://fhir.hl7.org.uk/Id/hcpc-number", "hcpc", "HCPC number"),
+        Row("gphc", "https://fhir.hl7.org.uk/Id/gphc-number", "gphc", "GPhC number"),
+        Row("sds-user-id", "https://fhir.nhs.uk/Id/sds-user-id", "sds-user-id", "SDS user id"),
+    ],
+)
 
 
 def care_purpose_codings() -> list[dict[str, str]]:
@@ -227,8 +252,17 @@ def identifier_alias(uri: str) -> str | None:
     return next((r.value for r in IDENTIFIER_SYSTEMS if r.system == uri), None)
 
 
-ALL_TABLES = (INFORMATION_TYPES, PERSON_ROLES, EXCEPTION_ONLY_RECIPIENTS, DECISION_BASIS, CARE_PURPOSES, EXCEPTIONS, SHARING_R4,
-              STATUS_R4, IDENTIFIER_SYSTEMS)
+ALL_TABLES = (
+    INFORMATION_TYPES,
+    PERSON_ROLES,
+    EXCEPTION_ONLY_RECIPIENTS,
+    DECISION_BASIS,
+    CARE_PURPOSES,
+    EXCEPTIONS,
+    SHARING_R4,
+    STATUS_R4,
+    IDENTIFIER_SYSTEMS,
+)
 
 
 def markdown_tables() -> str:

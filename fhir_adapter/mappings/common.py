@@ -59,8 +59,7 @@ def young_person_resource(yp: YoungPerson) -> dict[str, Any]:
     ids = [{"system": codes.NHS_NUMBER, "value": yp.nhs_number}]
     if yp.local_id:
         ids.append({"system": codes.ID_LOCAL_PATIENT, "value": yp.local_id})
-    return {"resourceType": "Patient", "id": YOUNG_PERSON_ID, "identifier": ids,
-            "name": [{"text": yp.name}], "birthDate": yp.birth_date.isoformat()}
+    return {"resourceType": "Patient", "id": YOUNG_PERSON_ID, "identifier": ids, "name": [{"text": yp.name}], "birthDate": yp.birth_date.isoformat()}
 
 
 def patient_reference(yp: YoungPerson) -> dict[str, Any]:
@@ -74,12 +73,10 @@ def person_resources(p: Person) -> list[dict[str, Any]]:
         res: dict[str, Any] = {"resourceType": "RelatedPerson", "id": p.id}
         if p.identifiers:
             res["identifier"] = _identifiers(p.identifiers)
-        res.update({"patient": {"reference": f"#{YOUNG_PERSON_ID}"},
-                    "relationship": [{"coding": [role.coding()]}], "name": [{"text": p.name}]})
+        res.update({"patient": {"reference": f"#{YOUNG_PERSON_ID}"}, "relationship": [{"coding": [role.coding()]}], "name": [{"text": p.name}]})
         return [res]
     prac_id = p.id + PRACTITIONER_SUFFIX
-    prole: dict[str, Any] = {"resourceType": "PractitionerRole", "id": p.id,
-                             "practitioner": {"reference": f"#{prac_id}"}}
+    prole: dict[str, Any] = {"resourceType": "PractitionerRole", "id": p.id, "practitioner": {"reference": f"#{prac_id}"}}
     if p.organisation:
         org: dict[str, Any] = {"display": p.organisation.name}
         if p.organisation.ods_code:
@@ -105,10 +102,15 @@ def extensions(form: ConsentForm) -> list[dict[str, Any]]:
         {"url": codes.EXT_DECISION_BASIS, "valueCoding": codes.DECISION_BASIS.to_coding(dm.basis)},
     ]
     if dm.competence:
-        ext.append({"url": codes.EXT_COMPETENCE, "extension": [
-            {"url": "assessor", "valueReference": {"reference": f"#{ASSESSOR_ID}"}},
-            {"url": "date", "valueDate": dm.competence.assessed_on.isoformat()},
-        ]})
+        ext.append(
+            {
+                "url": codes.EXT_COMPETENCE,
+                "extension": [
+                    {"url": "assessor", "valueReference": {"reference": f"#{ASSESSOR_ID}"}},
+                    {"url": "date", "valueDate": dm.competence.assessed_on.isoformat()},
+                ],
+            }
+        )
     explained: list[dict[str, Any]] = [{"url": "explained", "valueBoolean": form.exceptions.explained}]
     if form.exceptions.explained_on:
         explained.append({"url": "date", "valueDate": form.exceptions.explained_on.isoformat()})
@@ -353,8 +355,13 @@ def read_person_resource(r: Reader, cont: Contained, reference: Any, where: str)
         role = codes.PERSON_ROLES.first_match(functools.reduce(operator.iadd, ((c.get("coding") or []) for c in res.get("relationship") or []), []))
         if role is None or codes.PERSON_ROLES.row(role).kind != "family":
             r.fail(f"{path}.relationship", "relationship must be a coding from the CASUS person-role table", "code-invalid")
-        return {"id": res["id"], "name": _single_text_name(r, res, path), "role": role or "",
-                "identifiers": read_identifiers(r, res.get("identifier"), f"{path}.identifier"), "organisation": None}
+        return {
+            "id": res["id"],
+            "name": _single_text_name(r, res, path),
+            "role": role or "",
+            "identifiers": read_identifiers(r, res.get("identifier"), f"{path}.identifier"),
+            "organisation": None,
+        }
     r.allow_only(res, {"resourceType", "id", "practitioner", "organization", "code"}, path)
     role = codes.PERSON_ROLES.first_match(functools.reduce(operator.iadd, ((c.get("coding") or []) for c in res.get("code") or []), []))
     if role is None or codes.PERSON_ROLES.row(role).kind != "professional":
@@ -372,8 +379,7 @@ def read_person_resource(r: Reader, cont: Contained, reference: Any, where: str)
         if not isinstance(o.get("display"), str):
             r.fail(f"{path}.organization.display", "the organisation's name is required", "required")
         org = Organisation(o.get("display", ""), ods)
-    return {"id": res["id"], "name": who.name if who else "", "role": role or "",
-            "identifiers": who.identifiers if who else (), "organisation": org}
+    return {"id": res["id"], "name": who.name if who else "", "role": role or "", "identifiers": who.identifiers if who else (), "organisation": org}
 
 
 def read_extensions(r: Reader, cont: Contained, items: Any) -> tuple[Professional | None, str | None, Competence | None, Exceptions | None]:
@@ -441,9 +447,16 @@ def decision_maker(basis: str | None, competence: Competence | None, person_id: 
 
 
 def person_from(fields: dict[str, Any], sharing: str, information_types: tuple[str, ...], period: Period | None) -> Person:
-    return Person(id=fields["id"], name=fields["name"], role=fields["role"], sharing=sharing,  # type: ignore[arg-type]
-                  organisation=fields["organisation"], identifiers=fields["identifiers"],
-                  information_types=information_types, period=period)
+    return Person(
+        id=fields["id"],
+        name=fields["name"],
+        role=fields["role"],
+        sharing=sharing,  # type: ignore[arg-type]
+        organisation=fields["organisation"],
+        identifiers=fields["identifiers"],
+        information_types=information_types,
+        period=period,
+    )
 
 
 def read_period(r: Reader, value: Any, where: str) -> Period | None:
@@ -495,9 +508,12 @@ def read_care_purposes(r: Reader, purposes: Any, where: str) -> None:
     """A person provision applies to exactly the care purposes: the choice covers care, and a reader must see that."""
     found = [(c.get("system"), c.get("code")) for c in purposes or [] if isinstance(c, dict)]
     if set(found) != CARE_PURPOSE_KEYS or len(found) != len(CARE_PURPOSE_KEYS):
-        r.fail(f"{where}.purpose", "a person provision's purpose of use is exactly the care purposes "
-               f"{', '.join(c.code for c in codes.CARE_PURPOSES)} (the young person's choice covers care, nothing else)",
-               "value")
+        r.fail(
+            f"{where}.purpose",
+            "a person provision's purpose of use is exactly the care purposes "
+            f"{', '.join(c.code for c in codes.CARE_PURPOSES)} (the young person's choice covers care, nothing else)",
+            "value",
+        )
 
 
 def read_information_types(r: Reader, concepts: Any, where: str) -> tuple[str, ...]:
@@ -520,19 +536,37 @@ def is_exception_provision(prov: dict[str, Any]) -> bool:
 
 def reject_nesting(r: Reader, prov: dict[str, Any], where: str) -> None:
     if "provision" in prov:
-        r.fail(f"{where}.provision", "a CASUS provision never nests another: FHIR reads a nested provision as an "
-               "exception to its parent, which readers apply differently", "not-supported")
+        r.fail(
+            f"{where}.provision",
+            "a CASUS provision never nests another: FHIR reads a nested provision as an exception to its parent, which readers apply differently",
+            "not-supported",
+        )
 
 
-def finish_form(r: Reader, cont: Contained, *, form_id: str, status: str | None, young: YoungPerson | None,
-                recorded_at: datetime | None, recorder: Professional | None, basis: str | None, competence: Competence | None,
-                grantor_id: str | None, explained: Exceptions | None, people: list[Person], exceptions: list[str]) -> ConsentForm:
+def finish_form(
+    r: Reader,
+    cont: Contained,
+    *,
+    form_id: str,
+    status: str | None,
+    young: YoungPerson | None,
+    recorded_at: datetime | None,
+    recorder: Professional | None,
+    basis: str | None,
+    competence: Competence | None,
+    grantor_id: str | None,
+    explained: Exceptions | None,
+    people: list[Person],
+    exceptions: list[str],
+) -> ConsentForm:
     """The form read from either FHIR version, or InvalidInput listing every element that stood in the way."""
     cont.report_unused()
     if r.issues:
         raise InvalidInput([not_casus(len(r.issues)), *r.issues])
     form = ConsentForm(
-        form_id=form_id, status=status, young_person=young,  # type: ignore[arg-type]
+        form_id=form_id,
+        status=status,  # type: ignore[arg-type]
+        young_person=young,  # type: ignore[arg-type]
         recorded=Recorded(recorded_at, recorder),  # type: ignore[arg-type]
         decision_maker=decision_maker(basis, competence, grantor_id),  # type: ignore[arg-type]
         people=tuple(people),
@@ -550,7 +584,10 @@ def read_exception(r: Reader, purposes: Any, where: str, *, legacy: bool = False
     expected = {(c["system"], c["code"]) for c in (legacy_exception_purposes(kind) if legacy else exception_purposes(kind))}
     if {(c.get("system"), c.get("code")) for c in purposes if isinstance(c, dict)} != expected or len(purposes) != len(expected):
         listed = ", ".join(sorted(c for _, c in expected))
-        why = (f"the {kind} exception carries exactly {listed} in this (mapping version 1) shape" if legacy else
-               f"the {kind} exception's purpose of use is exactly {listed}: a reader would permit any other code listed here too")
+        why = (
+            f"the {kind} exception carries exactly {listed} in this (mapping version 1) shape"
+            if legacy
+            else f"the {kind} exception's purpose of use is exactly {listed}: a reader would permit any other code listed here too"
+        )
         r.fail(f"{where}.purpose", why, "value")
     return kind

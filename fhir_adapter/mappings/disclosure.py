@@ -39,8 +39,12 @@ def recipient_agent(recipient: Mapping[str, Any]) -> dict[str, Any]:
         who["identifier"] = {"system": identifier["system"], "value": identifier["value"]}
     elif recipient.get("odsCode"):
         who["identifier"] = {"system": codes.ODS_ORGANIZATION, "value": recipient["odsCode"]}
-    agent: dict[str, Any] = {"type": {"coding": [codes.RECIPIENT_ROLE_CODING]}, "who": who,
-                             "name": recipient.get("role", "recipient"), "requestor": False}
+    agent: dict[str, Any] = {
+        "type": {"coding": [codes.RECIPIENT_ROLE_CODING]},
+        "who": who,
+        "name": recipient.get("role", "recipient"),
+        "requestor": False,
+    }
     role = recipient.get("role")
     if role in codes.EXCEPTION_RECIPIENT_ROLES.values():
         agent["role"] = [{"coding": [codes.EXCEPTION_RECIPIENT_ROLES.to_coding(role)]}]
@@ -54,11 +58,13 @@ def disclosure_to_audit_event(d: Disclosure) -> dict[str, Any]:
         details.append(_detail("told-at", d.told_at.isoformat()))
     if d.not_told_reason:
         details.append(_detail("not-told-reason", d.not_told_reason))
-    entities: list[dict[str, Any]] = [{
-        "what": {"identifier": {"system": codes.NHS_NUMBER, "value": d.nhs_number}},
-        "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
-        "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
-    }]
+    entities: list[dict[str, Any]] = [
+        {
+            "what": {"identifier": {"system": codes.NHS_NUMBER, "value": d.nhs_number}},
+            "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+            "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
+        }
+    ]
     disclosed: dict[str, Any] = {
         "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
         "role": {"system": OBJECT_ROLE, "code": "3", "display": "Report"},
@@ -78,12 +84,10 @@ def disclosure_to_audit_event(d: Disclosure) -> dict[str, Any]:
         "outcome": "0",
         "purposeOfEvent": [{"coding": [codes.EXCEPTIONS.to_coding(d.exception)]}],
         "agent": [
-            {"type": {"coding": [{"system": codes.V3_PARTICIPATION, "code": "CST", "display": "custodian"}]},
-             "who": _trust(), "requestor": True},
+            {"type": {"coding": [{"system": codes.V3_PARTICIPATION, "code": "CST", "display": "custodian"}]}, "who": _trust(), "requestor": True},
             recipient_agent(d.recipient),
         ],
-        "source": {"site": "CASUS", "observer": _trust(),
-                   "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]},
+        "source": {"site": "CASUS", "observer": _trust(), "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]},
         "entity": entities,
     }
     if d.id:

@@ -58,14 +58,31 @@ def form_to_r4(form: ConsentForm) -> dict[str, Any]:
         "policy": [{"uri": codes.POLICY_URI}],
         "policyRule": {"coding": [dict(codes.POLICY_RULE_CODING)]},
         "provision": {
-            "provision": [_person_provision(p) for p in form.people]
-            + [_exception_provision(k) for k in form.exceptions.provisions],
+            "provision": [_person_provision(p) for p in form.people] + [_exception_provision(k) for k in form.exceptions.provisions],
         },
     }
 
 
-TOP_LEVEL = {"resourceType", "id", "meta", "text", "language", "contained", "extension", "identifier", "status",
-             "scope", "category", "patient", "dateTime", "performer", "organization", "policy", "policyRule", "provision"}
+TOP_LEVEL = {
+    "resourceType",
+    "id",
+    "meta",
+    "text",
+    "language",
+    "contained",
+    "extension",
+    "identifier",
+    "status",
+    "scope",
+    "category",
+    "patient",
+    "dateTime",
+    "performer",
+    "organization",
+    "policy",
+    "policyRule",
+    "provision",
+}
 
 
 def r4_to_form(consent: Any) -> ConsentForm:
@@ -90,15 +107,31 @@ def r4_to_form(consent: Any) -> ConsentForm:
     root = r.need(consent, "provision", "Consent")
     if isinstance(root, dict) and "type" in root:
         if "policyRule" in consent:
-            r.fail("Consent.policyRule", "a Consent whose root provision has a type is read in the mapping version 1 "
-                   "shape, which has no policyRule (version 2 has policyRule OPTIN and no root type)", "invariant")
+            r.fail(
+                "Consent.policyRule",
+                "a Consent whose root provision has a type is read in the mapping version 1 "
+                "shape, which has no policyRule (version 2 has policyRule OPTIN and no root type)",
+                "invariant",
+            )
         people, exceptions = _read_legacy_provisions(r, cont, root)
     else:
         _check_policy_rule(r, consent.get("policyRule"))
         people, exceptions = _read_provisions(r, cont, root)
-    return common.finish_form(r, cont, form_id=form_id, status=status, young=young, recorded_at=recorded_at, recorder=recorder,
-                              basis=basis, competence=competence, grantor_id=grantor_id, explained=explained,
-                              people=people, exceptions=exceptions)
+    return common.finish_form(
+        r,
+        cont,
+        form_id=form_id,
+        status=status,
+        young=young,
+        recorded_at=recorded_at,
+        recorder=recorder,
+        basis=basis,
+        competence=competence,
+        grantor_id=grantor_id,
+        explained=explained,
+        people=people,
+        exceptions=exceptions,
+    )
 
 
 def _check_categories(r: common.Reader, categories: Any) -> None:
@@ -123,8 +156,11 @@ def _check_policy_rule(r: common.Reader, rule: Any) -> None:
     codings = (rule or {}).get("coding") if isinstance(rule, dict) else None
     expected = codes.POLICY_RULE_CODING
     if not codings or [(c.get("system"), c.get("code")) for c in codings] != [(expected["system"], expected["code"])]:
-        r.fail("Consent.policyRule", f"policyRule must be exactly {expected['system']}#{expected['code']} (opt-in: "
-               "nothing leaves CASUS unless a provision permits it)", "value")
+        r.fail(
+            "Consent.policyRule",
+            f"policyRule must be exactly {expected['system']}#{expected['code']} (opt-in: nothing leaves CASUS unless a provision permits it)",
+            "value",
+        )
 
 
 PERSON_PROVISION = {"type", "period", "actor", "action", "purpose", "code", "provision"}
@@ -167,15 +203,20 @@ def _read_provisions(r: common.Reader, cont: common.Contained, root: Any, where:
     return people, exceptions
 
 
-def _read_legacy_provisions(r: common.Reader, cont: common.Contained, root: dict[str, Any],
-                            where: str = "Consent.provision") -> tuple[list[Person], list[str]]:
+def _read_legacy_provisions(
+    r: common.Reader, cont: common.Contained, root: dict[str, Any], where: str = "Consent.provision"
+) -> tuple[list[Person], list[str]]:
     """Mapping version 1: root deny, person choices under it with per-type permits nested, THREAT beside OVRTPS."""
     people: list[Person] = []
     exceptions: list[str] = []
     r.allow_only(root, {"type", "provision"}, where)
     if root.get("type") != "deny":
-        r.fail(f"{where}.type", "R4 allows no type on the root provision (CASUS states its base in policyRule OPTIN); "
-               "Consents written by mapping version 1 had type deny here, and are read as such", "value")
+        r.fail(
+            f"{where}.type",
+            "R4 allows no type on the root provision (CASUS states its base in policyRule OPTIN); "
+            "Consents written by mapping version 1 had type deny here, and are read as such",
+            "value",
+        )
     for n, prov in enumerate(root.get("provision") or []):
         here = f"{where}.provision[{n}]"
         if "purpose" in prov:

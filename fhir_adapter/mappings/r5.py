@@ -33,8 +33,10 @@ from ..form import ConsentForm, Person
 from . import codes, common
 
 EXT_RECORDED_AT = codes.EXT_RECORDED_AT
-LEGACY_PURPOSE = (codes.LEGACY_EXCEPTION_CODINGS["risk-of-significant-harm"][0]["system"],
-                  codes.LEGACY_EXCEPTION_CODINGS["risk-of-significant-harm"][0]["code"])
+LEGACY_PURPOSE = (
+    codes.LEGACY_EXCEPTION_CODINGS["risk-of-significant-harm"][0]["system"],
+    codes.LEGACY_EXCEPTION_CODINGS["risk-of-significant-harm"][0]["code"],
+)
 
 
 def _share_provision(p: Person) -> dict[str, Any]:
@@ -83,8 +85,25 @@ def form_to_r5(form: ConsentForm) -> dict[str, Any]:
     }
 
 
-TOP_LEVEL = {"resourceType", "id", "meta", "text", "language", "contained", "extension", "identifier", "status",
-             "category", "subject", "date", "grantor", "controller", "policyBasis", "decision", "provision"}
+TOP_LEVEL = {
+    "resourceType",
+    "id",
+    "meta",
+    "text",
+    "language",
+    "contained",
+    "extension",
+    "identifier",
+    "status",
+    "category",
+    "subject",
+    "date",
+    "grantor",
+    "controller",
+    "policyBasis",
+    "decision",
+    "provision",
+}
 
 
 def r5_to_form(consent: Any) -> ConsentForm:
@@ -118,9 +137,21 @@ def r5_to_form(consent: Any) -> ConsentForm:
         people, exceptions = _read_provisions(r, cont, provisions)
         people += _read_do_not_share(r, cont, do_not_share)
         people.sort(key=lambda p: cont.by_id[p.id][0])  # contained order is form order
-    return common.finish_form(r, cont, form_id=form_id, status=status, young=young, recorded_at=recorded_at,
-                              recorder=recorder, basis=basis, competence=competence, grantor_id=grantor_id, explained=explained,
-                              people=people, exceptions=exceptions)
+    return common.finish_form(
+        r,
+        cont,
+        form_id=form_id,
+        status=status,
+        young=young,
+        recorded_at=recorded_at,
+        recorder=recorder,
+        basis=basis,
+        competence=competence,
+        grantor_id=grantor_id,
+        explained=explained,
+        people=people,
+        exceptions=exceptions,
+    )
 
 
 Located = tuple[int, dict[str, Any]]
@@ -155,9 +186,12 @@ def _is_version_1(consent: dict[str, Any], provisions: list[Any], do_not_share: 
     provs = [p for p in provisions if isinstance(p, dict)]
     if any("actor" in p and "purpose" in p for p in provs):
         return False
-    return any("provision" in p or ("actor" in p and "purpose" not in p)
-               or LEGACY_PURPOSE in {(c.get("system"), c.get("code")) for c in p.get("purpose") or [] if isinstance(c, dict)}
-               for p in provs)
+    return any(
+        "provision" in p
+        or ("actor" in p and "purpose" not in p)
+        or LEGACY_PURPOSE in {(c.get("system"), c.get("code")) for c in p.get("purpose") or [] if isinstance(c, dict)}
+        for p in provs
+    )
 
 
 def _read_provisions(r: common.Reader, cont: common.Contained, provisions: list[Any]) -> tuple[list[Person], list[str]]:
@@ -175,8 +209,12 @@ def _read_provisions(r: common.Reader, cont: common.Contained, provisions: list[
         fields, period = common.read_person_core(r, cont, prov, here)
         common.read_care_purposes(r, prov.get("purpose"), here)
         if not prov.get("code"):
-            r.fail(f"{here}.code", "a person's provision permits, so it lists the information types it permits "
-                   f"(a do-not-share person is recorded in the {codes.EXT_DO_NOT_SHARE} extension)", "required")
+            r.fail(
+                f"{here}.code",
+                "a person's provision permits, so it lists the information types it permits "
+                f"(a do-not-share person is recorded in the {codes.EXT_DO_NOT_SHARE} extension)",
+                "required",
+            )
         types = common.read_information_types(r, prov.get("code"), here)
         if fields is not None:
             people.append(common.person_from(fields, "share", types, period))

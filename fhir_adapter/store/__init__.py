@@ -77,8 +77,7 @@ class Store:
     def create_form(self, form: ConsentForm, *, actor: str, source: str = "local", flags: tuple[str, ...] = ()) -> FormVersion:
         return self.forms.create(form, actor=actor, source=source, flags=flags)
 
-    def update_form(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local",
-                    flags: tuple[str, ...] = ()) -> FormVersion:
+    def update_form(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local", flags: tuple[str, ...] = ()) -> FormVersion:
         return self.forms.update(form, expected_version=expected_version, actor=actor, source=source, flags=flags)
 
     def bulk_load(self, histories: Iterable[Sequence[ConsentForm]], *, actor: str, source: str = "local") -> int:
@@ -90,10 +89,19 @@ class Store:
     def history(self, form_id: str) -> list[FormVersion]:
         return self.forms.history(form_id)
 
-    def search(self, *, nhs_number: str | None = None, status: str | None = None, updated_since: datetime | None = None,
-               updated_before: datetime | None = None, limit: int = 50, offset: int = 0) -> tuple[list[FormVersion], int]:
-        return self.forms.search(nhs_number=nhs_number, status=status, updated_since=updated_since,
-                                 updated_before=updated_before, limit=limit, offset=offset)
+    def search(
+        self,
+        *,
+        nhs_number: str | None = None,
+        status: str | None = None,
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[FormVersion], int]:
+        return self.forms.search(
+            nhs_number=nhs_number, status=status, updated_since=updated_since, updated_before=updated_before, limit=limit, offset=offset
+        )
 
     def versions_for_patient(self, nhs_number: str) -> tuple[FormVersion, ...]:
         return self.forms.versions_for_patient(nhs_number)
@@ -106,13 +114,13 @@ class Store:
 
     # ----------------------------------------------------------------------- audit (see audit.py)
 
-    def audit(self, *, actor: str, action: str, resource: str | None, outcome: str,
-              detail: Mapping[str, Any] | None = None, subject: str | None = None) -> None:
+    def audit(
+        self, *, actor: str, action: str, resource: str | None, outcome: str, detail: Mapping[str, Any] | None = None, subject: str | None = None
+    ) -> None:
         """Append an audit record; returns once it is committed, or raises AuditWriteFailed."""
         self.audit_trail.write(actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject)
 
-    def audit_log(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None,
-                  limit: int = 100) -> list[AuditRecord]:
+    def audit_log(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None, limit: int = 100) -> list[AuditRecord]:
         return self.audit_trail.records(actor=actor, subject=subject, action=action, limit=limit)
 
     # ----------------------------------------------------------------------- disclosures (see disclosures.py)

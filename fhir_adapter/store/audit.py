@@ -58,17 +58,50 @@ class AuditRecord:
     subject: str | None = None  # NHS number of the young person concerned, when there is one
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "at": self.at.isoformat(), "actor": self.actor, "action": self.action, "resource": self.resource,
-                "outcome": self.outcome, "subject": self.subject, "detail": self.detail}
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "resource": self.resource,
+            "outcome": self.outcome,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
 
 
 # --------------------------------------------------------------------------- redaction
 
-_SENSITIVE_KEYS = frozenset({
-    "name", "names", "givenname", "familyname", "nhsnumber", "birthdate", "dateofbirth", "dob", "address",
-    "postcode", "phone", "telephone", "email", "reason", "recipient", "note", "notes", "text", "narrative",
-    "comment", "comments", "freetext", "form", "document", "body", "content",
-})
+_SENSITIVE_KEYS = frozenset(
+    {
+        "name",
+        "names",
+        "givenname",
+        "familyname",
+        "nhsnumber",
+        "birthdate",
+        "dateofbirth",
+        "dob",
+        "address",
+        "postcode",
+        "phone",
+        "telephone",
+        "email",
+        "reason",
+        "recipient",
+        "note",
+        "notes",
+        "text",
+        "narrative",
+        "comment",
+        "comments",
+        "freetext",
+        "form",
+        "document",
+        "body",
+        "content",
+    }
+)
 _NHS_NUMBER_LIKE = re.compile(r"(?<!\d)(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?!\d)")
 _NOT_A_LETTER = re.compile(r"[^a-z]")
 REDACTED = "[redacted]"
@@ -115,12 +148,19 @@ def redact(value: Any) -> Any:
     return mask_nhs_numbers(str(value))
 
 
-def audit_row(at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
-              detail: Mapping[str, Any] | None, subject: str | None) -> dict[str, Any]:
+def audit_row(
+    at: datetime, *, actor: str, action: str, resource: str | None, outcome: str, detail: Mapping[str, Any] | None, subject: str | None
+) -> dict[str, Any]:
     """The audit_log row for one event, redacted; ``subject`` is kept only when it is a valid NHS number."""
-    return {"at": at, "actor": actor, "action": action, "resource": mask_nhs_numbers(resource) if resource is not None else None,
-            "outcome": outcome, "detail": dumps(redact(detail or {})),
-            "subject": subject if subject and nhs_number.is_valid(subject) else None}
+    return {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "resource": mask_nhs_numbers(resource) if resource is not None else None,
+        "outcome": outcome,
+        "detail": dumps(redact(detail or {})),
+        "subject": subject if subject and nhs_number.is_valid(subject) else None,
+    }
 
 
 def _record_from_row(row: Row[Any]) -> AuditRecord:
@@ -163,7 +203,7 @@ class GroupCommit:
 
     def _commit_queued(self) -> None:
         with self._queue_lock:
-            batch, self._queued = self._queued[: self._max_batch], self._queued[self._max_batch:]
+            batch, self._queued = self._queued[: self._max_batch], self._queued[self._max_batch :]
         if not batch:
             return
         try:
@@ -195,8 +235,9 @@ class _DriverInsert:
         self._positional = compiled.positional
         # (bind parameter name, column name, the column type's conversion for this dialect), in the statement's order
         order = compiled.positiontup if compiled.positional else list(compiled.binds)
-        self._binds = [(key, compiled.binds[key].key, schema.audit_log.c[compiled.binds[key].key].type.bind_processor(dialect))
-                       for key in order or ()]
+        self._binds = [
+            (key, compiled.binds[key].key, schema.audit_log.c[compiled.binds[key].key].type.bind_processor(dialect)) for key in order or ()
+        ]
 
     def params(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         values = [(bind, row[column] if convert is None else convert(row[column])) for bind, column, convert in self._binds]
@@ -213,21 +254,32 @@ class AuditTrail:
         self._sqlite = db.backend == "sqlite"
         self._conn: Any = None  # a driver connection, used only under the group commit's lock
 
-    def write(self, *, actor: str, action: str, resource: str | None, outcome: str,
-              detail: Mapping[str, Any] | None = None, subject: str | None = None) -> None:
+    def write(
+        self, *, actor: str, action: str, resource: str | None, outcome: str, detail: Mapping[str, Any] | None = None, subject: str | None = None
+    ) -> None:
         """Append a record; returns once it is committed, or raises AuditWriteFailed.
 
         ``detail`` is for codes and ids; identifying fields are redacted on the way in.
         """
         require_actor(actor)
-        self._commits.write(audit_row(self._db.now(), actor=actor, action=action, resource=resource, outcome=outcome,
-                                      detail=detail, subject=subject))
+        self._commits.write(audit_row(self._db.now(), actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject))
 
-    def insert(self, conn: Connection, at: datetime, *, actor: str, action: str, resource: str | None, outcome: str,
-               detail: Mapping[str, Any] | None, subject: str | None = None) -> None:
+    def insert(
+        self,
+        conn: Connection,
+        at: datetime,
+        *,
+        actor: str,
+        action: str,
+        resource: str | None,
+        outcome: str,
+        detail: Mapping[str, Any] | None,
+        subject: str | None = None,
+    ) -> None:
         """Append a record inside the caller's transaction: it commits, or is rolled back, with the change it records."""
-        conn.execute(_INSERT_AUDIT.values(**audit_row(at, actor=actor, action=action, resource=resource, outcome=outcome,
-                                                      detail=detail, subject=subject)))
+        conn.execute(
+            _INSERT_AUDIT.values(**audit_row(at, actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject))
+        )
 
     def _write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
         """One transaction for the batch, on one connection kept for the purpose (the commit lock serialises its use).
@@ -259,8 +311,7 @@ class AuditTrail:
             self.close()
             raise
 
-    def records(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None,
-                limit: int = 100) -> list[AuditRecord]:
+    def records(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The most recent records, newest first, optionally for one actor, one subject and/or one action."""
         page_bounds(limit, 0)
         t = schema.audit_log

@@ -69,16 +69,29 @@ class Disclosures:
         if issues:
             raise InvalidInput(issues)
         now = self._db.now()
-        stored = replace(d, id=str(uuid.uuid4()), recorded_at=now, information_types=tuple(d.information_types),
-                         recipient=dict(d.recipient))
+        stored = replace(d, id=str(uuid.uuid4()), recorded_at=now, information_types=tuple(d.information_types), recipient=dict(d.recipient))
         with self._db.write() as conn:
-            conn.execute(insert(schema.disclosures).values(
-                id=stored.id, nhs_number=stored.nhs_number, form_id=stored.form_id, disclosed_at=stored.disclosed_at,
-                recorded_at=now, actor=actor, document=dumps(_to_json(stored))))
-            self._audit.insert(conn, now, actor=actor, action=STORED_DISCLOSURE, subject=stored.nhs_number,
-                               resource=f"disclosure/{stored.id}", outcome="recorded",
-                               detail={"exception": stored.exception, "formId": stored.form_id,
-                                       "informationTypeCount": len(stored.information_types)})
+            conn.execute(
+                insert(schema.disclosures).values(
+                    id=stored.id,
+                    nhs_number=stored.nhs_number,
+                    form_id=stored.form_id,
+                    disclosed_at=stored.disclosed_at,
+                    recorded_at=now,
+                    actor=actor,
+                    document=dumps(_to_json(stored)),
+                )
+            )
+            self._audit.insert(
+                conn,
+                now,
+                actor=actor,
+                action=STORED_DISCLOSURE,
+                subject=stored.nhs_number,
+                resource=f"disclosure/{stored.id}",
+                outcome="recorded",
+                detail={"exception": stored.exception, "formId": stored.form_id, "informationTypeCount": len(stored.information_types)},
+            )
         return stored
 
     def for_patient(self, nhs_number: str) -> list[Disclosure]:

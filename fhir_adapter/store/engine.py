@@ -85,8 +85,7 @@ def dumps(document: Any) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def upsert(conn: Connection, table: Table, values: dict[str, Any], *, key: str | tuple[str, ...],
-           only_if: ColumnElement[bool] | None = None) -> None:
+def upsert(conn: Connection, table: Table, values: dict[str, Any], *, key: str | tuple[str, ...], only_if: ColumnElement[bool] | None = None) -> None:
     """INSERT, or UPDATE the row with the same ``key`` column(s) (SQLite and PostgreSQL share SQLAlchemy's ON CONFLICT API)."""
     keys = (key,) if isinstance(key, str) else key
     stmt = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
@@ -169,8 +168,7 @@ def _private_sqlite_file(path: Path) -> None:
     for place, kind in ((folder, "folder"), (path, "file")):
         mode = place.stat().st_mode & 0o777
         if mode & 0o077:
-            log.warning("the SQLite database %s is open to other users (mode %o); chmod %s it",
-                        kind, mode, "700" if kind == "folder" else "600")
+            log.warning("the SQLite database %s is open to other users (mode %o); chmod %s it", kind, mode, "700" if kind == "folder" else "600")
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -181,8 +179,7 @@ def _sqlite_engine(url: URL) -> Engine:
     # An in-memory database exists only on its one connection (useful for single-threaded tests only).
     pool: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {}
     # hide_parameters: even with SQL logging switched on, bound values (NHS numbers, documents) never reach a log.
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
-                           hide_parameters=True, **pool)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, hide_parameters=True, **pool)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine

@@ -198,15 +198,16 @@ class Forms:
         now = self._db.now()
         with self._db.write() as conn:
             try:
-                conn.execute(insert(schema.forms).values(
-                    form_id=parsed.form_id, latest_version=1, nhs_number=parsed.young_person.nhs_number,
-                    status=parsed.status, updated_at=now))
+                conn.execute(
+                    insert(schema.forms).values(
+                        form_id=parsed.form_id, latest_version=1, nhs_number=parsed.young_person.nhs_number, status=parsed.status, updated_at=now
+                    )
+                )
             except IntegrityError as exc:
                 raise AlreadyExists(f"form {parsed.form_id} already exists") from exc
             return self._append_version(conn, parsed, document, version=1, now=now, actor=actor, source=source, flags=flags)
 
-    def update(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local",
-               flags: tuple[str, ...] = ()) -> FormVersion:
+    def update(self, form: ConsentForm, *, expected_version: int, actor: str, source: str = "local", flags: tuple[str, ...] = ()) -> FormVersion:
         """Store a new version of a form, provided ``expected_version`` is still the latest.
 
         Raises NotFound, VersionConflict (nothing changed; re-read and retry), or InvalidInput.
@@ -224,8 +225,8 @@ class Forms:
             changed = conn.execute(
                 update(heads)
                 .where(heads.c.form_id == parsed.form_id, heads.c.latest_version == expected_version)
-                .values(latest_version=expected_version + 1, nhs_number=parsed.young_person.nhs_number,
-                        status=parsed.status, updated_at=now))
+                .values(latest_version=expected_version + 1, nhs_number=parsed.young_person.nhs_number, status=parsed.status, updated_at=now)
+            )
             if changed.rowcount != 1:
                 current = conn.execute(select(heads.c.latest_version).where(heads.c.form_id == parsed.form_id)).scalar_one_or_none()
                 if current is None:
@@ -233,13 +234,13 @@ class Forms:
                 log.debug("version conflict on form %s: expected %s, latest %s", parsed.form_id, expected_version, current)
                 raise VersionConflict(current, form_id=parsed.form_id, expected_version=expected_version)
             try:
-                return self._append_version(conn, parsed, document, version=expected_version + 1, now=now, actor=actor,
-                                            source=source, flags=flags)
+                return self._append_version(conn, parsed, document, version=expected_version + 1, now=now, actor=actor, source=source, flags=flags)
             except IntegrityError as exc:  # the unique (form_id, version) backstop: someone else made this version
                 raise VersionConflict(expected_version + 1, form_id=parsed.form_id, expected_version=expected_version) from exc
 
-    def bulk_load(self, histories: Iterable[Sequence[ConsentForm]], *, actor: str, source: str = "local",
-                  batch_forms: int = BULK_LOAD_BATCH_FORMS) -> int:
+    def bulk_load(
+        self, histories: Iterable[Sequence[ConsentForm]], *, actor: str, source: str = "local", batch_forms: int = BULK_LOAD_BATCH_FORMS
+    ) -> int:
         """Store new forms, each with every version it has had (oldest first); returns how many versions were stored.
 
         For loading existing records without a request, a transaction and a counter round trip per version: every
@@ -264,20 +265,47 @@ class Forms:
         heads, versions, audits = [], [], []
         with self._db.write() as conn:
             t = schema.counters
-            last = conn.execute(update(t).where(t.c.name == schema.FORM_VERSION_COUNTER)
-                                .values(value=t.c.value + count).returning(t.c.value)).scalar_one()
+            last = conn.execute(
+                update(t).where(t.c.name == schema.FORM_VERSION_COUNTER).values(value=t.c.value + count).returning(t.c.value)
+            ).scalar_one()
             seq = last - count
             for history in histories:
                 latest = history[-1][1]
-                heads.append({"form_id": latest.form_id, "latest_version": len(history), "nhs_number": latest.young_person.nhs_number,
-                              "status": latest.status, "updated_at": now})
+                heads.append(
+                    {
+                        "form_id": latest.form_id,
+                        "latest_version": len(history),
+                        "nhs_number": latest.young_person.nhs_number,
+                        "status": latest.status,
+                        "updated_at": now,
+                    }
+                )
                 for version, (document, form) in enumerate(history, start=1):
                     seq += 1
-                    versions.append({"seq": seq, "form_id": form.form_id, "version": version, "nhs_number": form.young_person.nhs_number,
-                                     "status": form.status, "document": document, "recorded_at": now, "actor": actor, "source": source})
-                    audits.append(audit_row(now, actor=actor, action=STORED_FORM_VERSION, resource=f"form/{form.form_id}",
-                                            outcome="created" if version == 1 else "updated", subject=form.young_person.nhs_number,
-                                            detail={"version": version, "status": form.status, "source": source}))
+                    versions.append(
+                        {
+                            "seq": seq,
+                            "form_id": form.form_id,
+                            "version": version,
+                            "nhs_number": form.young_person.nhs_number,
+                            "status": form.status,
+                            "document": document,
+                            "recorded_at": now,
+                            "actor": actor,
+                            "source": source,
+                        }
+                    )
+                    audits.append(
+                        audit_row(
+                            now,
+                            actor=actor,
+                            action=STORED_FORM_VERSION,
+                            resource=f"form/{form.form_id}",
+                            outcome="created" if version == 1 else "updated",
+                            subject=form.young_person.nhs_number,
+                            detail={"version": version, "status": form.status, "source": source},
+                        )
+                    )
             try:
                 conn.execute(insert(schema.forms), heads)
             except IntegrityError as exc:
@@ -286,19 +314,41 @@ class Forms:
             conn.execute(insert(schema.audit_log), audits)
         return count
 
-    def _append_version(self, conn: Connection, form: ConsentForm, document: str, *, version: int, now: datetime,
-                        actor: str, source: str, flags: tuple[str, ...]) -> FormVersion:
+    def _append_version(
+        self, conn: Connection, form: ConsentForm, document: str, *, version: int, now: datetime, actor: str, source: str, flags: tuple[str, ...]
+    ) -> FormVersion:
         seq = self._next_number(conn, schema.FORM_VERSION_COUNTER)
-        conn.execute(insert(schema.form_versions).values(
-            seq=seq, form_id=form.form_id, version=version, nhs_number=form.young_person.nhs_number, status=form.status,
-            document=document, recorded_at=now, actor=actor, source=source))
+        conn.execute(
+            insert(schema.form_versions).values(
+                seq=seq,
+                form_id=form.form_id,
+                version=version,
+                nhs_number=form.young_person.nhs_number,
+                status=form.status,
+                document=document,
+                recorded_at=now,
+                actor=actor,
+                source=source,
+            )
+        )
         # Audited in the same transaction as the write, so no stored version (local or pulled by sync) goes unrecorded.
-        self._audit.insert(conn, now, actor=actor, action=STORED_FORM_VERSION,
-                           resource=f"form/{form.form_id}", outcome="created" if version == 1 else "updated",
-                           subject=form.young_person.nhs_number,
-                           detail={"version": version, "status": form.status, "source": source,
-                                   "governsFrom": form.recorded.date.isoformat(), "storedAt": now.isoformat(),
-                                   **({"flags": list(flags)} if flags else {})})
+        self._audit.insert(
+            conn,
+            now,
+            actor=actor,
+            action=STORED_FORM_VERSION,
+            resource=f"form/{form.form_id}",
+            outcome="created" if version == 1 else "updated",
+            subject=form.young_person.nhs_number,
+            detail={
+                "version": version,
+                "status": form.status,
+                "source": source,
+                "governsFrom": form.recorded.date.isoformat(),
+                "storedAt": now.isoformat(),
+                **({"flags": list(flags)} if flags else {}),
+            },
+        )
         return FormVersion(form.form_id, version, form, now, actor, source)
 
     @staticmethod
@@ -334,8 +384,16 @@ class Forms:
             raise NotFound(f"form {form_id} not found")
         return [_version_from_row(r) for r in rows]
 
-    def search(self, *, nhs_number: str | None = None, status: str | None = None, updated_since: datetime | None = None,
-               updated_before: datetime | None = None, limit: int = 50, offset: int = 0) -> tuple[list[FormVersion], int]:
+    def search(
+        self,
+        *,
+        nhs_number: str | None = None,
+        status: str | None = None,
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[FormVersion], int]:
         """One page of latest versions matching every given filter, and how many match in all.
 
         Ordered by the time the latest version was stored, then form id, so paging is stable.
@@ -348,8 +406,14 @@ class Forms:
         terms = _search_filters(nhs_number, status, updated_since, updated_before)
         joined = heads.join(fv, and_(fv.c.form_id == heads.c.form_id, fv.c.version == heads.c.latest_version))
         # The total rides along on each row (a window count), so page and total come from one snapshot.
-        page = (select(fv, func.count().over().label("total")).select_from(joined).where(*terms)
-                .order_by(heads.c.updated_at, heads.c.form_id).limit(limit).offset(offset))
+        page = (
+            select(fv, func.count().over().label("total"))
+            .select_from(joined)
+            .where(*terms)
+            .order_by(heads.c.updated_at, heads.c.form_id)
+            .limit(limit)
+            .offset(offset)
+        )
         with self._db.read() as conn:
             rows = conn.execute(page).all()
             total = rows[0].total if rows else conn.execute(select(func.count()).select_from(heads).where(*terms)).scalar_one()

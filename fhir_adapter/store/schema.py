@@ -85,7 +85,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 metadata = MetaData()
 
 schema_version = Table(
-    "schema_version", metadata,
+    "schema_version",
+    metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("description", String(200), nullable=False),
     Column("applied_at", UTCDateTime, nullable=False),
@@ -94,7 +95,8 @@ schema_version = Table(
 #: One row per form: its latest version and the fields searched on, so "latest only" needs no GROUP BY
 #: and an update can lock exactly one row (SELECT ... FOR UPDATE) while it checks the expected version.
 forms = Table(
-    "forms", metadata,
+    "forms",
+    metadata,
     Column("form_id", String(64), primary_key=True),
     Column("latest_version", Integer, nullable=False),
     Column("nhs_number", String(10), nullable=False, index=True),
@@ -106,7 +108,8 @@ forms = Table(
 #: Every version ever stored.  ``seq`` is the global change sequence that sync pushes from; the unique
 #: (form_id, version) pair is the last line of defence against two writers making the same version.
 form_versions = Table(
-    "form_versions", metadata,
+    "form_versions",
+    metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("form_id", String(64), nullable=False),
     Column("version", Integer, nullable=False),
@@ -122,7 +125,8 @@ form_versions = Table(
 #: Named counters handed out under a row lock, so numbers become visible in the order they were issued
 #: (a plain sequence/identity can commit out of order on PostgreSQL, and a sync cursor would skip a change).
 counters = Table(
-    "counters", metadata,
+    "counters",
+    metadata,
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
@@ -130,7 +134,8 @@ counters = Table(
 #: Written on every decision, so it carries one index besides its key: ``subject``, for "who looked at this
 #: young person's choices?".  Newest first is key order (ids are handed out as rows are written).
 audit_log = Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", UTCDateTime, nullable=False),
     Column("actor", String(200), nullable=False),
@@ -145,7 +150,8 @@ audit_log = Table(
 
 #: audit_log as migration 1 created it (frozen: a later migration drops the indexes on at and actor).
 _audit_log_v1 = Table(
-    "audit_log", MetaData(),
+    "audit_log",
+    MetaData(),
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", UTCDateTime, nullable=False, index=True),
     Column("actor", String(200), nullable=False, index=True),
@@ -157,7 +163,8 @@ _audit_log_v1 = Table(
 )
 
 disclosures = Table(
-    "disclosures", metadata,
+    "disclosures",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("nhs_number", String(10), nullable=False, index=True),
     Column("form_id", String(64), nullable=True),
@@ -173,7 +180,8 @@ disclosures = Table(
 SERVER_KEY_LENGTH = 400
 
 sync_cursors = Table(
-    "sync_cursors", metadata,
+    "sync_cursors",
+    metadata,
     Column("server", String(SERVER_KEY_LENGTH), primary_key=True),
     Column("name", String(100), primary_key=True),
     Column("value", Text, nullable=False),
@@ -182,14 +190,16 @@ sync_cursors = Table(
 
 #: sync_cursors as migration 1 created it (frozen: migration 5 keys it by server).
 _sync_cursors_v1 = Table(
-    "sync_cursors", MetaData(),
+    "sync_cursors",
+    MetaData(),
     Column("name", String(100), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
 sync_records = Table(
-    "sync_records", metadata,
+    "sync_records",
+    metadata,
     Column("server", String(SERVER_KEY_LENGTH), primary_key=True),
     Column("form_id", String(64), primary_key=True),
     Column("pushed_version", Integer, nullable=True),
@@ -204,7 +214,8 @@ sync_records = Table(
 
 #: sync_records as migration 1 created it (frozen: migration 4 adds mapping_version).
 _sync_records_v1 = Table(
-    "sync_records", MetaData(),
+    "sync_records",
+    MetaData(),
     Column("form_id", String(64), primary_key=True),
     Column("pushed_version", Integer, nullable=True),
     Column("remote_id", String(200), nullable=True),
@@ -214,7 +225,8 @@ _sync_records_v1 = Table(
 )
 
 locks = Table(
-    "locks", metadata,
+    "locks",
+    metadata,
     Column("name", String(100), primary_key=True),
     Column("owner", String(200), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
@@ -225,7 +237,8 @@ locks = Table(
 #: ``Consent/<server id>`` for a server Consent without a usable form id.  A row is removed when the form or
 #: the server copy changes so that the problem is gone; every run and ``sync status`` list what remains.
 sync_problems = Table(
-    "sync_problems", metadata,
+    "sync_problems",
+    metadata,
     Column("server", String(SERVER_KEY_LENGTH), primary_key=True),
     Column("key", String(300), primary_key=True),
     Column("kind", String(16), nullable=False),
@@ -242,7 +255,8 @@ sync_problems = Table(
 #: what the facade's metrics count (the counts the metrics add up are columns).  ``summary`` is the run's JSON
 #: summary (ids and counts only).
 sync_runs = Table(
-    "sync_runs", metadata,
+    "sync_runs",
+    metadata,
     Column("run_id", String(64), primary_key=True),
     Column("server", String(SERVER_KEY_LENGTH), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
@@ -279,9 +293,9 @@ def _v1_initial_schema(conn: Connection) -> None:
 
 def _v2_audit_journal(conn: Connection) -> None:
     # Frozen copy: the table an earlier way of writing the audit trail kept, dropped again by version 3.
-    Table("audit_journal_segments", MetaData(),
-          Column("name", String(100), primary_key=True),
-          Column("drained_at", UTCDateTime, nullable=False)).create(conn)
+    Table(
+        "audit_journal_segments", MetaData(), Column("name", String(100), primary_key=True), Column("drained_at", UTCDateTime, nullable=False)
+    ).create(conn)
 
 
 def _v3_drop_audit_journal(conn: Connection) -> None:
@@ -303,8 +317,7 @@ def _rekey_by_server(conn: Connection, table: Table) -> None:
     conn.execute(text(f"CREATE TABLE {copy} AS SELECT {old_columns} FROM {name}"))
     conn.execute(text(f"DROP TABLE {name}"))
     table.create(conn)
-    conn.execute(text(f"INSERT INTO {name} (server, {old_columns}) SELECT :legacy, {old_columns} FROM {copy}"),
-                 {"legacy": LEGACY_SERVER})
+    conn.execute(text(f"INSERT INTO {name} (server, {old_columns}) SELECT :legacy, {old_columns} FROM {copy}"), {"legacy": LEGACY_SERVER})
     conn.execute(text(f"DROP TABLE {copy}"))
 
 

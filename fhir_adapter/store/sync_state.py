@@ -148,8 +148,7 @@ class SyncState:
     def set_cursor(self, server: str, name: str, value: str) -> None:
         """Save a sync job's position with ``server``; a crash after this resumes from here."""
         with self._db.write() as conn:
-            upsert(conn, schema.sync_cursors, {"server": server, "name": name, "value": value, "updated_at": self._db.now()},
-                   key=("server", "name"))
+            upsert(conn, schema.sync_cursors, {"server": server, "name": name, "value": value, "updated_at": self._db.now()}, key=("server", "name"))
 
     def clear_cursors(self, server: str) -> None:
         """Forget every position with ``server``, so the next run walks both sides from the start (a full sync)."""
@@ -177,8 +176,7 @@ class SyncState:
         check each is still there, still the same, and in the current mapping's shape."""
         page_bounds(limit, 0)
         t = schema.sync_records
-        query = (select(t.c.form_id).where(t.c.server == server, t.c.remote_id.is_not(None), t.c.form_id > after)
-                 .order_by(t.c.form_id).limit(limit))
+        query = select(t.c.form_id).where(t.c.server == server, t.c.remote_id.is_not(None), t.c.form_id > after).order_by(t.c.form_id).limit(limit)
         with self._db.read() as conn:
             return [r.form_id for r in conn.execute(query).all()]
 
@@ -187,10 +185,14 @@ class SyncState:
         ``mapping_version`` (a NULL version counts as 1), so the sync job can rewrite them in the current shape."""
         page_bounds(limit, 0)
         t = schema.sync_records
-        older = or_(t.c.mapping_version.is_(None), t.c.mapping_version < mapping_version) if mapping_version > 1 \
+        older = (
+            or_(t.c.mapping_version.is_(None), t.c.mapping_version < mapping_version)
+            if mapping_version > 1
             else t.c.mapping_version < mapping_version
-        query = (select(t.c.form_id).where(t.c.server == server, t.c.remote_id.is_not(None), t.c.form_id > after, older)
-                 .order_by(t.c.form_id).limit(limit))
+        )
+        query = (
+            select(t.c.form_id).where(t.c.server == server, t.c.remote_id.is_not(None), t.c.form_id > after, older).order_by(t.c.form_id).limit(limit)
+        )
         with self._db.read() as conn:
             return [r.form_id for r in conn.execute(query).all()]
 
@@ -204,8 +206,9 @@ class SyncState:
         """Forms with a change ``server`` has not received: never synced with it, or a local version newer than the
         one pushed (the same rule as the sync job's ``has_unpushed_change``)."""
         f, v, r = schema.forms, schema.form_versions, schema.sync_records
-        latest = f.join(v, (v.c.form_id == f.c.form_id) & (v.c.version == f.c.latest_version)) \
-            .outerjoin(r, (r.c.server == server) & (r.c.form_id == f.c.form_id))
+        latest = f.join(v, (v.c.form_id == f.c.form_id) & (v.c.version == f.c.latest_version)).outerjoin(
+            r, (r.c.server == server) & (r.c.form_id == f.c.form_id)
+        )
         waiting = or_(r.c.form_id.is_(None), (v.c.source == "local") & (f.c.latest_version > func.coalesce(r.c.pushed_version, 0)))
         with self._db.read() as conn:
             return int(conn.execute(select(func.count()).select_from(latest).where(waiting)).scalar_one())
@@ -226,10 +229,23 @@ class SyncState:
         now = self._db.now()
         with self._db.write() as conn:
             first = conn.execute(select(t.c.first_seen).where(t.c.server == server, t.c.key == problem.key)).scalar_one_or_none()
-            upsert(conn, t, {"server": server, "key": problem.key, "kind": problem.kind, "form_id": problem.form_id,
-                             "remote_id": problem.remote_id, "remote_version_id": problem.remote_version_id,
-                             "local_version": problem.local_version, "detail": dumps(problem.detail),
-                             "first_seen": first or now, "last_seen": now}, key=("server", "key"))
+            upsert(
+                conn,
+                t,
+                {
+                    "server": server,
+                    "key": problem.key,
+                    "kind": problem.kind,
+                    "form_id": problem.form_id,
+                    "remote_id": problem.remote_id,
+                    "remote_version_id": problem.remote_version_id,
+                    "local_version": problem.local_version,
+                    "detail": dumps(problem.detail),
+                    "first_seen": first or now,
+                    "last_seen": now,
+                },
+                key=("server", "key"),
+            )
 
     def clear_problem(self, server: str, key: str) -> bool:
         """The problem is solved; True if one was outstanding."""
@@ -247,10 +263,20 @@ class SyncState:
         if kind is not None:
             query = query.where(t.c.kind == kind)
         with self._db.read() as conn:
-            return [SyncProblem(kind=r.kind, key=r.key, form_id=r.form_id, remote_id=r.remote_id,
-                                remote_version_id=r.remote_version_id, local_version=r.local_version,
-                                detail=json.loads(r.detail), first_seen=r.first_seen, last_seen=r.last_seen)
-                    for r in conn.execute(query).all()]
+            return [
+                SyncProblem(
+                    kind=r.kind,
+                    key=r.key,
+                    form_id=r.form_id,
+                    remote_id=r.remote_id,
+                    remote_version_id=r.remote_version_id,
+                    local_version=r.local_version,
+                    detail=json.loads(r.detail),
+                    first_seen=r.first_seen,
+                    last_seen=r.last_seen,
+                )
+                for r in conn.execute(query).all()
+            ]
 
     def problem(self, server: str, key: str) -> SyncProblem | None:
         return next((p for p in self.problems(server) if p.key == key), None)
@@ -259,10 +285,20 @@ class SyncState:
 
     def record_run(self, run: SyncRun) -> None:
         with self._db.write() as conn:
-            conn.execute(schema.sync_runs.insert().values(
-                run_id=run.run_id, server=run.server, started_at=run.started_at, ended_at=run.ended_at,
-                exit_code=run.exit_code, outcome=run.outcome, pushed=run.pushed, pulled=run.pulled,
-                duration_seconds=run.duration_seconds, summary=dumps(run.summary)))
+            conn.execute(
+                schema.sync_runs.insert().values(
+                    run_id=run.run_id,
+                    server=run.server,
+                    started_at=run.started_at,
+                    ended_at=run.ended_at,
+                    exit_code=run.exit_code,
+                    outcome=run.outcome,
+                    pushed=run.pushed,
+                    pulled=run.pulled,
+                    duration_seconds=run.duration_seconds,
+                    summary=dumps(run.summary),
+                )
+            )
 
     def last_run(self, server: str | None = None, *, outcome: str | None = None, not_outcome: str | None = None) -> SyncRun | None:
         t = schema.sync_runs
@@ -282,8 +318,11 @@ class SyncState:
     def run_totals(self) -> list[RunTotals]:
         """Runs recorded so far by server and outcome, with the forms they pushed and pulled and the time they took."""
         t = schema.sync_runs
-        query = (select(t.c.server, t.c.outcome, func.count(), func.sum(t.c.pushed), func.sum(t.c.pulled), func.sum(t.c.duration_seconds))
-                 .group_by(t.c.server, t.c.outcome).order_by(t.c.server, t.c.outcome))
+        query = (
+            select(t.c.server, t.c.outcome, func.count(), func.sum(t.c.pushed), func.sum(t.c.pulled), func.sum(t.c.duration_seconds))
+            .group_by(t.c.server, t.c.outcome)
+            .order_by(t.c.server, t.c.outcome)
+        )
         with self._db.read() as conn:
             return [RunTotals(r[0], r[1], int(r[2]), int(r[3] or 0), int(r[4] or 0), float(r[5] or 0.0)) for r in conn.execute(query).all()]
 
@@ -308,8 +347,13 @@ class SyncState:
         now = self._db.now()
         t = schema.locks
         with self._db.write() as conn:
-            upsert(conn, t, {"name": name, "owner": owner, "expires_at": now + timedelta(seconds=ttl_seconds)}, key="name",
-                   only_if=or_(t.c.expires_at <= now, t.c.owner == owner))
+            upsert(
+                conn,
+                t,
+                {"name": name, "owner": owner, "expires_at": now + timedelta(seconds=ttl_seconds)},
+                key="name",
+                only_if=or_(t.c.expires_at <= now, t.c.owner == owner),
+            )
             holder = conn.execute(select(t.c.owner).where(t.c.name == name)).scalar_one()
         return holder == owner
 
@@ -319,8 +363,10 @@ class SyncState:
         t = schema.locks
         with self._db.write() as conn:
             result: CursorResult[Any] = conn.execute(
-                update(t).where(t.c.name == name, t.c.owner == previous_owner)
-                .values(owner=owner, expires_at=self._db.now() + timedelta(seconds=ttl_seconds)))
+                update(t)
+                .where(t.c.name == name, t.c.owner == previous_owner)
+                .values(owner=owner, expires_at=self._db.now() + timedelta(seconds=ttl_seconds))
+            )
         return bool(result.rowcount)
 
     def lock_holder(self, name: str) -> LeaseHolder | None:

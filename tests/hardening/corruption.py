@@ -65,9 +65,15 @@ def removed(document: Any, path: Path) -> Any:
 
 def _other_type(value: Any) -> st.SearchStrategy[Any]:
     """A value of a different JSON type than ``value``."""
-    options: list[st.SearchStrategy[Any]] = [st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=False),
-                                             st.text(max_size=5), st.lists(st.integers(), max_size=2),
-                                             st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)]
+    options: list[st.SearchStrategy[Any]] = [
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=False),
+        st.text(max_size=5),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    ]
     return st.one_of(*options).filter(lambda v: type(v) is not type(value))
 
 
@@ -137,8 +143,10 @@ def not_utf8(draw: st.DrawFn, document: Any) -> tuple[str, bytes]:
     raw = _encode(document)
     how = draw(st.sampled_from(["latin-1", "utf-16", "stray bytes"]))
     if how == "latin-1":
-        text = json.dumps(replaced(document, draw(st.sampled_from([p for p in paths(document) if isinstance(get(document, p), str)])),
-                                   "Zoë Ñúñez"), ensure_ascii=False)
+        text = json.dumps(
+            replaced(document, draw(st.sampled_from([p for p in paths(document) if isinstance(get(document, p), str)])), "Zoë Ñúñez"),
+            ensure_ascii=False,
+        )
         return "latin-1 body", text.encode("latin-1", errors="replace")
     if how == "utf-16":
         return "utf-16 body", raw.decode("utf-8").encode("utf-16")
@@ -151,7 +159,15 @@ def corrupted(draw: st.DrawFn, shape: str, limit: int) -> Corrupted:
     """A valid form rendered as ``shape`` (form, r4, r5) and then broken one way."""
     form = draw(consent_forms())
     document = RENDERERS[shape](form)
-    kind, body = draw(st.one_of(wrong_type(document), missing_element(document), unknown_code(document),
-                                contradictory_provisions(document), deep_nesting(document), very_large(document, limit),
-                                not_utf8(document)))
+    kind, body = draw(
+        st.one_of(
+            wrong_type(document),
+            missing_element(document),
+            unknown_code(document),
+            contradictory_provisions(document),
+            deep_nesting(document),
+            very_large(document, limit),
+            not_utf8(document),
+        )
+    )
     return Corrupted(kind, body, form)

@@ -33,10 +33,12 @@ class Budget:
 
 
 BUDGETS = {
-    "small": Budget("small", fuzz_examples=4, corrupt_examples=25, writer_threads=4, write_rounds=6, decider_threads=2, process_writes=8,
-                    load_seconds=8),
-    "large": Budget("large", fuzz_examples=40, corrupt_examples=300, writer_threads=8, write_rounds=30, decider_threads=4, process_writes=40,
-                    load_seconds=60),
+    "small": Budget(
+        "small", fuzz_examples=4, corrupt_examples=25, writer_threads=4, write_rounds=6, decider_threads=2, process_writes=8, load_seconds=8
+    ),
+    "large": Budget(
+        "large", fuzz_examples=40, corrupt_examples=300, writer_threads=8, write_rounds=30, decider_threads=4, process_writes=40, load_seconds=60
+    ),
 }
 
 

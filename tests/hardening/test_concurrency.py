@@ -75,16 +75,14 @@ def _while_deciding(app: Flask, nhs: str, at: datetime, work: Callable[[], list[
     return writes, seen
 
 
-def _verify(store: Store, form_id: str, nhs: str, at: datetime, writes: list[WriteResult],
-            seen: list[SeenVerdict]) -> tuple[int, int, list[str]]:
+def _verify(store: Store, form_id: str, nhs: str, at: datetime, writes: list[WriteResult], seen: list[SeenVerdict]) -> tuple[int, int, list[str]]:
     final = store.get(form_id).version
     lost_count = sum(lost(store, w) for w in writes if w.status == 200)
     wrong = [why for v in set(seen) if (why := inconsistent(store, nhs, at, v))]
     return final, lost_count, wrong
 
 
-def test_threads_writing_in_lockstep_lose_nothing_and_decisions_follow_whole_versions(shared: tuple[Flask, Store, str],
-                                                                                        figures: FigureBook) -> None:
+def test_threads_writing_in_lockstep_lose_nothing_and_decisions_follow_whole_versions(shared: tuple[Flask, Store, str], figures: FigureBook) -> None:
     app, store, _url = shared
     section = f"2. concurrency ({store.backend}, threads)"
     form_id, nhs = _stored_form(app)
@@ -133,8 +131,10 @@ def test_processes_and_threads_writing_one_sqlite_file_lose_nothing(tmp_path: Pa
 
         def all_writers() -> list[WriteResult]:
             context = multiprocessing.get_context("spawn")  # a fresh interpreter: no connection or lock inherited
-            with ProcessPoolExecutor(max_workers=PROCESSES, mp_context=context) as processes, \
-                    ThreadPoolExecutor(max_workers=budget().writer_threads) as threads:
+            with (
+                ProcessPoolExecutor(max_workers=PROCESSES, mp_context=context) as processes,
+                ThreadPoolExecutor(max_workers=budget().writer_threads) as threads,
+            ):
                 children = [processes.submit(writer_process, url, form_id, 100 + i, attempts) for i in range(PROCESSES)]
                 local = [threads.submit(thread_writer, i) for i in range(budget().writer_threads)]
                 return [w for f in (*children, *local) for w in f.result()]

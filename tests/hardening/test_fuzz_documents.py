@@ -61,13 +61,27 @@ def _failures(status: int, body: bytes, wrote: int) -> list[str]:
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.label)
 def test_corrupted_documents_are_refused_cleanly_and_write_nothing(target: Target, facade: Facade, figures: FigureBook) -> None:
-    figures.ensure(SECTION, "requests", "5xx", "tracebacks returned", "4xx not OperationOutcome",
-                   "rows written by rejected requests", "rejected (4xx)", "accepted (corruption left it valid)")
+    figures.ensure(
+        SECTION,
+        "requests",
+        "5xx",
+        "tracebacks returned",
+        "4xx not OperationOutcome",
+        "rows written by rejected requests",
+        "rejected (4xx)",
+        "accepted (corruption left it valid)",
+    )
     failures: list[str] = []
     counter = RowCounter(facade.url)
 
-    @settings(max_examples=budget().corrupt_examples, derandomize=True, database=None, deadline=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=budget().corrupt_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(sample=corrupted(target.shape, MAX_BODY_BYTES))
     def send(sample: Corrupted) -> None:
         headers = {**bearer("admin"), "Content-Type": target.media_type}

@@ -75,10 +75,10 @@ def _problems(status: int, body: bytes, before: dict[str, int], after: dict[str,
 
 
 @pytest.mark.parametrize(("operation", "token_case"), list(_params()))
-def test_no_generated_request_crashes_leaks_or_writes_when_rejected(operation: Any, token_case: str, fuzzed_app: Flask,
-                                                                     rows: RowCounter, figures: FigureBook) -> None:
-    figures.ensure(SECTION, "requests", "5xx", "tracebacks returned", "4xx not OperationOutcome",
-                   "rows written by rejected requests")
+def test_no_generated_request_crashes_leaks_or_writes_when_rejected(
+    operation: Any, token_case: str, fuzzed_app: Flask, rows: RowCounter, figures: FigureBook
+) -> None:
+    figures.ensure(SECTION, "requests", "5xx", "tracebacks returned", "4xx not OperationOutcome", "rows written by rejected requests")
     failures: list[str] = []
 
     def send(case: Any) -> None:
@@ -96,9 +96,14 @@ def test_no_generated_request_crashes_leaks_or_writes_when_rejected(operation: A
         failures.extend(f"{operation.label} [{token_case}]: {p}" for p in _problems(response.status_code, body, before, after))
 
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        run = settings(max_examples=budget().fuzz_examples, derandomize=True, database=None, deadline=None,
-                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))(
-            given(case=operation.as_strategy(mode))(send))
+        run = settings(
+            max_examples=budget().fuzz_examples,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )(given(case=operation.as_strategy(mode))(send))
         try:
             run()
         except Unsatisfiable:

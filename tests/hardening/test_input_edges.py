@@ -44,8 +44,14 @@ def _form_with(replace: str, by: str) -> bytes:
 #: (what is wrong, method, path, headers, body, the field the answer must name; "" when it names no member)
 BODY_CASES: list[tuple[str, str, str, dict[str, str], bytes, str]] = [
     ("an integer of 4,400 digits in a form", "POST", "/api/forms", {}, _form_with('"formId"', f'"n": {HUGE_INTEGER}, "formId"'), ""),
-    ("an integer of 4,400 digits in a Consent", "POST", "/fhir/Consent/$validate", {},
-     f'{{"resourceType": "Consent", "n": {HUGE_INTEGER}}}'.encode(), ""),
+    (
+        "an integer of 4,400 digits in a Consent",
+        "POST",
+        "/fhir/Consent/$validate",
+        {},
+        f'{{"resourceType": "Consent", "n": {HUGE_INTEGER}}}'.encode(),
+        "",
+    ),
     ("a lone surrogate in a form", "POST", "/api/forms", {}, _form_with('"Alex Example"', '"\\ud800x"'), "youngPerson.name"),
     ("a repeated key in a form", "POST", "/api/forms", {}, _form_with('"formId"', '"formId": "x", "formId"'), "formId"),
     ("NaN in a Consent", "POST", "/fhir/Consent", {}, b'{"resourceType": "Consent", "n": NaN}', ""),
@@ -64,12 +70,11 @@ QUERY_CASES: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("case", "method", "path", "headers", "body", "field"), BODY_CASES, ids=[c[0] for c in BODY_CASES])
 def test_an_edge_case_body_is_a_400_naming_the_problem_with_nothing_stored(
-        facade: Facade, figures: FigureBook, case: str, method: str, path: str, headers: dict[str, str], body: bytes,
-        field: str) -> None:
+    facade: Facade, figures: FigureBook, case: str, method: str, path: str, headers: dict[str, str], body: bytes, field: str
+) -> None:
     with row_counter(facade.url) as rows:
         before = rows.counts()
-        response = facade.client.open(path, method=method, data=body,
-                                      headers={**bearer("admin"), **headers, "Content-Type": "application/fhir+json"})
+        response = facade.client.open(path, method=method, data=body, headers={**bearer("admin"), **headers, "Content-Type": "application/fhir+json"})
         after = rows.counts()
     figures.add(SECTION, "edge-case bodies sent", 1)
     figures.add(SECTION, "edge-case bodies not answered 400", response.status_code != 400)
@@ -90,8 +95,9 @@ def test_an_edge_case_parameter_is_a_400_naming_it(facade: Facade, figures: Figu
 @pytest.mark.parametrize("header", ['W/"\u00b2"', '"\u0663"', f'W/"{"9" * 5000}"'])
 def test_an_if_match_outside_the_digits_0_to_9_is_a_400_naming_it(facade: Facade, figures: FigureBook, header: str) -> None:
     _created(facade)
-    response = facade.client.put(f"/api/forms/{FORM_ID}", json=example_form(),
-                                 headers={**bearer("admin"), "If-Match": header.encode().decode("latin-1")})
+    response = facade.client.put(
+        f"/api/forms/{FORM_ID}", json=example_form(), headers={**bearer("admin"), "If-Match": header.encode().decode("latin-1")}
+    )
     figures.add(SECTION, "edge-case If-Match headers sent", 1)
     assert response.status_code == 400 and _expressions(response.data) == ["If-Match"]
 
@@ -107,8 +113,9 @@ def test_a_history_version_outside_the_digits_0_to_9_is_not_found(facade: Facade
 def test_a_repeated_key_cannot_turn_a_withdrawal_into_consent(facade: Facade) -> None:
     _created(facade)
     body = _form_with('"status": "active"', '"status": "withdrawn", "status": "active"')
-    response = facade.client.put(f"/api/forms/{FORM_ID}", data=body,
-                                 headers={**bearer("admin"), "If-Match": 'W/"1"', "Content-Type": "application/json"})
+    response = facade.client.put(
+        f"/api/forms/{FORM_ID}", data=body, headers={**bearer("admin"), "If-Match": 'W/"1"', "Content-Type": "application/json"}
+    )
     assert response.status_code == 400 and _expressions(response.data) == ["status"]
     assert facade.client.get(f"/api/forms/{FORM_ID}", headers=bearer("admin")).json["version"] == 1
 
@@ -123,10 +130,15 @@ def test_a_long_query_string_is_refused_before_it_reaches_the_audit(facade: Faca
 
 
 def test_a_question_about_too_many_information_types_is_refused_before_it_reaches_the_audit(facade: Facade) -> None:
-    context = {"patient": "9434765919", "recipientRole": "mother", "purpose": "TREAT",
-               "informationTypes": ["attendance"] * (MAX_INFORMATION_TYPES + 1)}
-    response = facade.client.post("/cds-services/casus-consent", headers=bearer("admin"),
-                                  json={"hook": "casus-consent-consult", "hookInstance": "x", "context": context})
+    context = {
+        "patient": "9434765919",
+        "recipientRole": "mother",
+        "purpose": "TREAT",
+        "informationTypes": ["attendance"] * (MAX_INFORMATION_TYPES + 1),
+    }
+    response = facade.client.post(
+        "/cds-services/casus-consent", headers=bearer("admin"), json={"hook": "casus-consent-consult", "hookInstance": "x", "context": context}
+    )
     audit = facade.client.get("/api/audit", headers=bearer("admin")).json["audit"]
     assert response.status_code == 400 and _expressions(response.data) == ["information-type"]
     assert not any(record["action"] == "decision" for record in audit)

@@ -67,12 +67,21 @@ def test_decisions_under_sustained_load_with_a_concurrent_sync_have_no_errors(fh
     seconds = budget().load_seconds
     patients = _nhs_numbers(60, seed=5)
     port = free_port()
-    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/load.db", "CASUS_FHIR_BASE_URL": fhir_server.base_url,
-           "CASUS_TOKENS": json.dumps([{"name": "load", "token": TOKEN, "scopes": ["admin"]}])}
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/load.db",
+        "CASUS_FHIR_BASE_URL": fhir_server.base_url,
+        "CASUS_TOKENS": json.dumps([{"name": "load", "token": TOKEN, "scopes": ["admin"]}]),
+    }
     # stderr to a file: waitress warns while its task queue is deep, and a pipe nobody reads would fill and stop it.
     with open(tmp_path / "server.log", "w") as server_log:
-        server = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=server_log, text=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=server_log,
+            text=True,
+        )
     base = f"http://127.0.0.1:{port}"
     latencies: list[float] = []
     errors = {"count": 0}
@@ -89,8 +98,12 @@ def test_decisions_under_sustained_load_with_a_concurrent_sync_have_no_errors(fh
             rng = random.Random(seed)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             while time.monotonic() < deadline:
-                query = {"patient": rng.choice(patients), "recipient-role": rng.choice(["mother", "gp", "father"]),
-                         "information-type": rng.choice(["attendance", "medication"]), "purpose": "TREAT"}
+                query = {
+                    "patient": rng.choice(patients),
+                    "recipient-role": rng.choice(["mother", "gp", "father"]),
+                    "information-type": rng.choice(["attendance", "medication"]),
+                    "purpose": "TREAT",
+                }
                 started = time.perf_counter()
                 try:
                     status, _ = _request(conn, "GET", f"/api/decision?{urlencode(query)}")
@@ -111,8 +124,13 @@ def test_decisions_under_sustained_load_with_a_concurrent_sync_have_no_errors(fh
                 if nhs is not None and _request(conn, "POST", "/api/forms", _new_form(nhs))[0] != 201:
                     with lock:
                         errors["count"] += 1
-                run = subprocess.run([sys.executable, "-m", "fhir_adapter", "sync", "--batch-size", "10"], env=env,
-                                     capture_output=True, text=True, timeout=max(60, seconds * 2))
+                run = subprocess.run(
+                    [sys.executable, "-m", "fhir_adapter", "sync", "--batch-size", "10"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=max(60, seconds * 2),
+                )
                 sync_runs["ok" if run.returncode == 0 else "failed"] += 1
 
         threads = [threading.Thread(target=load, args=(n,)) for n in range(CLIENTS)] + [threading.Thread(target=sync_loop)]

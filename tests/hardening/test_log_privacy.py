@@ -27,6 +27,7 @@ def _hits(lines: list[str], values: set[str]) -> list[tuple[str, str]]:
 
 def _fail_inside(facade: Facade, monkeypatch: pytest.MonkeyPatch, message: str) -> int:
     """Force a 500 on a search: the store raises an exception whose message quotes identifying input."""
+
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError(message)
 
@@ -37,8 +38,9 @@ def _fail_inside(facade: Facade, monkeypatch: pytest.MonkeyPatch, message: str) 
     return response.status_code
 
 
-def test_a_debug_log_of_the_workload_holds_no_identifying_value(facade: Facade, caplog: pytest.LogCaptureFixture,
-                                                                 monkeypatch: pytest.MonkeyPatch, figures: FigureBook) -> None:
+def test_a_debug_log_of_the_workload_holds_no_identifying_value(
+    facade: Facade, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, figures: FigureBook
+) -> None:
     caplog.set_level(logging.DEBUG)
     values = workload.sensitive_values()
     statuses = workload.run(facade.client)

@@ -88,8 +88,9 @@ def test_every_guarded_route_refuses_every_bad_access_token_with_401(oauth_app: 
         path = re.sub(r"<(int:)?([a-z_]+)>", lambda m: "1" if m.group(1) else "x", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             for case, token in tokens.items():
-                response = client.open(path, method=method, headers={"Authorization": f"Bearer {token}"},
-                                       json={} if method in ("POST", "PUT") else None)
+                response = client.open(
+                    path, method=method, headers={"Authorization": f"Bearer {token}"}, json={} if method in ("POST", "PUT") else None
+                )
                 checked += 1
                 if response.status_code != 401 or not is_operation_outcome(response.data):
                     wrong[(method, path, case)] = response.status_code

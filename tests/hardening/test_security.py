@@ -43,9 +43,22 @@ REQUIRED_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-NOT_SERVED = ("/fhir/../", "/static/", "/static/../pyproject.toml", "/profiles/", "/profiles/casus-consent-form.schema.json",
-              "/docs/", "/docs/openapi.json", "/.git/config", "/instance/casus.sqlite3", "/fhir/..%2f..%2fpyproject.toml",
-              "/%2e%2e/%2e%2e/etc/passwd", "/fhir/Consent/..%2F..%2Fetc%2Fpasswd/_history/1", "/api/", "/fhir/")
+NOT_SERVED = (
+    "/fhir/../",
+    "/static/",
+    "/static/../pyproject.toml",
+    "/profiles/",
+    "/profiles/casus-consent-form.schema.json",
+    "/docs/",
+    "/docs/openapi.json",
+    "/.git/config",
+    "/instance/casus.sqlite3",
+    "/fhir/..%2f..%2fpyproject.toml",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "/fhir/Consent/..%2F..%2Fetc%2Fpasswd/_history/1",
+    "/api/",
+    "/fhir/",
+)
 SECRET = "do-not-print-this-secret-token-0123456789"
 
 
@@ -107,16 +120,20 @@ def test_every_endpoint_refuses_each_bad_token_case_with_the_right_status(guarde
 
 def _body_routes() -> list[tuple[str, str]]:
     document = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
-    return [(method.upper(), re.sub(r"\{[a-z_]+\}", "x", path).replace("/versions/x", "/versions/1"))
-            for path, operations in document["paths"].items() for method, op in operations.items()
-            if isinstance(op, dict) and "requestBody" in op]
+    return [
+        (method.upper(), re.sub(r"\{[a-z_]+\}", "x", path).replace("/versions/x", "/versions/1"))
+        for path, operations in document["paths"].items()
+        for method, op in operations.items()
+        if isinstance(op, dict) and "requestBody" in op
+    ]
 
 
 @pytest.mark.parametrize(("method", "path"), _body_routes())
 def test_a_body_over_the_limit_is_refused_with_413(facade: Facade, method: str, path: str, figures: FigureBook) -> None:
     body = b'{"x":"' + b"a" * MAX_BODY_BYTES + b'"}'
-    response = facade.client.open(path, method=method, data=body, headers={**bearer("admin"), "Content-Type": "application/json",
-                                                                          "If-Match": 'W/"1"'})
+    response = facade.client.open(
+        path, method=method, data=body, headers={**bearer("admin"), "Content-Type": "application/json", "If-Match": 'W/"1"'}
+    )
     figures.add(SECTION, "oversize bodies sent", 1)
     figures.add(SECTION, "oversize bodies not refused with 413", response.status_code != 413)
     assert response.status_code == 413 and is_operation_outcome(response.data)
@@ -149,8 +166,7 @@ def test_no_file_or_directory_is_served_outside_the_api(facade: Facade, path: st
     assert "[project]" not in text and "root:" not in text and "Index of" not in text and not leaks_traceback(response.data)
 
 
-def test_an_internal_error_is_a_500_outcome_with_only_an_incident_id(facade: Facade, monkeypatch: pytest.MonkeyPatch,
-                                                                     figures: FigureBook) -> None:
+def test_an_internal_error_is_a_500_outcome_with_only_an_incident_id(facade: Facade, monkeypatch: pytest.MonkeyPatch, figures: FigureBook) -> None:
     form = example_form()
 
     def broken(*args: Any, **kwargs: Any) -> None:
@@ -202,14 +218,21 @@ def _cli(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.Comp
     return subprocess.run([sys.executable, "-m", "fhir_adapter", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("tokens", [
-    [{"name": "ehr", "token": SECRET, "scopes": ["decision.read", "root"]}],
-    [{"name": "ops", "token": SECRET, "scopes": []}],
-    f'[{{"name": "ehr", "token": "{SECRET}", "scopes": ["decision.read"]',
-], ids=["bad-scope", "no-scopes", "broken-json"])
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [{"name": "ehr", "token": SECRET, "scopes": ["decision.read", "root"]}],
+        [{"name": "ops", "token": SECRET, "scopes": []}],
+        f'[{{"name": "ehr", "token": "{SECRET}", "scopes": ["decision.read"]',
+    ],
+    ids=["bad-scope", "no-scopes", "broken-json"],
+)
 def test_serve_refuses_bad_token_configuration_without_printing_the_token(tmp_path: Path, tokens: Any, figures: FigureBook) -> None:
-    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-           "CASUS_TOKENS": tokens if isinstance(tokens, str) else json.dumps(tokens)}
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        "CASUS_TOKENS": tokens if isinstance(tokens, str) else json.dumps(tokens),
+    }
     env.pop("CASUS_TOKENS_FILE", None)
     result = _cli("serve", "--port", "0", env=env, timeout=60)
     printed = SECRET in result.stdout + result.stderr

@@ -39,11 +39,19 @@ STALL_SECONDS = 5.0
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
-    env = {**os.environ, "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/pressure.db",
-           "CASUS_TOKENS": json.dumps([{"name": "pressure", "token": TOKEN, "scopes": ["admin"]}])}
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/pressure.db",
+        "CASUS_TOKENS": json.dumps([{"name": "pressure", "token": TOKEN, "scopes": ["admin"]}]),
+    }
     with open(tmp_path / "server.log", "w") as server_log:
-        process = subprocess.Popen([sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
-                                   env=env, stdout=subprocess.DEVNULL, stderr=server_log, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", "4"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=server_log,
+            text=True,
+        )
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", process)
         status, _ = _request(port, "POST", "/api/forms", json.dumps(example_form()).encode())
@@ -96,8 +104,7 @@ def _hold_connections(port: int, count: int) -> list[socket.socket]:
 
 
 @pytest.mark.integration
-def test_health_and_decisions_keep_their_latency_while_300_idle_and_slow_connections_are_held(
-        served: tuple[str, int], figures: FigureBook) -> None:
+def test_health_and_decisions_keep_their_latency_while_300_idle_and_slow_connections_are_held(served: tuple[str, int], figures: FigureBook) -> None:
     _, port = served
     quiet = {path: _timings(port, path) for path in ("/health/live", QUESTION)}
     held = _hold_connections(port, HELD_CONNECTIONS)
@@ -139,13 +146,16 @@ def _in_threads(count: int, work: Callable[[], Any], seconds: float) -> tuple[li
 
 @pytest.mark.integration
 def test_decisions_keep_answering_while_16_clients_validate_the_largest_consent_allowed(
-        served: tuple[str, int], figures: FigureBook, tmp_path: Path) -> None:
+    served: tuple[str, int], figures: FigureBook, tmp_path: Path
+) -> None:
     _, port = served
-    consent = json.loads((Path(__file__).resolve().parents[2] / "profiles" / "examples" /
-                          "Consent-casus-example-withdrawn.json").read_text(encoding="utf-8"))
+    consent = json.loads(
+        (Path(__file__).resolve().parents[2] / "profiles" / "examples" / "Consent-casus-example-withdrawn.json").read_text(encoding="utf-8")
+    )
     consent["extension"] = [{"url": f"https://example.org/unknown-{n}"} for n in range(370)]  # just under the bound
     body = json.dumps(consent).encode()
     quiet = _timings(port, QUESTION)
+
     def validate_as_a_client_would() -> tuple[int, float]:
         status, took = _request(port, "POST", "/fhir/Consent/$validate", body, timeout=60)
         if status == 503:

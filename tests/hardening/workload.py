@@ -20,10 +20,12 @@ from tests.support.facade import bearer, example_form
 
 EXAMPLES = ("competent-under-16", "aged-16-17-professional", "parental-responsibility", "withdrawn")
 DISCLOSURE = {
-    "exception": "court-order", "informationTypes": ["attendance", "substance-use"],
+    "exception": "court-order",
+    "informationTypes": ["attendance", "substance-use"],
     "recipient": {"name": "Rowan Officer-Privatelyname", "role": "court liaison", "organisation": "Peterborough Crown Court"},
     "reason": "Order CO-7731 made by HHJ Quillfeather about the young person's care",
-    "disclosedAt": "2026-11-21T09:30:00+00:00", "youngPersonTold": False,
+    "disclosedAt": "2026-11-21T09:30:00+00:00",
+    "youngPersonTold": False,
     "notToldReason": "Telling them now would raise the risk from their step-father",
 }
 FREE_TEXT_KEYS = frozenset({"name", "reason", "notToldReason", "organisation", "birthDate", "nhsNumber", "localId"})
@@ -82,8 +84,16 @@ def run(client: FlaskClient) -> dict[str, int]:
     call("GET", "/api/decision", role="ehr", query_string={**query, "_format": "fhir"})
     call("GET", "/api/decision", role="ehr", query_string={**query, "purpose": "THREAT"})
     call("GET", f"/api/patients/{nhs}/summary", role="ehr")
-    call("POST", "/cds-services/casus-consent", role="ehr", json={"hook": "casus-consent-consult", "hookInstance": "x", "context": {
-        "patient": nhs, "recipientRole": "mother", "informationTypes": ["attendance"], "purpose": "TREAT"}})
+    call(
+        "POST",
+        "/cds-services/casus-consent",
+        role="ehr",
+        json={
+            "hook": "casus-consent-consult",
+            "hookInstance": "x",
+            "context": {"patient": nhs, "recipientRole": "mother", "informationTypes": ["attendance"], "purpose": "TREAT"},
+        },
+    )
     call("POST", f"/api/patients/{nhs}/disclosures", json=DISCLOSURE)
     call("GET", f"/api/patients/{nhs}/disclosures")
     call("GET", f"/api/patients/{nhs}/disclosures", query_string={"_format": "fhir"})
@@ -93,8 +103,12 @@ def run(client: FlaskClient) -> dict[str, int]:
     call("POST", "/fhir/Consent/$validate", role="engineer", json=broken)
     fresh = example_form()
     fresh["formId"] = "5d2b1a9e-7c3f-4e6a-9b1d-2f3e4a5b6c7d"
-    call("PUT", f"/fhir/R5/Consent/{fresh['formId']}", data=json.dumps(form_to_r5(parse_form(fresh))),
-         headers={"Content-Type": "application/fhir+json"})
+    call(
+        "PUT",
+        f"/fhir/R5/Consent/{fresh['formId']}",
+        data=json.dumps(form_to_r5(parse_form(fresh))),
+        headers={"Content-Type": "application/fhir+json"},
+    )
     bad = copy.deepcopy(first)
     bad["youngPerson"]["nhsNumber"] = nhs[:-1] + str((int(nhs[-1]) + 1) % 10)  # wrong check digit: 400 naming the field
     bad["formId"] = "6e3c2b0f-8d4a-4f7b-8c2e-3a4b5c6d7e8f"

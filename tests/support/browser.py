@@ -48,8 +48,10 @@ def ensure_chromium() -> tuple[str, str]:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         _unavailable("chromium and chromium-driver are not installed, and apt-get cannot install them here (not root)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=300", "chromium", "chromium-driver"]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=300", "chromium", "chromium-driver"],
+    ):
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
@@ -63,8 +65,9 @@ def ensure_axe() -> str:
     """axe-core's script, installed from the pinned lock file if need be."""
     if not shutil.which("npm"):
         _unavailable("npm is not installed, so axe-core cannot be")
-    done = subprocess.run(["bash", str(AXE_TOOLS / "install.sh"), str(AXE_DIR)], capture_output=True, text=True,
-                          timeout=INSTALL_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        ["bash", str(AXE_TOOLS / "install.sh"), str(AXE_DIR)], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False
+    )
     if done.returncode != 0 or not AXE_SCRIPT.exists():
         _unavailable(f"axe-core did not install: {done.stderr.strip()[-300:]}")
     return AXE_SCRIPT.read_text(encoding="utf-8")
@@ -84,11 +87,15 @@ class Browser:
         found = self.driver.execute_async_script(
             "const done = arguments[arguments.length - 1];"
             "axe.run(document, {runOnly: {type: 'tag', values: arguments[0]}}).then(r => done(r.violations), e => done(String(e)));",
-            AXE_TAGS)
+            AXE_TAGS,
+        )
         if isinstance(found, str):
             raise AssertionError(f"axe did not run: {found}")
-        return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-                for v in found if v["impact"] in ("serious", "critical")]
+        return [
+            f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+            for v in found
+            if v["impact"] in ("serious", "critical")
+        ]
 
     def screenshot(self, name: str) -> None:
         """Save the page as docs' screenshots when CASUS_SCREENSHOT_DIR names a folder (how docs/images is refreshed)."""
@@ -109,8 +116,16 @@ def open_browser() -> Iterator[Browser]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,900",
-                     "--disable-extensions", "--no-first-run", "--lang=en-GB"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1200,900",
+        "--disable-extensions",
+        "--no-first-run",
+        "--lang=en-GB",
+    ):
         options.add_argument(argument)
     # A UK locale, so date fields show day/month/year as the team sees them.
     service = Service(executable_path=driver_path, env={**os.environ, "LANG": "en_GB.UTF-8", "LANGUAGE": "en_GB"})

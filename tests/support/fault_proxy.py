@@ -49,8 +49,22 @@ FAULTS: tuple[Fault, ...] = ("drop-before", "drop-after", "delay", "429", "503")
 #: Faults after which the client must send the request again (a delay is slow, not broken).
 RETRY_PROVOKING: frozenset[Fault] = frozenset({"drop-before", "drop-after", "429", "503"})
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-                         "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "content-encoding"})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "content-encoding",
+    }
+)
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost"})
 REQUEST_READ_TIMEOUT_S = 30.0
@@ -106,7 +120,7 @@ def rebase_url(url: str, upstream_origin: str, proxy_origin: str) -> str:
     'http://127.0.0.1:80921/fhir'
     """
     if url == upstream_origin or url.startswith((upstream_origin + "/", upstream_origin + "?")):
-        return proxy_origin + url[len(upstream_origin):]
+        return proxy_origin + url[len(upstream_origin) :]
     return url
 
 
@@ -188,8 +202,13 @@ class FaultCounts:
         return self.retry_provoking + self.delayed
 
 
-_COUNT_FIELD: dict[Fault, str] = {"drop-before": "dropped_before", "drop-after": "dropped_after", "delay": "delayed",
-                                  "429": "throttled", "503": "unavailable"}
+_COUNT_FIELD: dict[Fault, str] = {
+    "drop-before": "dropped_before",
+    "drop-after": "dropped_after",
+    "delay": "delayed",
+    "429": "throttled",
+    "503": "unavailable",
+}
 
 
 # --------------------------------------------------------------------------- the proxy
@@ -254,9 +273,18 @@ class _Handler(BaseHTTPRequestHandler):
 class FaultProxy:
     """Forwards to ``upstream_base_url`` on loopback, injecting faults at ``rate`` from ``random.Random(seed)``."""
 
-    def __init__(self, upstream_base_url: str, *, rate: float = 0.18, seed: int = 20261125, max_delay_s: float = 0.3,
-                 kinds: Sequence[Fault] = FAULTS, sleep: Callable[[float], None] = time.sleep, writes_only: bool = False,
-                 max_faults: int | None = None) -> None:
+    def __init__(
+        self,
+        upstream_base_url: str,
+        *,
+        rate: float = 0.18,
+        seed: int = 20261125,
+        max_delay_s: float = 0.3,
+        kinds: Sequence[Fault] = FAULTS,
+        sleep: Callable[[float], None] = time.sleep,
+        writes_only: bool = False,
+        max_faults: int | None = None,
+    ) -> None:
         parts = urlsplit(upstream_base_url)
         if parts.scheme != "http" or parts.hostname not in _LOOPBACK or parts.port is None:
             raise ValueError("the fault proxy only fronts an http server on loopback with an explicit port")
@@ -322,8 +350,14 @@ class FaultProxy:
         body = handler.read_body()
         decision = self._decide(is_write=handler.command in _WRITE_METHODS)
         if body is None:
-            handler.answer(_Answer(411, "Length Required", [("Content-Type", "application/fhir+json")],
-                                   operation_outcome_bytes("not-supported", "chunked request bodies are not supported")))
+            handler.answer(
+                _Answer(
+                    411,
+                    "Length Required",
+                    [("Content-Type", "application/fhir+json")],
+                    operation_outcome_bytes("not-supported", "chunked request bodies are not supported"),
+                )
+            )
             return
         if decision.fault == "drop-before":
             return  # nothing written: the connection closes with no answer
@@ -358,8 +392,12 @@ class FaultProxy:
     def _refusal(decision: Decision) -> _Answer:
         headers = [("Content-Type", "application/fhir+json")]
         if decision.fault == "429":
-            return _Answer(429, "Too Many Requests", [*headers, ("Retry-After", str(decision.retry_after_s))],
-                           operation_outcome_bytes("throttled", "injected 429"))
+            return _Answer(
+                429,
+                "Too Many Requests",
+                [*headers, ("Retry-After", str(decision.retry_after_s))],
+                operation_outcome_bytes("throttled", "injected 429"),
+            )
         return _Answer(503, "Service Unavailable", headers, operation_outcome_bytes("transient", "injected 503"))
 
     def _forward(self, handler: _Handler, body: bytes) -> _Answer:
@@ -374,8 +412,12 @@ class FaultProxy:
             raw = response.read()
             status, reason, headers = response.status, response.reason, forwardable_headers(response.getheaders())
         except OSError:
-            return _Answer(502, "Bad Gateway", [("Content-Type", "application/fhir+json")],
-                           operation_outcome_bytes("transient", "the upstream FHIR server did not answer"))
+            return _Answer(
+                502,
+                "Bad Gateway",
+                [("Content-Type", "application/fhir+json")],
+                operation_outcome_bytes("transient", "the upstream FHIR server did not answer"),
+            )
         finally:
             connection.close()
         rebase = self._rebase

@@ -37,10 +37,20 @@ def _period(person: Any) -> dict[str, Any]:
 def legacy_r4(form: ConsentForm) -> dict[str, Any]:
     consent = copy.deepcopy(form_to_r4(form))
     del consent["policyRule"]
-    people = [{"type": codes.SHARING_R4.row(p.sharing).code, **_period(p), "actor": [_actor(p.id)], "action": [DISCLOSE],
-               **({"provision": [{"type": "permit", "code": [{"coding": [codes.INFORMATION_TYPES.to_coding(t)]}]}
-                                 for t in p.information_types]} if p.information_types else {})}
-              for p in form.people]
+    people = [
+        {
+            "type": codes.SHARING_R4.row(p.sharing).code,
+            **_period(p),
+            "actor": [_actor(p.id)],
+            "action": [DISCLOSE],
+            **(
+                {"provision": [{"type": "permit", "code": [{"coding": [codes.INFORMATION_TYPES.to_coding(t)]}]} for t in p.information_types]}
+                if p.information_types
+                else {}
+            ),
+        }
+        for p in form.people
+    ]
     exceptions = [{"type": "permit", "action": [DISCLOSE], "purpose": _exception_purposes(k)} for k in form.exceptions.provisions]
     consent["provision"] = {"type": "deny", "provision": people + exceptions}
     return consent

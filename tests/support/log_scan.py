@@ -57,7 +57,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     hits = RESULT["hits"]
     terminalreporter.write_line(
-        f"whole-suite log scan: {RESULT['lines']} log records at DEBUG scanned for {RESULT['values']} identifying values: "
-        f"{len(hits)} hits")  # type: ignore[arg-type]
+        f"whole-suite log scan: {RESULT['lines']} log records at DEBUG scanned for {RESULT['values']} identifying values: {len(hits)} hits"
+    )  # type: ignore[arg-type]
     for value, line in hits:  # type: ignore[union-attr]
         terminalreporter.write_line(f"  LEAK {value!r} in: {line}")

@@ -34,8 +34,9 @@ class SigningKey:
 
 
 def new_key(alg: str = "ES384") -> SigningKey:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg.startswith(("RS", "PS")) \
-        else ec.generate_private_key(ec.SECP384R1())
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg.startswith(("RS", "PS")) else ec.generate_private_key(ec.SECP384R1())
+    )
     return SigningKey(uuid.uuid4().hex[:12], private, alg)
 
 
@@ -64,12 +65,21 @@ class TokenIssuer:
         self.keys = [key]
         return key
 
-    def issue(self, scope: str = "system/Consent.rs", *, key: SigningKey | None = None, lifetime: int = 300,
-              **overrides: Any) -> str:
+    def issue(self, scope: str = "system/Consent.rs", *, key: SigningKey | None = None, lifetime: int = 300, **overrides: Any) -> str:
         signing = key or self.keys[-1]
         now = int(time.time())
-        claims = {"iss": self.issuer, "aud": AUDIENCE, "sub": "trust-ehr", "client_id": "trust-ehr", "scope": scope,
-                  "iat": now, "nbf": now, "exp": now + lifetime, "jti": uuid.uuid4().hex, **overrides}
+        claims = {
+            "iss": self.issuer,
+            "aud": AUDIENCE,
+            "sub": "trust-ehr",
+            "client_id": "trust-ehr",
+            "scope": scope,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+            **overrides,
+        }
         claims = {k: v for k, v in claims.items() if v is not None}
         return jwt.encode(claims, signing.private, algorithm=signing.alg, headers={"kid": signing.kid})
 
