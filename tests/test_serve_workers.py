@@ -29,12 +29,12 @@ def worker_pids(parent: int) -> list[int]:
 
 
 @contextmanager
-def serving(database: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``fhir-adapter serve --workers 2`` on the SQLite file ``database``, stopped on leaving."""
+def serving(database: Path | str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``fhir-adapter serve --workers 2`` on the SQLite file ``database`` (or a database URL), stopped on leaving."""
     port = free_port()
     env = {
         **os.environ,
-        "CASUS_DATABASE_URL": f"sqlite:///{database}",
+        "CASUS_DATABASE_URL": database if isinstance(database, str) else f"sqlite:///{database}",
         "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}]),
     }
     process = subprocess.Popen(
@@ -139,3 +139,10 @@ def test_a_page_session_outlives_a_restart_of_the_service(tmp_path: Path) -> Non
         cookie = sign_in_page_session(base)
     with serving(tmp_path / "served.db") as (base, _):
         assert page_status(base, cookie) == 200
+
+
+@pytest.mark.integration
+def test_a_page_session_is_honoured_by_every_worker_on_postgresql(postgres_database_url: str) -> None:
+    with serving(postgres_database_url) as (base, _):
+        cookie = sign_in_page_session(base)
+        assert [page_status(base, cookie) for _ in range(30)] == [200] * 30
