@@ -39,6 +39,9 @@ class Settings:
     users: tuple[PasswordUser, ...] = ()  # who may sign in to the consent pages with a password
     session_idle_minutes: int = 20  # a consent page session ends after this long without a request ...
     session_max_hours: int = 10  # ... and after this long whatever happens
+    sign_in_failures_per_username: int = 5  # failed sign-ins for one username within the window before more are refused ...
+    sign_in_failures_per_address: int = 20  # ... and from one client address (behind a proxy: the proxy's, shared by all)
+    sign_in_window_minutes: int = 15  # the window failures are counted over; refusals lift as failures age out of it
     connection_limit: int = 1_000  # open connections waitress keeps before it stops accepting
     channel_timeout_seconds: int = 30  # a connection silent this long is closed
     validate_concurrency: int = 2  # $validate requests run at once; more get 503 with Retry-After
@@ -57,6 +60,9 @@ class Settings:
             users=users_from_env(env),
             session_idle_minutes=_positive_int(env.get("CASUS_SESSION_IDLE_MINUTES", "20"), "CASUS_SESSION_IDLE_MINUTES"),
             session_max_hours=_positive_int(env.get("CASUS_SESSION_MAX_HOURS", "10"), "CASUS_SESSION_MAX_HOURS"),
+            sign_in_failures_per_username=_positive_int(env.get("CASUS_SIGN_IN_FAILURES_PER_USERNAME", "5"), "CASUS_SIGN_IN_FAILURES_PER_USERNAME"),
+            sign_in_failures_per_address=_positive_int(env.get("CASUS_SIGN_IN_FAILURES_PER_ADDRESS", "20"), "CASUS_SIGN_IN_FAILURES_PER_ADDRESS"),
+            sign_in_window_minutes=_positive_int(env.get("CASUS_SIGN_IN_WINDOW_MINUTES", "15"), "CASUS_SIGN_IN_WINDOW_MINUTES"),
             connection_limit=_positive_int(env.get("CASUS_CONNECTION_LIMIT", "1000"), "CASUS_CONNECTION_LIMIT"),
             channel_timeout_seconds=_positive_int(env.get("CASUS_CHANNEL_TIMEOUT_SECONDS", "30"), "CASUS_CHANNEL_TIMEOUT_SECONDS"),
             validate_concurrency=_positive_int(env.get("CASUS_VALIDATE_CONCURRENCY", "2"), "CASUS_VALIDATE_CONCURRENCY"),

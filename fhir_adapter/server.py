@@ -51,8 +51,13 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(pages.bp)
-    app.extensions[sessions.BOOK_EXTENSION] = sessions.SessionBook(
-        timedelta(minutes=settings.session_idle_minutes), timedelta(hours=settings.session_max_hours)
+    app.extensions[sessions.BOOK_EXTENSION] = store.page_sessions(
+        idle=timedelta(minutes=settings.session_idle_minutes), max_age=timedelta(hours=settings.session_max_hours)
+    )
+    app.extensions[sessions.THROTTLE_EXTENSION] = sessions.SignInThrottle(
+        store.sign_in_failures(window=timedelta(minutes=settings.sign_in_window_minutes)),
+        per_username=settings.sign_in_failures_per_username,
+        per_address=settings.sign_in_failures_per_address,
     )
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir", name="fhir")
     app.register_blueprint(fhir_rest.bp, url_prefix="/fhir/R4", name="fhir_r4")

@@ -160,23 +160,6 @@ def test_signing_out_ends_the_session_for_good(signed_in):
     assert signed_in.get("/consent/").status_code == 303
 
 
-def test_a_session_idle_for_longer_than_the_timeout_is_ended():
-    book = sessions.SessionBook(idle=timedelta(minutes=20), max_age=timedelta(hours=10))
-    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
-    opened = book.start(actor="jo", display_name="Jo", scopes=frozenset({"consent.read"}), now=start)
-    assert book.find(opened.session_id, start + timedelta(minutes=19)) is opened
-    assert book.find(opened.session_id, start + timedelta(minutes=40)) is None
-
-
-def test_a_session_ends_at_its_maximum_age_however_busy():
-    book = sessions.SessionBook(idle=timedelta(minutes=20), max_age=timedelta(hours=1))
-    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
-    opened = book.start(actor="jo", display_name="Jo", scopes=frozenset({"consent.read"}), now=start)
-    for minutes in range(10, 60, 10):
-        assert book.find(opened.session_id, start + timedelta(minutes=minutes)) is opened
-    assert book.find(opened.session_id, start + timedelta(minutes=61)) is None
-
-
 def test_a_reader_without_the_write_permission_cannot_open_the_change_page(client):
     client.post("/api/forms", json=example_form(), headers=bearer("clinician"))
     sign_in(client, "ehr")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,12 +28,13 @@ def worker_pids(parent: int) -> list[int]:
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+@contextmanager
+def serving(database: Path | str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``fhir-adapter serve --workers 2`` on the SQLite file ``database`` (or a database URL), stopped on leaving."""
     port = free_port()
     env = {
         **os.environ,
-        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path}/served.db",
+        "CASUS_DATABASE_URL": database if isinstance(database, str) else f"sqlite:///{database}",
         "CASUS_TOKENS": json.dumps([{"name": "it", "token": TOKEN, "scopes": ["admin"]}]),
     }
     process = subprocess.Popen(
@@ -47,6 +50,39 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         yield base, process
     finally:
         stop_process(process)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with serving(tmp_path / "served.db") as server:
+        yield server
+
+
+def sign_in_page_session(base: str) -> str:
+    """Sign in on the consent pages with the API token; the session cookie's value.
+
+    The cookies are ``Secure``, so a client on plain HTTP would not send them back by itself: the test carries them.
+    """
+    page = requests.get(f"{base}/consent/sign-in", timeout=10, headers={"Connection": "close"})
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    signed = requests.post(
+        f"{base}/consent/sign-in",
+        data={"csrf_token": csrf, "token": TOKEN},
+        cookies={"casus_sign_in": page.cookies["casus_sign_in"]},
+        headers={"Connection": "close"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert signed.status_code == 303, signed.text
+    return signed.cookies["casus_session"]
+
+
+def page_status(base: str, session_cookie: str) -> int:
+    """The consent pages' start page on a fresh connection, so the kernel may hand it to any worker."""
+    response = requests.get(
+        f"{base}/consent/", cookies={"casus_session": session_cookie}, headers={"Connection": "close"}, allow_redirects=False, timeout=10
+    )
+    return response.status_code
 
 
 def decide(base: str, nhs: str) -> str:
@@ -90,3 +126,23 @@ def test_a_worker_that_dies_stops_the_service_with_a_failure(served: tuple[str, 
     _, process = served
     os.kill(worker_pids(process.pid)[0], signal.SIGKILL)
     assert process.wait(timeout=20) == 1
+
+
+def test_a_page_session_signed_in_through_one_worker_is_honoured_by_every_worker(served: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = served
+    cookie = sign_in_page_session(base)
+    assert [page_status(base, cookie) for _ in range(30)] == [200] * 30
+
+
+def test_a_page_session_outlives_a_restart_of_the_service(tmp_path: Path) -> None:
+    with serving(tmp_path / "served.db") as (base, _):
+        cookie = sign_in_page_session(base)
+    with serving(tmp_path / "served.db") as (base, _):
+        assert page_status(base, cookie) == 200
+
+
+@pytest.mark.integration
+def test_a_page_session_is_honoured_by_every_worker_on_postgresql(postgres_database_url: str) -> None:
+    with serving(postgres_database_url) as (base, _):
+        cookie = sign_in_page_session(base)
+        assert [page_status(base, cookie) for _ in range(30)] == [200] * 30

@@ -138,17 +138,25 @@ def _who_signs_in(moment: datetime) -> tuple[str, str, frozenset[str]] | Refusal
 def sign_in() -> Response:
     if not sessions.sign_in_token_matches():
         return _sign_in("This sign-in form has expired. Please try again.", 400)
-    moment = now()
-    who = _who_signs_in(moment)
+    username, address = request.form.get("username", "").strip(), request.remote_addr
+    if sessions.throttle().refuses(username, address):
+        service().record_session(actor="-", action="session.sign-in", outcome="throttled")
+        window = int(sessions.throttle().failures.window.total_seconds())
+        response = _sign_in(f"Too many unsuccessful sign-ins. Wait {window // 60} minutes, then try again.", 429)
+        response.headers["Retry-After"] = str(window)
+        return response
+    who = _who_signs_in(now())
     if isinstance(who, Refusal):
+        sessions.throttle().failed(username, address)
         service().record_session(actor="-", action="session.sign-in", outcome="refused")
         return _sign_in("The details you entered are not recognised. Check them and try again.", 401)
     actor, display, scopes = who
+    sessions.throttle().succeeded(username)
     if not ({"consent.read", "admin"} & scopes):
         service().record_session(actor=actor, action="session.sign-in", outcome="refused")
         return _sign_in("This account may not read consents, so it cannot use these pages.", 403)
     sessions.book().end(request.cookies.get(sessions.COOKIE))  # signing in again never keeps the old session
-    started = sessions.book().start(actor=actor, display_name=display, scopes=scopes, now=moment)
+    started = sessions.book().start(actor=actor, display_name=display, scopes=scopes)
     service().record_session(actor=actor, action="session.sign-in", outcome="ok")
     response = redirect(sessions.safe_next(request.form.get("next")), 303)
     sessions.set_session_cookie(response, started)
@@ -156,7 +164,7 @@ def sign_in() -> Response:
 
 
 @bp.post("/sign-out")
-@sessions.signed_in(None, now)
+@sessions.signed_in(None)
 def sign_out(session: sessions.PageSession) -> Response:
     sessions.book().end(session.session_id)
     service().record_session(actor=session.actor, action="session.sign-out", outcome="ok")
@@ -169,7 +177,7 @@ def sign_out(session: sessions.PageSession) -> Response:
 
 
 @bp.get("/")
-@sessions.signed_in("consent.read", now)
+@sessions.signed_in("consent.read")
 def find(session: sessions.PageSession) -> Response:
     typed = request.args.get("nhs-number")
     if typed is None:
@@ -216,7 +224,7 @@ def _form_view(history: tuple[FormVersion, ...], proposals: dict[str, decision.P
 
 
 @bp.get("/patients/<nhs_number>")
-@sessions.signed_in("consent.read", now)
+@sessions.signed_in("consent.read")
 def patient(session: sessions.PageSession, nhs_number: str) -> Response:
     found = service().overview(_checked(nhs_number), actor=session.actor)
     versions = [v for history in found.histories for v in history]
@@ -239,7 +247,7 @@ def patient(session: sessions.PageSession, nhs_number: str) -> Response:
 
 
 @bp.get("/patients/<nhs_number>/new")
-@sessions.signed_in("form.write", now)
+@sessions.signed_in("form.write")
 def new_form(session: sessions.PageSession, nhs_number: str) -> Response:
     nhs = _checked(nhs_number)
     values = fields.PageValues(
@@ -249,7 +257,7 @@ def new_form(session: sessions.PageSession, nhs_number: str) -> Response:
 
 
 @bp.get("/forms/<form_id>/edit")
-@sessions.signed_in("form.write", now)
+@sessions.signed_in("form.write")
 def edit_form(session: sessions.PageSession, form_id: str) -> Response:
     latest = service().read(form_id, actor=session.actor)
     return _edit_page(session, fields.values_from_form(latest.form, latest.version, session.display_name), new=False)
@@ -279,7 +287,7 @@ def _edit_page(
 
 
 @bp.post("/forms/<form_id>")
-@sessions.signed_in("form.write", now)
+@sessions.signed_in("form.write")
 def save_form(session: sessions.PageSession, form_id: str) -> Response:
     nhs = _checked(request.form.get("nhs-number", ""))
     values = fields.values_from_post(request.form, form_id, nhs)
@@ -317,7 +325,7 @@ def _stale(session: sessions.PageSession, values: fields.PageValues, *, new: boo
 
 
 @bp.post("/forms/<form_id>/withdraw")
-@sessions.signed_in("form.write", now)
+@sessions.signed_in("form.write")
 def withdraw(session: sessions.PageSession, form_id: str) -> Response:
     version = fields.version_number(request.form.get("version", ""))
     if version is None:
@@ -330,7 +338,7 @@ def withdraw(session: sessions.PageSession, form_id: str) -> Response:
 
 
 @bp.post("/forms/<form_id>/activate")
-@sessions.signed_in("form.write", now)
+@sessions.signed_in("form.write")
 def activate(session: sessions.PageSession, form_id: str) -> Response:
     version = fields.version_number(request.form.get("version", ""))
     if version is None:
@@ -369,7 +377,7 @@ def _changed_meanwhile(session: sessions.PageSession, form_id: str) -> Response:
 
 
 @bp.get("/patients/<nhs_number>/summary")
-@sessions.signed_in("consent.read", now)
+@sessions.signed_in("consent.read")
 def young_person_summary(session: sessions.PageSession, nhs_number: str) -> Response:
     nhs = _checked(nhs_number)
     moment = now()

@@ -3,13 +3,15 @@
 The API authenticates every request by bearer token; a browser cannot carry
 one, so the team signs in once (a configured user's password, or an API token
 exchanged for a session) and the browser holds only a random session id in a
-``Secure``, ``HttpOnly``, ``SameSite=Strict`` cookie.  Sessions live in this
-process's memory, so signing out, an idle timeout and a maximum age all end a
-session for good (a signed cookie could not be revoked), and nothing about
-sessions is ever stored in the database.  Every form a session is shown
-carries its CSRF token, checked on every POST.
+``Secure``, ``HttpOnly``, ``SameSite=Strict`` cookie.  Sessions are kept in
+the store (``store/sessions.py``, only a digest of each id), so every process
+of ``serve --workers N`` honours them and a restart keeps them; signing out,
+an idle timeout and a maximum age all end a session for good (a signed cookie
+could not be revoked).  Every form a session is shown carries its CSRF token,
+checked on every POST.  Repeated failed sign-ins are throttled
+(``SignInThrottle``), counted in the store too.
 
-Single sign-on plugs in at ``SessionBook.start``: an OIDC callback view that
+Single sign-on plugs in at ``PageSessions.start``: an OIDC callback view that
 has verified the trust's ID token starts a session the same way the password
 and token sign-ins do (docs/consent-pages.md says how).
 """
@@ -18,11 +20,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -30,6 +29,8 @@ from urllib.parse import quote
 from flask import abort, current_app, redirect, request
 from werkzeug.wrappers import Response
 
+from ..store.sessions import PageSession, PageSessions
+from ..store.sign_in_failures import SignInFailures
 from .protocol import SESSION_ACTOR_KEY
 
 COOKIE = "casus_session"
@@ -37,68 +38,58 @@ COOKIE = "casus_session"
 SIGN_IN_COOKIE = "casus_sign_in"
 CSRF_FIELD = "csrf_token"
 BOOK_EXTENSION = "casus.sessions"
+THROTTLE_EXTENSION = "casus.sign-in-throttle"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
-class PageSession:
-    session_id: str
-    actor: str  # the name audit records carry: the username, or the API token's name
-    display_name: str
-    scopes: frozenset[str]
-    csrf_token: str
-    started: datetime
-    last_seen: datetime
+@dataclass(frozen=True)
+class SignInThrottle:
+    """Sign-ins refused for a while after too many failures for one username, or from one client address.
 
-    def may(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+    Failures are counted in the store, so every serving process refuses alike.  The username typed is counted
+    whether or not such a user exists, and a refusal says the same either way, so it tells nobody which
+    usernames are real.  A refused attempt is not checked and not counted, so the refusal lifts once the
+    failures age out of the window, even while someone keeps trying.
+    """
 
+    failures: SignInFailures
+    per_username: int
+    per_address: int
 
-class SessionBook:
-    """The open sessions of this process, bounded: the oldest is dropped when ``limit`` are open."""
+    @staticmethod
+    def username_key(username: str) -> str | None:
+        return f"username:{username.casefold()}" if username else None
 
-    def __init__(self, idle: timedelta, max_age: timedelta, limit: int = 5000) -> None:
-        self.idle = idle
-        self.max_age = max_age
-        self._limit = limit
-        self._open: OrderedDict[str, PageSession] = OrderedDict()
-        self._lock = threading.Lock()
+    @staticmethod
+    def address_key(address: str | None) -> str:
+        return f"address:{address or '-'}"
 
-    def start(self, *, actor: str, display_name: str, scopes: frozenset[str], now: datetime) -> PageSession:
-        """A new session with a new id (never a reused one, so a planted id cannot be signed in)."""
-        started = PageSession(secrets.token_urlsafe(32), actor, display_name, scopes, secrets.token_urlsafe(32), now, now)
-        with self._lock:
-            self._open[started.session_id] = started
-            while len(self._open) > self._limit:
-                self._open.popitem(last=False)
-        return started
+    def refuses(self, username: str, address: str | None) -> bool:
+        user_key = self.username_key(username)
+        if user_key is not None and self.failures.count(user_key) >= self.per_username:
+            return True
+        return self.failures.count(self.address_key(address)) >= self.per_address
 
-    def find(self, session_id: str | None, now: datetime) -> PageSession | None:
-        """The session, its idle clock restarted; None when unknown, idle too long or too old (and then it is ended)."""
-        if not session_id:
-            return None
-        with self._lock:
-            found = self._open.get(session_id)
-            if found is None:
-                return None
-            if now - found.last_seen > self.idle or now - found.started > self.max_age:
-                del self._open[session_id]
-                return None
-            found.last_seen = now
-            self._open.move_to_end(session_id)
-            return found
+    def failed(self, username: str, address: str | None) -> None:
+        user_key = self.username_key(username)
+        self.failures.record([k for k in (user_key, self.address_key(address)) if k is not None])
 
-    def end(self, session_id: str | None) -> PageSession | None:
-        with self._lock:
-            return self._open.pop(session_id or "", None)
+    def succeeded(self, username: str) -> None:
+        user_key = self.username_key(username)
+        if user_key is not None:
+            self.failures.forget(user_key)
 
 
-def book() -> SessionBook:
+def book() -> PageSessions:
     return current_app.extensions[BOOK_EXTENSION]
 
 
-def current(now: datetime) -> PageSession | None:
-    return book().find(request.cookies.get(COOKIE), now)
+def throttle() -> SignInThrottle:
+    return current_app.extensions[THROTTLE_EXTENSION]
+
+
+def current() -> PageSession | None:
+    return book().find(request.cookies.get(COOKIE))
 
 
 def set_session_cookie(response: Response, session: PageSession) -> None:
@@ -129,7 +120,7 @@ def csrf_matches(session: PageSession) -> bool:
     return hmac.compare_digest(session.csrf_token.encode(), request.form.get(CSRF_FIELD, "").encode())
 
 
-def signed_in(scope: str | None, clock: Callable[[], datetime]) -> Callable[[F], F]:
+def signed_in(scope: str | None) -> Callable[[F], F]:
     """The view needs a session with ``scope`` (None: any session); a POST also needs the session's CSRF token.
 
     No session: to the sign-in page, coming back here afterwards (a GET) or to the start (a POST, whose
@@ -139,7 +130,7 @@ def signed_in(scope: str | None, clock: Callable[[], datetime]) -> Callable[[F],
     def decorate(view: F) -> F:
         @wraps(view)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            session = current(clock())
+            session = current()
             if session is None:
                 back = request.full_path.rstrip("?") if request.method == "GET" else "/consent/"
                 return redirect(f"/consent/sign-in?next={quote(back, safe='/')}", 303)

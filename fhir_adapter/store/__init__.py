@@ -7,7 +7,9 @@ One module per job, each working through the shared ``Database`` (``engine.py``)
 * ``forms.py``: forms and their versions (and the decision path's one cache);
 * ``audit.py``: redaction and the audit trail (the one durable audit write);
 * ``disclosures.py``: disclosures made under a policy exception;
-* ``sync_state.py``: the sync job's state per FHIR server (cursors, per-form records, problems, runs) and leases.
+* ``sync_state.py``: the sync job's state per FHIR server (cursors, per-form records, problems, runs) and leases;
+* ``sessions.py``: the consent pages' signed-in sessions (digests of their ids), shared by every process;
+* ``sign_in_failures.py``: failed sign-ins per username and client address, for throttling.
 
 ``Store`` puts them behind one object, because the service, the sync job and the
 CLI each need several of them on the same database.
@@ -19,7 +21,7 @@ details; the audit trail keeps ids, actions, codes and outcomes only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +31,8 @@ from .audit import AuditRecord, AuditTrail
 from .disclosures import Disclosures
 from .engine import Clock, Database
 from .forms import Forms, FormVersion
+from .sessions import PageSessions
+from .sign_in_failures import SignInFailures
 from .sync_state import SyncRecord, SyncState
 
 
@@ -153,3 +157,13 @@ class Store:
 
     def release_lock(self, name: str, owner: str) -> None:
         self.sync_state.release_lock(name, owner)
+
+    # ----------------------------------------------------------------------- consent page sign-in (see sessions.py, sign_in_failures.py)
+
+    def page_sessions(self, *, idle: timedelta, max_age: timedelta) -> PageSessions:
+        """The consent pages' sessions on this database, ended after ``idle`` without a request or ``max_age`` in any case."""
+        return PageSessions(self.db, idle=idle, max_age=max_age)
+
+    def sign_in_failures(self, *, window: timedelta) -> SignInFailures:
+        """Failed sign-ins on this database, counted over the last ``window``."""
+        return SignInFailures(self.db, window=window)

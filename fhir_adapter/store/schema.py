@@ -270,6 +270,31 @@ sync_runs = Table(
     Index("ix_sync_runs_server_ended_at", "server", "ended_at"),
 )
 
+#: Signed-in sessions of the consent pages, shared by every process serving one database.  The browser holds
+#: the random session id; only its SHA-256 digest is kept here, so a copy of the table signs nobody in.
+page_sessions = Table(
+    "page_sessions",
+    metadata,
+    Column("id_digest", String(64), primary_key=True),
+    Column("actor", String(200), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("scopes", String(1000), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+)
+
+#: One row per failed sign-in per key (a digest of the username typed, or of the client address), kept for
+#: the throttling window so every process counts the same failures.
+sign_in_failures = Table(
+    "sign_in_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_digest", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Index("ix_sign_in_failures_key_digest_at", "key_digest", "at"),
+)
+
 
 FORM_VERSION_COUNTER = "form_versions"
 #: The server of sync state kept before it was keyed by server (which server it was is not known).
@@ -334,6 +359,10 @@ def _v6_audit_write_indexes(conn: Connection) -> None:
     conn.execute(text("DROP INDEX IF EXISTS ix_audit_log_actor"))
 
 
+def _v7_sessions_in_the_store(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[page_sessions, sign_in_failures])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "forms and versions, audit, disclosures, sync state, leases", _v1_initial_schema),
     Migration(2, "drained audit journal segments", _v2_audit_journal),
@@ -341,6 +370,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "mapping version of each Consent sync pushed", _v4_sync_mapping_version),
     Migration(5, "sync state per FHIR server; outstanding sync problems; sync runs", _v5_sync_per_server),
     Migration(6, "audit log: indexes on at and actor dropped (one write per decision, fewer pages)", _v6_audit_write_indexes),
+    Migration(7, "consent page sessions and failed sign-ins, shared by every process", _v7_sessions_in_the_store),
 )
 
 
