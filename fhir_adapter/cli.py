@@ -283,6 +283,7 @@ def _serving_limits(settings: Any, threads: int) -> Any:
         threads=threads,
         connection_limit=settings.connection_limit,
         channel_timeout_seconds=settings.channel_timeout_seconds,
+        trusted_proxy=settings.trusted_proxy,
         max_body_bytes=settings.max_body_bytes,
     )
 

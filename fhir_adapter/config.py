@@ -8,6 +8,7 @@ environment are hashed as soon as they are read.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ class Settings:
     sign_in_window_minutes: int = 15  # the window failures are counted over; refusals lift as failures age out of it
     connection_limit: int = 1_000  # open connections waitress keeps before it stops accepting
     channel_timeout_seconds: int = 30  # a connection silent this long is closed
+    trusted_proxy: str | None = None  # the reverse proxy's address, whose X-Forwarded-For names the client
     validate_concurrency: int = 2  # $validate requests run at once; more get 503 with Retry-After
     oauth: OAuthSettings | None = None  # access tokens from the trust's authorisation server, beside the static tokens
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -66,6 +68,7 @@ class Settings:
             connection_limit=_positive_int(env.get("CASUS_CONNECTION_LIMIT", "1000"), "CASUS_CONNECTION_LIMIT"),
             channel_timeout_seconds=_positive_int(env.get("CASUS_CHANNEL_TIMEOUT_SECONDS", "30"), "CASUS_CHANNEL_TIMEOUT_SECONDS"),
             validate_concurrency=_positive_int(env.get("CASUS_VALIDATE_CONCURRENCY", "2"), "CASUS_VALIDATE_CONCURRENCY"),
+            trusted_proxy=_ip_address(env.get("CASUS_TRUSTED_PROXY"), "CASUS_TRUSTED_PROXY"),
             oauth=oauth_from_env(env),
         )
 
@@ -95,6 +98,16 @@ def oauth_from_env(env: Mapping[str, str]) -> OAuthSettings | None:
         leeway_seconds=leeway,
         ca_bundle=env.get("CASUS_OAUTH_CA_BUNDLE") or None,
     )
+
+
+def _ip_address(value: str | None, name: str) -> str | None:
+    """One IP address, or None when unset: a host name could resolve elsewhere, and the proxy is trusted by address."""
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ConfigurationError(f"{name} must be one IP address (the reverse proxy's)") from None
 
 
 def _positive_int(value: str, name: str) -> int:

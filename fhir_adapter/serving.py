@@ -37,6 +37,7 @@ class ServingLimits:
     connection_limit: int = 1_000
     channel_timeout_seconds: int = 30
     max_body_bytes: int = 1_000_000
+    trusted_proxy: str | None = None  # only this address's X-Forwarded-For is believed (its last hop: the client)
 
     def waitress_options(self) -> dict[str, Any]:
         """Keyword arguments for ``waitress.create_server``.
@@ -53,7 +54,17 @@ class ServingLimits:
             "max_request_header_size": MAX_HEADER_BYTES,
             "asyncore_use_poll": hasattr(select, "poll"),  # Windows has only select()
             "clear_untrusted_proxy_headers": True,
+            **self._proxy_options(),
         }
+
+    def _proxy_options(self) -> dict[str, Any]:
+        """The client's address from the trusted proxy's X-Forwarded-For, so sign-in throttling and logs see clients.
+
+        Without it every client behind the proxy shares the proxy's address; from anyone else the header is dropped.
+        """
+        if self.trusted_proxy is None:
+            return {}
+        return {"trusted_proxy": self.trusted_proxy, "trusted_proxy_count": 1, "trusted_proxy_headers": {"x-forwarded-for"}}
 
 
 def fitted_connection_limit(wanted: int) -> int:

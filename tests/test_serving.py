@@ -19,7 +19,7 @@ import requests
 from fhir_adapter.config import ConfigurationError, Settings
 from fhir_adapter.facade.fhir_rest import MAX_VALIDATE_ELEMENTS
 from fhir_adapter.server import create_app
-from fhir_adapter.serving import SPARE_DESCRIPTORS, ServingLimits
+from fhir_adapter.serving import SPARE_DESCRIPTORS, ServingLimits, create_server
 from fhir_adapter.store import Store
 from tests.support.facade import EXAMPLES, bearer, grants
 from tests.support.processes import stop_process
@@ -163,3 +163,36 @@ def test_validation_workers_leave_when_the_serving_process_is_killed(tmp_path: P
         assert not any(_alive(pid) for pid in workers)
     finally:
         stop_process(process)
+
+
+def _address_echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["REMOTE_ADDR"].encode()]
+
+
+def _address_seen(limits: ServingLimits, forwarded_for: str) -> str:
+    """What a WSGI app served with ``limits`` is told the client's address is, for a request through a proxy."""
+    server = create_server(_address_echo, "127.0.0.1", 0, limits)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        answer = requests.get(f"http://127.0.0.1:{server.effective_port}/", headers={"X-Forwarded-For": forwarded_for}, timeout=10)
+        return answer.text
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
+def test_the_trusted_proxys_forwarded_for_names_the_client() -> None:
+    assert _address_seen(ServingLimits(trusted_proxy="127.0.0.1"), "203.0.113.9") == "203.0.113.9"
+
+
+def test_a_forwarded_for_from_an_untrusted_address_is_ignored() -> None:
+    assert _address_seen(ServingLimits(trusted_proxy="192.0.2.1"), "203.0.113.9") == "127.0.0.1"
+    assert _address_seen(ServingLimits(), "203.0.113.9") == "127.0.0.1"
+
+
+def test_the_trusted_proxy_is_one_ip_address() -> None:
+    assert Settings.from_env({"CASUS_TRUSTED_PROXY": "10.0.0.5"}).trusted_proxy == "10.0.0.5"
+    with pytest.raises(ConfigurationError, match="CASUS_TRUSTED_PROXY"):
+        Settings.from_env({"CASUS_TRUSTED_PROXY": "proxy.trust.nhs.uk"})
