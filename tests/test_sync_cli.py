@@ -195,7 +195,7 @@ def test_a_token_the_server_refuses_exits_2_without_printing_it(store: Store, da
     store.create_form(new_form(), actor="clinician")
     base = "http://127.0.0.1:8099/fhir"
     with responses.RequestsMock() as mocked:
-        mocked.get(f"{base}/Consent", status=401, json={"resourceType": "OperationOutcome", "issue": [
+        mocked.post(f"{base}/Consent/_search", status=401, json={"resourceType": "OperationOutcome", "issue": [
             {"severity": "error", "code": "login", "diagnostics": "invalid token"}]})
 
         result = sync(settings(database, base, CASUS_FHIR_AUTH="bearer", CASUS_FHIR_TOKEN=TOKEN))
