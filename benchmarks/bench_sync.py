@@ -297,8 +297,12 @@ def kill_resume(template: Path, workdir: Path, *, consents: int, kills: int, see
         again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
         seconds = time.perf_counter() - started
         resources = list(casus_consents(server.base_url))
+    expected: set[str] = set()
     with Store.open(f"sqlite:///{store}") as opened:
-        expected = {form_id for _seq, form_id in opened.form_ids_changed_since(0, consents + 1)}
+        cursor = 0
+        while page := opened.form_ids_changed_since(cursor, BATCH):
+            expected.update(form_id for _seq, form_id in page)
+            cursor = page[-1][0]
     by_form = Counter(r["identifier"][0]["value"] for r in resources)
     return KillResume(
         consents=consents, kills=len(delays), finished_early=early, kill_delays=delays, on_server_at_kill=counts,
@@ -338,15 +342,17 @@ def main() -> None:
         batched: dict[int, dict[str, Any]] = {}
         for size in sizes:
             batched[size] = run_child(stores[size], workdir / f"batched-{size}", consents=size, batch_size=BATCH, push_only=False)
-            print(f"(batched {size}: push {batched[size]['push']['seconds']:.1f}s)", flush=True)
+            print(f"(batched {size}: {json.dumps(batched[size])})", flush=True)
         single = None
         if args.per_resource_consents:
             single = run_child(stores[args.per_resource_consents], workdir / "per-resource", consents=args.per_resource_consents,
                                batch_size=PER_RESOURCE, push_only=True)
+            print(f"(per-resource {args.per_resource_consents}: {json.dumps(single)})", flush=True)
         floor: dict[int, tuple[float, int]] = {}
         if args.floor_consents:
             forms = [synthetic_form(n, random.Random(n)) for n in range(args.floor_consents)]
             floor = {size: raw_push_seconds(forms, size, workdir / f"floor-{size}") for size in (PER_RESOURCE, BATCH)}
+            print(f"(floor {args.floor_consents}: {json.dumps(floor)})", flush=True)
         resumed = None
         if args.kill_consents:
             resumed = kill_resume(stores[args.kill_consents], workdir / "kill-resume", consents=args.kill_consents,
