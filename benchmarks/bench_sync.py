@@ -1,20 +1,26 @@
-"""Sync throughput against a real FHIR R4 server (sekmet-fhir on loopback), batched vs one request per consent.
+"""Sync at scale against a real FHIR R4 server (sekmet-fhir on loopback): push, pull, re-sync, memory, SIGKILL.
 
-Measured in one run, each measurement on a fresh server and a fresh copy of the same pre-filled store:
+Measured in one run, each measurement on a fresh server and a fresh copy of the same pre-filled store (filled with
+``Store.bulk_load``, outside every measurement):
 
-* push of N consents with transaction batches of 100 (``SyncJob(batch_size=100)``) vs one transaction per consent
-  (``batch_size=1``: the same code path, one identifier search and one single-entry transaction per form);
+* push of N consents with transaction batches of 100 (``SyncJob(batch_size=100)``) at each size (default 1,000 and
+  20,000), against the baseline measured in the same run: per-resource push (``batch_size=1``: one identifier
+  look-up and one single-entry transaction per form) and the server's own floor (pre-mapped Consents, no sync logic);
+* requests per batch of the push: identifier look-ups (one ``POST Consent/_search`` per batch where the server
+  takes it) and transactions;
 * after the batched push, the first pull (it walks our own N pushes as echoes) and then a no-change re-sync:
-  requests made, pages of changes walked, and search requests per page (target: at most one);
-* peak RSS of the sync process at each size (the sync runs in a child process per measurement, which reports
-  its own ``VmHWM`` from /proc/self/status; the store is filled beforehand by the parent so filling it does not
-  count).  Target: memory flat in the number of consents.
+  requests made, pages walked, and search requests per page (target: at most one);
+* peak RSS of the sync process at each size (the sync runs in a child process per measurement, which reports its
+  own ``VmHWM`` from /proc/self/status).  Target: peak at the largest size within 1.2x of the smallest;
+* resuming after SIGKILL: ``fhir-adapter sync`` started again and again on one store and server, each run killed
+  with SIGKILL after a random delay (so kills land in push, in pull, between batches or inside a request), then
+  one run left to finish and one more that must find nothing to do.  Checked on the server: every form's business
+  identifier is there exactly once, none is missing, and no Consent has more than one version.
 
-Target: batched push at least 5x faster than per-resource.
-
-Run:  python benchmarks/bench_sync.py [--consents 5000] [--per-resource-consents 5000] [--rss-sizes 1000,5000]
+Run:  python benchmarks/bench_sync.py [--sizes 1000,20000] [--per-resource-consents 1000] [--floor-consents 1000]
+                                      [--kill-consents 1000] [--kills 8]
 (needs sekmet-fhir; installed on first use into $CASUS_SEKMET_VENV or .cache/sekmet-venv, like the test suite).
-Not run by the test suite.  Privacy: synthetic forms only; nothing but counts and timings is printed.
+Privacy: synthetic forms only; nothing but counts and timings is printed.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,7 +51,7 @@ sys.path.insert(0, str(REPO))  # the sekmet start/stop helpers live in the test 
 from bench_mapping import realistic_form  # noqa: E402  (same directory: the mapping benchmark's typical form)
 
 from fhir_adapter import nhs_number  # noqa: E402
-from fhir_adapter.fhir_client import FhirClient, identifier_query  # noqa: E402
+from fhir_adapter.fhir_client import FhirClient, identifier_query, matched_resources  # noqa: E402
 from fhir_adapter.form import ConsentForm  # noqa: E402
 from fhir_adapter.mappings import codes  # noqa: E402
 from fhir_adapter.mappings.r4 import form_to_r4  # noqa: E402
@@ -53,7 +62,8 @@ from tests.support.fhir_server import running_sekmet  # noqa: E402
 BATCH = 100
 PER_RESOURCE = 1
 PAGE_SIZE = 100
-CHILD_TIMEOUT_S = 1800
+CHILD_TIMEOUT_S = 3600
+RUN_TIMEOUT_S = 1800
 
 
 # --------------------------------------------------------------------------- synthetic forms (pure)
@@ -91,15 +101,19 @@ class CountingSession(requests.Session):
 
 
 def request_kind(method: str, url: str, base_path: str) -> str:
-    """'search' (GET on a resource type), 'transaction' (POST to the base) or 'other'.
+    """'search' (GET on a resource type or POST to its ``_search``), 'transaction' (POST to the base) or 'other'.
 
     >>> request_kind("GET", "http://h/fhir/Consent?identifier=x", "/fhir"), request_kind("POST", "http://h/fhir", "/fhir")
     ('search', 'transaction')
+    >>> request_kind("POST", "http://h/fhir/Consent/_search", "/fhir"), request_kind("GET", "http://h/fhir/Consent/_history", "/fhir")
+    ('search', 'other')
     """
     path = urlsplit(url).path.rstrip("/")
     if method.upper() == "POST" and path == base_path:
         return "transaction"
     rest = path.removeprefix(base_path).strip("/").split("/")
+    if method.upper() == "POST" and len(rest) == 2 and rest[1] == "_search":
+        return "search"
     return "search" if method.upper() == "GET" and len(rest) == 1 and rest[0][:1].isupper() else "other"
 
 
@@ -167,8 +181,7 @@ def child(args: argparse.Namespace) -> None:
 def fill_store(path: Path, forms: list[ConsentForm]) -> float:
     started = time.perf_counter()
     with Store.open(f"sqlite:///{path}") as store:
-        for form in forms:
-            store.create_form(form, actor="bench")
+        store.bulk_load(([form] for form in forms), actor="bench")
     return time.perf_counter() - started
 
 
@@ -243,15 +256,113 @@ def rate(phase: dict[str, Any], consents: int) -> float:
     return consents / phase["seconds"]
 
 
+# --------------------------------------------------------------------------- resuming after SIGKILL
+
+
+@dataclasses.dataclass
+class KillResume:
+    consents: int
+    kills: int  # runs killed with SIGKILL
+    finished_early: int  # runs that ended before their kill time came
+    kill_delays: list[float]
+    on_server_at_kill: list[int]  # CASUS Consents on the server when each kill landed (shows where in the work it was)
+    final_exit: int
+    again_exit: int
+    again_summary: dict[str, Any]
+    on_server: int
+    identifiers_once: bool
+    missing: int
+    consents_past_version_1: int
+    seconds: float
+
+
+def casus_consents(base_url: str) -> Iterator[dict[str, Any]]:
+    with FhirClient(base_url) as client:
+        for bundle in client.search_pages("Consent", [("identifier", f"{codes.ID_CONSENT_FORM}|"), ("_count", "1000")]):
+            yield from matched_resources(bundle)
+
+
+def sync_command(store: Path, base_url: str) -> tuple[list[str], dict[str, str]]:
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": f"sqlite:///{store}",
+        "CASUS_FHIR_BASE_URL": base_url,
+        "CASUS_FHIR_AUTH": "none",
+        "CASUS_LOG_LEVEL": "WARNING",
+    }
+    return [sys.executable, "-m", "fhir_adapter", "sync", "--batch-size", str(BATCH)], env
+
+
+def kill_resume(template: Path, workdir: Path, *, consents: int, kills: int, seed: int) -> KillResume:
+    """Start ``fhir-adapter sync`` ``kills`` times, SIGKILL each after a random delay, then let one run finish and check
+    the server holds every form exactly once.  Delays are spread over the time an uninterrupted sync of this many
+    consents takes (about 1.5 s of start-up, then about 60 consents/s for the push and 1,000/s for the pull)."""
+    workdir.mkdir(parents=True, mode=0o700)
+    store = workdir / "casus.sqlite3"
+    shutil.copyfile(template, store)
+    store.chmod(0o600)
+    rng = random.Random(seed)
+    longest = 1.5 + consents / 60 + consents / 1000
+    delays: list[float] = []
+    counts: list[int] = []
+    early = 0
+    started = time.perf_counter()
+    with running_sekmet(workdir / "sekmet") as server:
+        command, env = sync_command(store, server.base_url)
+        for _ in range(kills):
+            delay = rng.uniform(0.3, longest / 2)  # each run resumes the last, so half the whole keeps kills inside the work
+            process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                process.wait(timeout=delay)
+                early += 1
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=60)
+                delays.append(delay)
+                counts.append(sum(1 for _ in casus_consents(server.base_url)))
+        final = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        seconds = time.perf_counter() - started
+        resources = list(casus_consents(server.base_url))
+    expected: set[str] = set()
+    with Store.open(f"sqlite:///{store}") as opened:
+        cursor = 0
+        while page := opened.form_ids_changed_since(cursor, BATCH):
+            expected.update(form_id for _seq, form_id in page)
+            cursor = page[-1][0]
+    by_form = Counter(r["identifier"][0]["value"] for r in resources)
+    return KillResume(
+        consents=consents,
+        kills=len(delays),
+        finished_early=early,
+        kill_delays=delays,
+        on_server_at_kill=counts,
+        final_exit=final.returncode,
+        again_exit=again.returncode,
+        again_summary=json.loads(again.stdout) if again.stdout.strip() else {},
+        on_server=len(resources),
+        identifiers_once=all(n == 1 for n in by_form.values()),
+        missing=len(expected - set(by_form)),
+        consents_past_version_1=sum(1 for r in resources if r["meta"]["versionId"] != "1"),
+        seconds=seconds,
+    )
+
+
+# --------------------------------------------------------------------------- the run and its table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--consents", type=int, default=5000)
-    parser.add_argument("--per-resource-consents", type=int, default=5000)
-    parser.add_argument("--rss-sizes", default="1000,5000")
+    parser.add_argument("--sizes", default="1000,20000", help="consents per batched measurement; the first is the baseline size")
+    parser.add_argument("--per-resource-consents", type=int, default=1000, help="consents for the per-resource baseline (0 to skip)")
     parser.add_argument("--floor-consents", type=int, default=1000, help="consents for the raw server floor (0 to skip)")
+    parser.add_argument("--kill-consents", type=int, default=1000, help="consents for the SIGKILL-and-resume check (0 to skip)")
+    parser.add_argument("--kills", type=int, default=8, help="runs killed before one is left to finish")
+    parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--consents", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--push-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -259,80 +370,130 @@ def main() -> None:
         child(args)
         return
 
-    rss_sizes = sorted({int(s) for s in args.rss_sizes.split(",") if s} | {args.consents})
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
         workdir = Path(tmp)
-        stores = templates(workdir, {*rss_sizes, args.per_resource_consents})
-        batched = {size: run_child(stores[size], workdir / f"batched-{size}", consents=size, batch_size=BATCH, push_only=False) for size in rss_sizes}
-        single = run_child(
-            stores[args.per_resource_consents], workdir / "per-resource", consents=args.per_resource_consents, batch_size=PER_RESOURCE, push_only=True
-        )
+        stores = templates(workdir, {*sizes, args.per_resource_consents, args.kill_consents} - {0})
+        batched: dict[int, dict[str, Any]] = {}
+        for size in sizes:
+            batched[size] = run_child(stores[size], workdir / f"batched-{size}", consents=size, batch_size=BATCH, push_only=False)
+            print(f"(batched {size}: {json.dumps(batched[size])})", flush=True)
+        single = None
+        if args.per_resource_consents:
+            single = run_child(
+                stores[args.per_resource_consents],
+                workdir / "per-resource",
+                consents=args.per_resource_consents,
+                batch_size=PER_RESOURCE,
+                push_only=True,
+            )
+            print(f"(per-resource {args.per_resource_consents}: {json.dumps(single)})", flush=True)
         floor: dict[int, tuple[float, int]] = {}
         if args.floor_consents:
             forms = [synthetic_form(n, random.Random(n)) for n in range(args.floor_consents)]
             floor = {size: raw_push_seconds(forms, size, workdir / f"floor-{size}") for size in (PER_RESOURCE, BATCH)}
-    report(args.consents, args.per_resource_consents, batched, single)
-    if floor:
-        report_floor(args.floor_consents, floor)
-
-
-def report_floor(consents: int, floor: dict[int, tuple[float, int]]) -> None:
+            print(f"(floor {args.floor_consents}: {json.dumps(floor)})", flush=True)
+        resumed = None
+        if args.kill_consents:
+            resumed = kill_resume(stores[args.kill_consents], workdir / "kill-resume", consents=args.kill_consents, kills=args.kills, seed=args.seed)
+    print(f"(whole run {time.perf_counter() - started:.0f}s, cpu count {os.cpu_count()})")
     print()
-    print(f"server floor: {consents} pre-mapped Consents POSTed as conditional-PUT transactions, no sync logic (fresh server each)")
-    print(f"| {'consents':>8} | {'mode':<36} | {'seconds':>8} | {'consents/s':>10} | {'requests':>8} | {'speed-up':>8} |")
-    print(f"|{'-' * 10}|{'-' * 38}|{'-' * 10}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
-    single_seconds = floor[PER_RESOURCE][0]
-    for size, (seconds, sent) in sorted(floor.items()):
-        mode = "raw, 1 Consent per transaction" if size == PER_RESOURCE else f"raw, {size} Consents per transaction"
-        print(f"| {consents:>8} | {mode:<36} | {seconds:>8.1f} | {consents / seconds:>10.1f} | {sent:>8} | {single_seconds / seconds:>7.2f}x |")
+    report(sizes, batched, single, args.per_resource_consents, floor, args.floor_consents)
+    if resumed is not None:
+        report_kill_resume(resumed)
 
 
-def report(consents: int, per_resource_consents: int, batched: dict[int, dict[str, Any]], single: dict[str, Any]) -> None:
-    main_run = batched[consents]
-    batched_rate, single_rate = rate(main_run["push"], consents), rate(single["push"], per_resource_consents)
-    speedup = batched_rate / single_rate
-    print(f"push: fresh sekmet-fhir 0.1.1 server and a fresh copy of the store per row; pull page size {PAGE_SIZE}")
-    print(f"| {'consents':>8} | {'mode':<36} | {'seconds':>8} | {'consents/s':>10} | {'requests':>8} | {'speed-up':>8} |")
-    print(f"|{'-' * 10}|{'-' * 38}|{'-' * 10}|{'-' * 12}|{'-' * 10}|{'-' * 10}|")
-    rows = [
-        (per_resource_consents, "per-resource (batch size 1)", single["push"], "1.00x"),
-        (consents, f"transaction batches of {BATCH}", main_run["push"], f"{speedup:.2f}x"),
-    ]
-    for count, mode, phase, shown in rows:
-        print(f"| {count:>8} | {mode:<36} | {phase['seconds']:>8.1f} | {rate(phase, count):>10.1f} | {phase['requests']:>8} | {shown:>8} |")
-    for size, run in sorted(batched.items()):
-        push = run["push"]
-        print(
-            f"push of {size} batched: {push['searches']} identifier searches + {push['transactions']} transactions "
-            f"for {push['pages']} batches ({push['searches'] / max(push['pages'], 1):.1f} searches per batch)"
-        )
-    print(f"per-resource push of {per_resource_consents}: {single['push']['searches']} searches + {single['push']['transactions']} transactions")
-    verdict = "MET" if speedup >= 5 else "NOT MET"
-    note = "" if per_resource_consents == consents else f" (per-resource measured on {per_resource_consents}, rates compared)"
-    print(f"target: batched >= 5x per-resource -> {verdict} ({speedup:.2f}x){note}")
-    print()
-    for label in ("first_pull", "resync"):
-        phase = main_run[label]
-        per_page = phase["searches"] / phase["pages"] if phase["pages"] else float(phase["searches"])
-        name = "first pull after the push (our own pushes, seen as echoes)" if label == "first_pull" else "no-change re-sync"
-        print(
-            f"{name}: {phase['requests']} requests ({phase['searches']} searches) for {phase['pages']} page(s) of changes, "
-            f"{per_page:.2f} search requests per page, {phase['seconds']:.1f}s"
-        )
-    worst = max((main_run[p]["searches"] / main_run[p]["pages"]) for p in ("first_pull", "resync") if main_run[p]["pages"])
-    print(f"target: at most one search request per page of changes -> {'MET' if worst <= 1 else 'NOT MET'} (worst {worst:.2f})")
-    print()
-    print(f"| {'consents':>8} | {'RSS before sync (MiB)':>21} | {'peak RSS of the sync (MiB)':>26} |")
-    print(f"|{'-' * 10}|{'-' * 23}|{'-' * 28}|")
-    for size, run in sorted(batched.items()):
-        print(f"| {size:>8} | {run['baseline_rss_kib'] / 1024:>21.1f} | {run['peak_rss_kib'] / 1024:>26.1f} |")
-    sizes = sorted(batched)
-    low, high = batched[sizes[0]]["peak_rss_kib"], batched[sizes[-1]]["peak_rss_kib"]
-    growth = (high - low) / low
+def row(consents: int, mode: str, seconds: float, requests: int, per_batch: str, baseline_rate: float | None) -> str:
+    shown = f"{consents / seconds / baseline_rate:.2f}x" if baseline_rate else "1.00x"
+    return f"| {consents:>8,} | {mode:<44} | {seconds:>8.1f} | {consents / seconds:>10.1f} | {requests:>8} | {per_batch:>17} | {shown:>8} |"
+
+
+def report(
+    sizes: list[int],
+    batched: dict[int, dict[str, Any]],
+    single: dict[str, Any] | None,
+    single_consents: int,
+    floor: dict[int, tuple[float, int]],
+    floor_consents: int,
+) -> None:
+    print(f"push: fresh sekmet-fhir 0.1.1 server and a fresh copy of the store per row; batches and pull pages of {BATCH}")
     print(
-        f"target: memory flat in the number of consents -> {'MET' if growth <= 0.10 else 'NOT MET'} "
-        f"(peak {growth:+.1%} from {sizes[0]} to {sizes[-1]} consents)"
+        f"| {'consents':>8} | {'mode':<44} | {'seconds':>8} | {'consents/s':>10} | {'requests':>8} | {'requests per batch':>17} | {'vs first':>8} |"
     )
+    print(f"|{'-' * 10}|{'-' * 46}|{'-' * 10}|{'-' * 12}|{'-' * 10}|{'-' * 19}|{'-' * 10}|")
+    first_rate = None
+    if single is not None:
+        push = single["push"]
+        print(
+            row(
+                single_consents,
+                "per-resource (batch size 1), baseline",
+                push["seconds"],
+                push["requests"],
+                f"{push['requests'] / max(push['pages'], 1) * BATCH:.0f} per 100",
+                None,
+            )
+        )
+        first_rate = single_consents / push["seconds"]
+    for size, (seconds, sent) in sorted(floor.items()):
+        mode = "server floor: raw, 1 per transaction" if size == PER_RESOURCE else f"server floor: raw, {size} per transaction"
+        print(row(floor_consents, mode, seconds, sent, "-", first_rate))
+    for size in sizes:
+        push = batched[size]["push"]
+        per_batch = f"{push['searches'] / push['pages']:.1f} s + {push['transactions'] / push['pages']:.1f} t"
+        print(row(size, f"sync, transaction batches of {BATCH}", push["seconds"], push["requests"], per_batch, first_rate))
+    print("(requests per batch: s = identifier look-ups, t = transactions)")
+    print()
+    print(
+        f"| {'consents':>8} | {'first pull s':>12} | {'pull requests':>13} | {'pull pages':>10} | {'re-sync requests':>16} | "
+        f"{'re-sync pages':>13} | {'searches per page':>17} | {'peak RSS MiB':>12} | {'RSS vs first':>12} |"
+    )
+    print(f"|{'-' * 10}|{'-' * 14}|{'-' * 15}|{'-' * 12}|{'-' * 18}|{'-' * 15}|{'-' * 19}|{'-' * 14}|{'-' * 14}|")
+    low = batched[sizes[0]]["peak_rss_kib"]
+    worst_per_page = 0.0
+    for size in sizes:
+        run = batched[size]
+        pull, resync = run["first_pull"], run["resync"]
+        per_page = max(p["searches"] / max(p["pages"], 1) for p in (pull, resync))
+        worst_per_page = max(worst_per_page, per_page)
+        print(
+            f"| {size:>8,} | {pull['seconds']:>12.1f} | {pull['requests']:>13} | {pull['pages']:>10} | {resync['requests']:>16} | "
+            f"{resync['pages']:>13} | {per_page:>17.2f} | {run['peak_rss_kib'] / 1024:>12.1f} | {run['peak_rss_kib'] / low:>11.2f}x |"
+        )
+    high = batched[sizes[-1]]["peak_rss_kib"]
+    print(f"target: at most one search request per page of changes -> {'MET' if worst_per_page <= 1 else 'NOT MET'} (worst {worst_per_page:.2f})")
+    print(f"target: peak RSS at {sizes[-1]:,} within 1.2x of {sizes[0]:,} -> {'MET' if high <= 1.2 * low else 'NOT MET'} ({high / low:.2f}x)")
+    lookups = max(batched[size]["push"]["searches"] / batched[size]["push"]["pages"] for size in sizes)
+    print(
+        f"target: identifier look-ups cost fewer than 5 searches per batch -> {'MET' if lookups < 5 else 'NOT MET'} (worst {lookups:.1f} per batch)"
+    )
+
+
+def report_kill_resume(result: KillResume) -> None:
+    print()
+    print(
+        f"SIGKILL and resume: {result.consents:,} consents, {result.kills} runs killed at random points "
+        f"({result.finished_early} ended before their kill), then one run to the end and one more; {result.seconds:.0f}s"
+    )
+    print(
+        "kills at (s after start -> CASUS Consents on the server then): "
+        + ", ".join(f"{d:.1f}->{n}" for d, n in zip(result.kill_delays, result.on_server_at_kill, strict=True))
+    )
+    again = result.again_summary
+    print(
+        f"final run exit {result.final_exit}; the run after it exit {result.again_exit}, pushed {again.get('pushed')}, pulled {again.get('pulled')}"
+    )
+    print(
+        f"on the server: {result.on_server:,} CASUS Consents, each identifier once: {result.identifiers_once}, "
+        f"missing {result.missing}, with more than one version {result.consents_past_version_1}"
+    )
+    met = (
+        (result.final_exit, result.again_exit, result.on_server, result.identifiers_once, result.missing) == (0, 0, result.consents, True, 0)
+        and again.get("pushed") == 0
+        and again.get("pulled") == 0
+    )
+    print(f"target: every form on the server exactly once after SIGKILL at random points -> {'MET' if met else 'NOT MET'}")
 
 
 if __name__ == "__main__":

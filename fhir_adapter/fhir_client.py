@@ -12,6 +12,8 @@ Retry rule (why it is safe to send a request twice):
 * only for *idempotent* requests: GET, HEAD, PUT, DELETE; a POST only when it is a conditional
   create (``If-None-Exist``: a second copy finds the first and creates nothing) or a transaction
   Bundle whose every entry is itself idempotent (GET/HEAD/PUT/DELETE, or POST with ``ifNoneExist``);
+* a search sent as ``POST [base]/[type]/_search`` (a form-encoded search: it reads, never writes) is retried
+  like a GET;
 * every other POST (a plain create, a batch with plain creates) is sent once: if its fate is
   unknown the caller must look before writing again, or it may create a duplicate Consent.
 
@@ -413,11 +415,26 @@ class FhirClient:
         following Bundle.link[next] like ``search_pages``."""
         return self._pages(self._url(_type(resource_type), "_history"), params)
 
-    def _pages(self, url: str, params: SearchParams | None) -> Iterator[JsonDict]:
+    def search_post_pages(self, resource_type: str, params: SearchParams) -> Iterator[JsonDict]:
+        """Each page of ``POST [base]/Type/_search`` with the parameters form-encoded in the body, then the
+        server's next links (GET, as the specification has them).
+
+        The specification defines this form beside GET for every search: parameters travel in the body, so a
+        long OR-list (``identifier=a,b,c``) needs no splitting to fit a URL.  A server that does not take it
+        answers 4xx/501 (the caller decides whether to fall back to GET).
+        """
+        return self._pages(self._url(_type(resource_type), "_search"), None, form=params)
+
+    def _pages(self, url: str, params: SearchParams | None, *, form: SearchParams | None = None) -> Iterator[JsonDict]:
         query: SearchParams | None = params or None
         seen: set[str] = set()
         for _ in range(self.max_pages):
-            bundle = self._require_body(self._request("GET", url, params=query), "Bundle")
+            if form is not None:
+                response = self._request("POST", url, form_body=form)
+                form = None
+            else:
+                response = self._request("GET", url, params=query)
+            bundle = self._require_body(response, "Bundle")
             bundle_entries(bundle)
             yield bundle
             following = next_link(bundle)
@@ -495,15 +512,19 @@ class FhirClient:
         *,
         params: SearchParams | None = None,
         json_body: JsonDict | None = None,
+        form_body: SearchParams | None = None,
         headers: dict[str, str] | None = None,
     ) -> _Response:
-        """Send with retries (idempotent requests only) and one token refresh on 401; map errors to types."""
+        """Send with retries (idempotent requests and searches only) and one token refresh on 401; map errors to types."""
         headers = dict(headers or {})
         data: bytes | None = None
         if json_body is not None:
             headers["Content-Type"] = FHIR_JSON
             data = json.dumps(json_body, separators=(",", ":")).encode()
-        retryable = is_idempotent(method, headers, json_body)
+        elif form_body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            data = urlencode(form_body).encode()
+        retryable = form_body is not None or is_idempotent(method, headers, json_body)
         path = redact_path(url + ("?" + urlencode(params) if params else ""))
         refreshed = False
         attempt = 0

@@ -12,7 +12,8 @@ Why it is shaped this way:
 * **Only the latest version is pushed.** The server keeps its own history of what *it* received; a form edited
   three times between runs is pushed once, as it stands now (intermediate local versions are skipped).
 * **Conflicts are reported, never resolved by overwriting.** Before a batch is sent, one search by identifier
-  fetches the server's current state of every form in it.  If the server's version differs from the one we
+  fetches the server's current state of every form in it (``POST Consent/_search`` with the OR-list in the
+  body; GET in URL-sized chunks from a server that refuses POST search).  If the server's version differs from the one we
   recorded at the last sync *and* the local form changed too, it is a conflict: reported, audited, and neither
   side is written.  If both sides hold the same content it is not a conflict: the sync record is simply brought
   up to date (this is also how a run killed after a write landed, but before it was recorded, converges).
@@ -95,7 +96,8 @@ PUSH_CURSOR = "sync.push"
 PULL_CURSOR = "sync.pull"
 DELETE_CURSOR = "sync.deletes"
 ACTOR = "sync"
-#: Longest comma-separated identifier list sent in one search (keeps URLs well under common 8 KB limits).
+#: Longest comma-separated identifier list sent in one GET search (keeps URLs well under common 8 KB limits); a
+#: ``POST [type]/_search`` carries a whole batch in its body instead.
 MAX_IDENTIFIER_QUERY_CHARS = 1800
 
 Progress = Callable[[str, int], None]
@@ -331,6 +333,41 @@ def identifier_chunks(form_ids: Sequence[str], limit: int = MAX_IDENTIFIER_QUERY
     return chunks
 
 
+def identifier_values(form_ids: Sequence[str]) -> str:
+    """The OR-list ``system|a,system|b`` of the forms' business identifiers, one search parameter value.
+
+    >>> identifier_values(["a", "b,c"]).count(",")
+    2
+    """
+    return ",".join(f"{codes.ID_CONSENT_FORM}|{search_escape(f)}" for f in form_ids)
+
+
+def lookup_page_size(forms: int) -> int:
+    """``_count`` for an identifier look-up: room for every form and a few duplicates, so one page is the usual answer."""
+    return max(2 * forms, 10)
+
+
+def refuses_post_search(exc: FhirError) -> bool:
+    """The server's answer to ``POST [type]/_search`` says it does not take that form of search (not a failure of the
+    search itself: a refused credential or a server error is reported as such).
+
+    >>> refuses_post_search(FhirError(405, None, "")), refuses_post_search(Unauthorized(403, None, ""))
+    (True, False)
+    """
+    return not isinstance(exc, Unauthorized) and exc.status in (400, 404, 405, 415, 422, 501)
+
+
+def states_by_form_id(pages: Iterable[dict[str, Any]], wanted: set[str]) -> dict[str, list[RemoteState]]:
+    """The Consents on these search pages that carry one of the wanted form ids, grouped by form id."""
+    found: dict[str, list[RemoteState]] = {}
+    for bundle in pages:
+        for resource in matched_resources(bundle):
+            form_id = casus_form_id(resource)
+            if form_id in wanted:
+                found.setdefault(form_id, []).append(remote_state(resource))
+    return found
+
+
 # --------------------------------------------------------------------------- decisions (pure)
 
 
@@ -525,6 +562,7 @@ class SyncJob:
         self._progress = progress
         self._sent: set[str] = set()  # forms whose write this run sent, so one found landed after a lost answer counts as pushed
         self._outstanding: set[str] = set()  # keys of the problems outstanding with this server (so solving costs no write otherwise)
+        self._post_search = True  # identifier look-ups as one POST [type]/_search per batch until the server refuses it
 
     # ---------------------------------------------------------------- entry point
 
@@ -540,6 +578,7 @@ class SyncJob:
         summary = SyncSummary(server=self.server, dry_run=dry_run)
         summary.full = full or (state.get_cursor(self.server, PUSH_CURSOR) is None and state.get_cursor(self.server, PULL_CURSOR) is None)
         self._sent = set()
+        self._post_search = True
         self._outstanding = {p.key for p in state.problems(self.server)}
         with run_context(summary.run_id):
             return self._run(summary, push=push, pull=pull, dry_run=dry_run, full=full)
@@ -564,7 +603,8 @@ class SyncJob:
                         state.set_cursor(self.server, DELETE_CURSOR, pulled_to)
             self._list_outstanding(summary, dry_run)
         except FhirError as exc:
-            first = (self.client.stats.requests - requests0) - (self.client.stats.retries - retries0) <= 1
+            refused_probe = 0 if self._post_search else 1  # a POST search the server refused before asking by GET
+            first = (self.client.stats.requests - requests0) - (self.client.stats.retries - retries0) - refused_probe <= 1
             summary.failure = failure_reason(exc, first_request=first)
             raise SyncAborted(summary.failure, summary) from exc
         except Exception as exc:
@@ -912,15 +952,25 @@ class SyncJob:
         )
 
     def _remote_states(self, form_ids: list[str]) -> dict[str, list[RemoteState]]:
-        """The server's current Consents for these forms, by form id: one search per URL-sized chunk."""
-        wanted = set(form_ids)
+        """The server's current Consents for these forms, by form id.
+
+        One ``POST Consent/_search`` with the whole OR-list in the body (one request per batch); a server that
+        refuses that form of search is asked by GET, one search per URL-sized chunk, for the rest of the run.
+        """
+        if self._post_search and form_ids:
+            params = [("identifier", identifier_values(form_ids)), ("_count", str(lookup_page_size(len(form_ids))))]
+            try:
+                return states_by_form_id(self.client.search_post_pages("Consent", params), set(form_ids))
+            except FhirError as exc:
+                if not refuses_post_search(exc):
+                    raise
+                self._post_search = False
+                log.warning("sync: the server refused POST Consent/_search (%s); identifier look-ups use GET for this run", exc.status)
         found: dict[str, list[RemoteState]] = {}
         for chunk in identifier_chunks(form_ids):
-            value = ",".join(f"{codes.ID_CONSENT_FORM}|{search_escape(f)}" for f in chunk)
-            for resource in self.client.search("Consent", [("identifier", value), ("_count", str(max(len(chunk), 10)))]):
-                form_id = casus_form_id(resource)
-                if form_id in wanted:
-                    found.setdefault(form_id, []).append(remote_state(resource))
+            params = [("identifier", identifier_values(chunk)), ("_count", str(lookup_page_size(len(chunk))))]
+            for form_id, states in states_by_form_id(self.client.search_pages("Consent", params), set(chunk)).items():
+                found.setdefault(form_id, []).extend(states)
         return found
 
     # ---------------------------------------------------------------- pull

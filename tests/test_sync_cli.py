@@ -214,8 +214,8 @@ def test_a_token_the_server_refuses_exits_2_without_printing_it(store: Store, da
     store.create_form(new_form(), actor="clinician")
     base = "http://127.0.0.1:8099/fhir"
     with responses.RequestsMock() as mocked:
-        mocked.get(
-            f"{base}/Consent",
+        mocked.post(
+            f"{base}/Consent/_search",
             status=401,
             json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login", "diagnostics": "invalid token"}]},
         )

@@ -44,6 +44,7 @@ from tests.test_sync import changed, new_form
 BASE = "http://127.0.0.1:8099/fhir"
 SERVER = server_key(BASE)
 CONSENT = f"{BASE}/Consent"
+SEARCH = f"{CONSENT}/_search"  # identifier look-ups: POST [type]/_search, a whole batch in the body
 TOKEN_URL = "http://127.0.0.1:8099/token"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 HTML_PAGE = "<html><body><h1>Service unavailable</h1></body></html>"
@@ -133,7 +134,7 @@ def test_an_expired_smart_token_is_refreshed_mid_run_and_the_run_completes(store
     store.create_form(new_form(), actor="clinician")
     mocked.post(TOKEN_URL, json={"access_token": "first-token", "token_type": "bearer", "expires_in": 3600})
     mocked.post(TOKEN_URL, json={"access_token": "second-token", "token_type": "bearer", "expires_in": 3600})
-    mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
+    mocked.post(SEARCH, json=searchset(), headers=FHIR_JSON)
     mocked.post(BASE, status=401, json=outcome("token expired"))  # the server revoked the token before its expiry time
     transaction = mocked.post(BASE, json=transaction_response(1), headers=FHIR_JSON)
     auth = SmartBackendAuth(TOKEN_URL, "casus-sync", _rsa_pem(), "key-1")
@@ -147,7 +148,7 @@ def test_an_expired_smart_token_is_refreshed_mid_run_and_the_run_completes(store
 
 def test_a_bearer_token_the_server_refuses_stops_the_run_without_naming_the_token(store: Store, mocked: responses.RequestsMock) -> None:
     store.create_form(new_form(), actor="clinician")
-    mocked.get(CONSENT, status=401, json=outcome("unknown token"))
+    mocked.post(SEARCH, status=401, json=outcome("unknown token"))
 
     with FhirClient(BASE, auth=StaticBearer("s3cret-bearer-value")) as bearer_client, pytest.raises(SyncAborted) as stopped:
         SyncJob(store, bearer_client).run()
@@ -190,6 +191,7 @@ def test_an_html_page_in_place_of_a_later_page_keeps_the_cursor_at_the_last_comp
 
 def test_an_html_error_page_stops_the_push_with_nothing_recorded(store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
     form = store.create_form(new_form(), actor="clinician").form
+    mocked.post(SEARCH, body=HTML_PAGE, status=404, content_type="text/html")
     mocked.get(CONSENT, body=HTML_PAGE, status=404, content_type="text/html")
 
     with pytest.raises(SyncAborted, match="not FHIR JSON"):
@@ -202,7 +204,7 @@ def test_an_html_answer_to_the_transaction_leaves_the_push_cursor_and_records_un
     store: Store, client: FhirClient, mocked: responses.RequestsMock
 ) -> None:
     form = store.create_form(new_form(), actor="clinician").form
-    mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
+    mocked.post(SEARCH, json=searchset(), headers=FHIR_JSON)
     mocked.post(BASE, body=HTML_PAGE, status=200, content_type="text/html")
 
     with pytest.raises(SyncAborted):
@@ -215,7 +217,7 @@ def test_a_transaction_response_missing_entries_is_malformed_and_records_nothing
     store: Store, client: FhirClient, mocked: responses.RequestsMock
 ) -> None:
     forms = [store.create_form(new_form(), actor="clinician").form for _ in range(2)]
-    mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
+    mocked.post(SEARCH, json=searchset(), headers=FHIR_JSON)
     mocked.post(BASE, json=transaction_response(1), headers=FHIR_JSON)
 
     with pytest.raises(SyncAborted, match="1 entries for 2 requests"):
@@ -253,7 +255,7 @@ def test_a_412_is_reclassified_once_and_a_second_412_is_a_conflict_that_holds_th
     store: Store, client: FhirClient, mocked: responses.RequestsMock
 ) -> None:
     form, remote = _synced_then_changed_locally(store)
-    searches = mocked.get(CONSENT, json=searchset(remote), headers=FHIR_JSON)
+    searches = mocked.post(SEARCH, json=searchset(remote), headers=FHIR_JSON)
     sends = mocked.post(BASE, status=412, json=outcome("version conflict"))
 
     summary = SyncJob(store, client).run(pull=False)
@@ -265,7 +267,7 @@ def test_a_412_is_reclassified_once_and_a_second_412_is_a_conflict_that_holds_th
 
 def test_the_update_of_a_known_server_copy_carries_its_version_in_if_match(store: Store, client: FhirClient, mocked: responses.RequestsMock) -> None:
     _form, remote = _synced_then_changed_locally(store)
-    mocked.get(CONSENT, json=searchset(remote), headers=FHIR_JSON)
+    mocked.post(SEARCH, json=searchset(remote), headers=FHIR_JSON)
     sends = mocked.post(BASE, json=transaction_response(1), headers=FHIR_JSON)
 
     SyncJob(store, client).run(pull=False)
@@ -279,7 +281,7 @@ def test_a_form_the_server_has_not_seen_is_written_by_a_conditional_update_on_it
     store: Store, client: FhirClient, mocked: responses.RequestsMock
 ) -> None:
     form = store.create_form(new_form(), actor="clinician").form
-    mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
+    mocked.post(SEARCH, json=searchset(), headers=FHIR_JSON)
     sends = mocked.post(BASE, json=transaction_response(1), headers=FHIR_JSON)
 
     SyncJob(store, client).run(pull=False)
@@ -294,7 +296,7 @@ def test_a_batch_the_server_refuses_is_sent_form_by_form_and_only_the_bad_form_i
     store: Store, client: FhirClient, mocked: responses.RequestsMock
 ) -> None:
     good, bad = (store.create_form(new_form(), actor="clinician").form for _ in range(2))
-    mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
+    mocked.post(SEARCH, json=searchset(), headers=FHIR_JSON)
 
     def server(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
         entries = json.loads(request.body or b"{}")["entry"]
@@ -312,6 +314,24 @@ def test_a_batch_the_server_refuses_is_sent_form_by_form_and_only_the_bad_form_i
         (bad.form_id, "Consent.provision: not acceptable here")
     ]
     assert store.sync_record(SERVER, bad.form_id) is None
+
+
+def test_a_server_that_refuses_post_search_is_asked_by_get_for_the_rest_of_the_run(
+    store: Store, client: FhirClient, mocked: responses.RequestsMock
+) -> None:
+    store.bulk_load(([new_form()] for _ in range(150)), actor="clinician")  # two batches of 100 and 50
+    refused = mocked.post(SEARCH, status=405, json=outcome("POST search is not supported"))
+    searches = mocked.get(CONSENT, json=searchset(), headers=FHIR_JSON)
+    mocked.add_callback(
+        responses.POST, BASE, callback=lambda r: (200, FHIR_JSON, json.dumps(transaction_response(len(json.loads(r.body or b"{}")["entry"]))))
+    )
+
+    summary = SyncJob(store, client).run(pull=False)
+
+    assert (summary.pushed, summary.exit_code()) == (150, 0)
+    assert len(refused.calls) == 1
+    assert all(len(c.request.url or "") < MAX_IDENTIFIER_QUERY_CHARS * 3 for c in searches.calls)
+    assert len(searches.calls) >= 7  # URL-sized chunks: 100 identifiers do not fit one URL
 
 
 # --------------------------------------------------------------------------- pure helpers

@@ -87,8 +87,8 @@ def test_credentials_refused_on_the_first_request_say_so_and_not_part_way(store:
     store.create_form(new_form(), actor="clinician")
     base = "http://127.0.0.1:8099/fhir"
     with responses.RequestsMock() as mocked:
-        mocked.get(
-            f"{base}/Consent",
+        mocked.post(
+            f"{base}/Consent/_search",
             status=401,
             json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login", "diagnostics": "invalid token"}]},
         )
