@@ -27,6 +27,7 @@ SEARCH_EXAMPLES = {
     "_offset": "0",
     "_summary": "count",
     "_total": "accurate",
+    "_elements": "status,provision",
 }
 
 

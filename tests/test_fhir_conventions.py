@@ -1,4 +1,4 @@
-"""FHIR HTTP conventions: content negotiation, conditional create and read, Prefer, _summary/_total, _history paging,
+"""FHIR HTTP conventions: content negotiation, conditional create and read, Prefer, _summary/_total/_elements, _history paging,
 and a PUT without If-Match that never answers 412."""
 
 from __future__ import annotations
@@ -105,6 +105,26 @@ def test_summary_count_gives_the_total_without_entries(stored: FlaskClient) -> N
 def test_total_none_leaves_the_total_out(stored: FlaskClient) -> None:
     bundle = stored.get("/fhir/Consent?_total=none", headers=bearer("admin")).json
     assert "total" not in bundle and len(bundle["entry"]) == 1
+
+
+@pytest.mark.parametrize(("base", "mandatory"), [("/fhir", {"status", "scope", "category"}), ("/fhir/R5", {"status"})])
+def test_elements_returns_the_elements_asked_for_and_the_mandatory_ones_tagged_subsetted(stored: FlaskClient, base: str, mandatory: set[str]) -> None:
+    resource = stored.get(f"{base}/Consent?_elements=provision", headers=bearer("admin")).json["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "provision", *mandatory}
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED", "display": "subsetted"} in resource["meta"][
+        "tag"
+    ]
+
+
+def test_a_search_without_elements_returns_whole_consents(stored: FlaskClient) -> None:
+    resource = stored.get("/fhir/Consent", headers=bearer("admin")).json["entry"][0]["resource"]
+    assert "SUBSETTED" not in [t["code"] for t in resource["meta"].get("tag", [])] and "policyRule" in resource
+
+
+@pytest.mark.parametrize("value", ["", "provision.code", "status;drop", "st atus"])
+def test_elements_that_are_no_element_names_are_a_400_naming_the_parameter(stored: FlaskClient, value: str) -> None:
+    response = stored.get("/fhir/Consent", query_string={"_elements": value}, headers=bearer("admin"))
+    assert response.status_code == 400 and response.json["issue"][0]["expression"] == ["_elements"]
 
 
 @pytest.mark.parametrize(("query", "expression"), [("_summary=text", "_summary"), ("_total=exact", "_total")])

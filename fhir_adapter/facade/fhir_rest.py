@@ -65,11 +65,19 @@ SEARCH_PARAMETERS = (
     SearchParameter("_offset", "number", "where the page starts; the next link carries it"),
     SearchParameter("_summary", "token", "count (the total only) or false"),
     SearchParameter("_total", "token", "none, estimate or accurate (every total is accurate)"),
+    SearchParameter("_elements", "special", "top-level Consent elements to return, comma-separated; mandatory ones always come"),
 )
 #: Every parameter a search accepts: the declared ones, the identifier forms of patient, and the output ones.
 SEARCH_PARAMS = {p.name for p in SEARCH_PARAMETERS} | {"patient:identifier", "patient.identifier", "subject:identifier", "_format", "_pretty"}
 HISTORY_PARAMS = {"_count", "_format", "_pretty"}
 MAX_COUNT = 100
+#: Elements every Consent carries whatever ``_elements`` asks: FHIR has servers return the mandatory ones.
+MANDATORY_ELEMENTS: dict[Version, frozenset[str]] = {
+    "r4": frozenset({"resourceType", "id", "meta", "status", "scope", "category"}),
+    "r5": frozenset({"resourceType", "id", "meta", "status"}),
+}
+#: The tag FHIR puts on a resource that is not whole (v3-ObservationValue SUBSETTED).
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED", "display": "subsetted"}
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 #: A PUT without If-Match applies to whatever version is current; when another write lands first it is tried again.
 PUT_ATTEMPTS = 5
@@ -264,9 +272,31 @@ def search() -> Any:
         count = 0
     found, total = service().search(actor=principal().name, limit=count, offset=offset, **criteria)
     bundle = searchset(found, total, count, offset)
+    if "_elements" in request.args:
+        wanted = element_names(request.args["_elements"])
+        for entry in bundle.get("entry", []):
+            entry["resource"] = subsetted(entry["resource"], wanted, fhir_version())
     if total_mode == "none" and summary != "count":
         del bundle["total"]
     return json_response(bundle, fhir=True)
+
+
+def element_names(raw: str) -> frozenset[str]:
+    """The element names ``_elements`` lists; a name that is no FHIR element name is a 400 naming the parameter."""
+    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
+    malformed = sorted(n for n in names if not n.isascii() or not n.isidentifier() or "." in n)
+    if not names or malformed:
+        raise problem(400, "value", "_elements", "_elements lists top-level element names, comma-separated, e.g. status,provision")
+    return names
+
+
+def subsetted(resource: dict[str, Any], wanted: frozenset[str], version: Version) -> dict[str, Any]:
+    """Only the elements asked for (and the mandatory ones), tagged SUBSETTED so no reader takes it for the whole."""
+    kept = {k: v for k, v in resource.items() if k in wanted or k in MANDATORY_ELEMENTS[version]}
+    meta = dict(kept.get("meta", {}))
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    kept["meta"] = meta
+    return kept
 
 
 def search_criteria(args: Any, where: str | None = None) -> tuple[dict[str, Any], int, int]:
