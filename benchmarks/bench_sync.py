@@ -248,10 +248,6 @@ def raw_push_seconds(forms: list[ConsentForm], batch_size: int, workdir: Path) -
         return time.perf_counter() - started, len(bodies)
 
 
-def rate(phase: dict[str, Any], consents: int) -> float:
-    return consents / phase["seconds"]
-
-
 # --------------------------------------------------------------------------- resuming after SIGKILL
 
 
