@@ -18,7 +18,7 @@ Measured in one run, each measurement on a fresh server and a fresh copy of the 
   identifier is there exactly once, none is missing, and no Consent has more than one version.
 
 Run:  python benchmarks/bench_sync.py [--sizes 1000,20000] [--per-resource-consents 1000] [--floor-consents 1000]
-                                      [--kill-consents 1000] [--kills 8]
+                                      [--kill-consents 1000] [--kills 12]
 (needs sekmet-fhir; installed on first use into $CASUS_SEKMET_VENV or .cache/sekmet-venv, like the test suite).
 Privacy: synthetic forms only; nothing but counts and timings is printed.
 """
@@ -64,6 +64,7 @@ PER_RESOURCE = 1
 PAGE_SIZE = 100
 CHILD_TIMEOUT_S = 3600
 RUN_TIMEOUT_S = 1800
+MAX_KILL_DELAY_S = 2.5
 
 
 # --------------------------------------------------------------------------- synthetic forms (pure)
@@ -205,9 +206,26 @@ def run_child(template: Path, workdir: Path, *, consents: int, batch_size: int, 
             str(consents),
         ] + (["--push-only"] if push_only else [])
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        if done.returncode != 0:
+            raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        if not push_only:
+            result["raw_walk"] = raw_walk(server.base_url)
+    return result
+
+
+def raw_walk(base_url: str) -> dict[str, float]:
+    """The server's floor for a pull: the same search the first pull makes, pages followed by next link, no sync logic."""
+    params: dict[str, str] | None = {"identifier": f"{codes.ID_CONSENT_FORM}|", "_sort": "_lastUpdated", "_count": str(PAGE_SIZE)}
+    url: str | None = f"{base_url}/Consent"
+    pages = 0
+    started = time.perf_counter()
+    with requests.Session() as session:
+        while url is not None and pages < 100_000:
+            bundle = session.get(url, params=params, headers={"Accept": "application/fhir+json"}, timeout=600).json()
+            pages, params = pages + 1, None
+            url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+    return {"seconds": time.perf_counter() - started, "pages": pages}
 
 
 def templates(workdir: Path, sizes: set[int]) -> dict[int, Path]:
@@ -252,10 +270,6 @@ def raw_push_seconds(forms: list[ConsentForm], batch_size: int, workdir: Path) -
         return time.perf_counter() - started, len(bodies)
 
 
-def rate(phase: dict[str, Any], consents: int) -> float:
-    return consents / phase["seconds"]
-
-
 # --------------------------------------------------------------------------- resuming after SIGKILL
 
 
@@ -295,14 +309,13 @@ def sync_command(store: Path, base_url: str) -> tuple[list[str], dict[str, str]]
 
 def kill_resume(template: Path, workdir: Path, *, consents: int, kills: int, seed: int) -> KillResume:
     """Start ``fhir-adapter sync`` ``kills`` times, SIGKILL each after a random delay, then let one run finish and check
-    the server holds every form exactly once.  Delays are spread over the time an uninterrupted sync of this many
-    consents takes (about 1.5 s of start-up, then about 60 consents/s for the push and 1,000/s for the pull)."""
+    the server holds every form exactly once.  Short random delays, so each killed run gets a little further than the
+    last and the kills fall at different points: before the first request, mid-batch, between batches, in pull."""
     workdir.mkdir(parents=True, mode=0o700)
     store = workdir / "casus.sqlite3"
     shutil.copyfile(template, store)
     store.chmod(0o600)
     rng = random.Random(seed)
-    longest = 1.5 + consents / 60 + consents / 1000
     delays: list[float] = []
     counts: list[int] = []
     early = 0
@@ -310,7 +323,7 @@ def kill_resume(template: Path, workdir: Path, *, consents: int, kills: int, see
     with running_sekmet(workdir / "sekmet") as server:
         command, env = sync_command(store, server.base_url)
         for _ in range(kills):
-            delay = rng.uniform(0.3, longest / 2)  # each run resumes the last, so half the whole keeps kills inside the work
+            delay = rng.uniform(0.3, MAX_KILL_DELAY_S)  # start-up is about 1 s, so kills land in start-up, push and pull
             process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 process.wait(timeout=delay)
@@ -357,7 +370,7 @@ def main() -> None:
     parser.add_argument("--per-resource-consents", type=int, default=1000, help="consents for the per-resource baseline (0 to skip)")
     parser.add_argument("--floor-consents", type=int, default=1000, help="consents for the raw server floor (0 to skip)")
     parser.add_argument("--kill-consents", type=int, default=1000, help="consents for the SIGKILL-and-resume check (0 to skip)")
-    parser.add_argument("--kills", type=int, default=8, help="runs killed before one is left to finish")
+    parser.add_argument("--kills", type=int, default=12, help="runs killed before one is left to finish")
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -461,6 +474,15 @@ def report(
             f"| {size:>8,} | {pull['seconds']:>12.1f} | {pull['requests']:>13} | {pull['pages']:>10} | {resync['requests']:>16} | "
             f"{resync['pages']:>13} | {per_page:>17.2f} | {run['peak_rss_kib'] / 1024:>12.1f} | {run['peak_rss_kib'] / low:>11.2f}x |"
         )
+    for size in sizes:
+        walk = batched[size].get("raw_walk")
+        if walk:
+            pull = batched[size]["first_pull"]
+            print(
+                f"pull floor at {size:,}: the same search walked by next link with no sync logic took {walk['seconds']:.1f}s for "
+                f"{walk['pages']:.0f} pages ({walk['seconds'] / walk['pages']:.2f}s a page; the sync's first pull "
+                f"{pull['seconds'] / max(pull['pages'], 1):.2f}s a page)"
+            )
     high = batched[sizes[-1]]["peak_rss_kib"]
     print(f"target: at most one search request per page of changes -> {'MET' if worst_per_page <= 1 else 'NOT MET'} (worst {worst_per_page:.2f})")
     print(f"target: peak RSS at {sizes[-1]:,} within 1.2x of {sizes[0]:,} -> {'MET' if high <= 1.2 * low else 'NOT MET'} ({high / low:.2f}x)")
