@@ -37,6 +37,8 @@ log = logging.getLogger("fhir_adapter.oauth")
 
 #: Asymmetric signature algorithms only: never "none", never HS256/384/512.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+#: The JWK key type each algorithm family signs with (by the first two letters of ``alg``).
+KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 MIN_REFRESH_SECONDS = 5.0
 MAX_LEEWAY_SECONDS = 300
 FETCH_TIMEOUT_SECONDS = 5.0
@@ -100,6 +102,10 @@ class JwksCache:
         self.fetches = 0
 
     def key(self, kid: str) -> jwt.PyJWK | None:
+        """The published key ``kid``; a known key never waits for a fetch, and at most one fetch runs at a time."""
+        known = self._keys.get(kid)
+        if known is not None:
+            return known
         with self._lock:
             if kid not in self._keys and self._may_fetch():
                 self._fetch()
@@ -145,13 +151,15 @@ class AccessTokenVerifier:
         except jwt.PyJWTError:
             return Refusal(401, "login", "the access token is not a JWT")
         alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
             return Refusal(401, "login", f"access tokens must be signed with one of {', '.join(ALGORITHMS)}")
         if not isinstance(kid, str):
             return Refusal(401, "login", "the access token names no key (kid)")
         key = self._keys.key(kid)
         if key is None:
             return Refusal(401, "login", "the access token is signed with a key the authorisation server does not publish")
+        if key.key_type != KEY_TYPES.get(alg[:2]):  # an RSA key named with ES256, say: PyJWT would fail on the key, not the token
+            return Refusal(401, "login", "the access token's algorithm does not fit the key it names")
         try:
             claims = jwt.decode(
                 token,
@@ -170,7 +178,7 @@ class AccessTokenVerifier:
             return Refusal(401, "login", "the access token is for another audience")
         except jwt.InvalidIssuerError:
             return Refusal(401, "login", "the access token is from another issuer")
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):  # TypeError/ValueError: a key PyJWT cannot use with this alg
             return Refusal(401, "login", "the access token's signature or claims do not verify")
         caller = claims.get("client_id") or claims.get("sub") or "unnamed"
         name = "oauth:" + re.sub(r"[^A-Za-z0-9._:@/-]", "_", str(caller))[:64]

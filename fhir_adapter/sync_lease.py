@@ -54,11 +54,17 @@ def parse_owner(owner: str) -> OwnerIdentity | None:
 
 
 def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists here; where that cannot be asked safely, it is taken to exist.
+
+    On Windows signal 0 is CTRL_C_EVENT, not a probe, so a lease held there is left to expire.
+    """
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # it exists, under another user
+    except OSError:  # PermissionError: it exists, under another user; anything else: cannot tell
         return True
     return True
 

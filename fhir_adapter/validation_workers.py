@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .outcome import Issue
@@ -48,6 +49,13 @@ def _pool(size: int) -> ProcessPoolExecutor:
         return _POOLS[size]
 
 
+def _discard_pool(size: int) -> None:
+    with _POOL_LOCK:
+        broken = _POOLS.pop(size, None)
+    if broken is not None:
+        broken.shutdown(wait=False, cancel_futures=True)
+
+
 class ValidationWorkers:
     """At most ``size`` validations at once, each in a worker process."""
 
@@ -60,6 +68,10 @@ class ValidationWorkers:
         if not self._slots.acquire(blocking=False):
             return None
         try:
-            return _pool(self.size).submit(validate_consent, document, version, profile).result()
+            try:
+                return _pool(self.size).submit(validate_consent, document, version, profile).result()
+            except BrokenProcessPool:  # a worker died (out of memory, killed): start a fresh pool and try once more
+                _discard_pool(self.size)
+                return _pool(self.size).submit(validate_consent, document, version, profile).result()
         finally:
             self._slots.release()

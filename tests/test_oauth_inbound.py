@@ -214,3 +214,13 @@ def test_an_rs384_signed_token_is_accepted_as_an_es384_one_is(client: FlaskClien
     token_issuer.keys.append(new_key("RS384"))
     time.sleep(REFRESH_SECONDS)
     assert client.get(f"/fhir/Consent/{FORM_ID}", headers=_with(token_issuer.issue())).status_code == 200
+
+
+def test_a_token_whose_algorithm_does_not_fit_the_key_it_names_is_a_401(client: FlaskClient, token_issuer: TokenIssuer) -> None:
+    rsa_key = new_key("RS384")
+    token_issuer.keys.append(rsa_key)
+    time.sleep(REFRESH_SECONDS)
+    genuine = token_issuer.issue(key=rsa_key)
+    header = _b64(json.dumps({"alg": "ES384", "typ": "JWT", "kid": rsa_key.kid}).encode())
+    forged = f"{header}.{genuine.split('.')[1]}.{genuine.split('.')[2]}"
+    assert client.get(f"/fhir/Consent/{FORM_ID}", headers=_with(forged)).status_code == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from fhir_adapter.facade.fhir_rest import MAX_VALIDATE_ELEMENTS
 from fhir_adapter.server import create_app
 from fhir_adapter.serving import SPARE_DESCRIPTORS, ServingLimits, create_server
 from fhir_adapter.store import Store
+from fhir_adapter.validation_workers import ValidationWorkers, _pool
 from tests.support.facade import EXAMPLES, bearer, grants
 from tests.support.processes import stop_process
 from tests.test_facade_process import free_port, wait_until_ready
@@ -196,3 +198,13 @@ def test_the_trusted_proxy_is_one_ip_address() -> None:
     assert Settings.from_env({"CASUS_TRUSTED_PROXY": "10.0.0.5"}).trusted_proxy == "10.0.0.5"
     with pytest.raises(ConfigurationError, match="CASUS_TRUSTED_PROXY"):
         Settings.from_env({"CASUS_TRUSTED_PROXY": "proxy.trust.nhs.uk"})
+
+
+def test_validation_recovers_when_a_worker_process_dies() -> None:
+    workers = ValidationWorkers(1)
+    document = json.loads((EXAMPLES / "Consent-casus-example-competent-under-16.json").read_text(encoding="utf-8"))
+    assert workers.validate(document, "r4", None) is not None
+    for process in list(_pool(1)._processes.values()):  # the pool's own record of its worker processes
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(timeout=10)
+    assert workers.validate(document, "r4", None) is not None

@@ -18,7 +18,7 @@ from fhir_adapter.cli import main
 from fhir_adapter.fhir_client import FhirClient
 from fhir_adapter.store import Store
 from fhir_adapter.sync import LOCK_NAME, SyncJob, SyncLocked
-from fhir_adapter.sync_lease import holder_is_dead, lease_owner, parse_owner, process_start_token
+from fhir_adapter.sync_lease import holder_is_dead, lease_owner, parse_owner, pid_exists, process_start_token
 from tests.support.fhir_server import SekmetServer
 from tests.test_sync import new_form
 
@@ -107,3 +107,10 @@ def test_unlock_clears_a_lease_held_on_another_host_and_is_audited(store: Store,
     assert store.sync_state.lock_holder(LOCK_NAME) is None
     record = next(r for r in store.audit_log(actor="operator") if r.action == "sync.unlock")
     assert (record.outcome, record.detail["previousOwner"]) == ("cleared", "another-host.example:1:1:00000000")
+
+
+def test_on_windows_a_holder_is_never_probed_with_a_signal_and_its_lease_is_left_to_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    probes: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(os, "kill", lambda pid, sig: probes.append((pid, sig)))  # signal 0 there is CTRL_C_EVENT
+    assert pid_exists(2**22 + 12345) and probes == []
