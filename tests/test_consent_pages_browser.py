@@ -75,12 +75,22 @@ def click_button(browser: Browser, text: str) -> None:
 
 
 def submit(browser: Browser, button: Any) -> None:
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = browser.driver.find_element("tag name", "html")
     button.click()
-    WebDriverWait(browser.driver, 10).until(expected_conditions.staleness_of(page))
+
+    def replaced(_driver: Any) -> bool:
+        # The old page's root is gone once the answer has replaced it. Chromium reports that as a stale element,
+        # or, caught mid-navigation, as "Node with given id does not belong to the document".
+        try:
+            page.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(browser.driver, 10).until(replaced)
 
 
 def heading(browser: Browser) -> str:
