@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -53,7 +53,8 @@ IDENTIFIER_SYSTEMS = (("gmc", "GMC"), ("nmc", "NMC"), ("hcpc", "HCPC"), ("gphc",
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    """The consent service's clock, so what a page stamps and what the service checks it against never disagree."""
+    return service().clock()
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
