@@ -250,20 +250,44 @@ class ConsentService:
         The audit keeps the question's two times as answered (``at`` and ``known-at``, now when not asked) and the
         deciding version's two times, so a past answer can be explained and replayed.  Raises decision.InvalidQuestion, with
         nothing audited, for a question the engine rejects.
+
+        A patient whose versions are cached is decided from the cache at once, and the audit record is committed
+        only if nothing has been stored since the cache was read: that commit is the check, so the common case
+        costs no read of the change marker.  If something was stored, no record is written and the question is
+        decided again from freshly read versions, so every answer reflects every version committed before its
+        audit record.
         """
         now = self.clock()
         asked = replace(request, at=request.at or now, known_at=request.known_at or now)
+        cached = self.store.cached_versions_for_patient(request.nhs_number)
+        if cached is not None:
+            versions, marker = cached
+            verdict = decision.decide(asked, versions, now=now)
+            if self._audit_decision(asked, verdict, versions, actor, unless_changed_since=marker):
+                return verdict
         versions = self.store.versions_for_patient(request.nhs_number)
         verdict = decision.decide(asked, versions, now=now)
-        self.store.audit(
+        self._audit_decision(asked, verdict, versions, actor)
+        return verdict
+
+    def _audit_decision(
+        self,
+        asked: decision.DecisionRequest,
+        verdict: decision.Verdict,
+        versions: tuple[FormVersion, ...],
+        actor: str,
+        *,
+        unless_changed_since: int | None = None,
+    ) -> bool:
+        return self.store.audit(
             actor=actor,
             action="decision",
             resource=_verdict_ref(verdict),
             outcome=verdict.decision,
-            subject=request.nhs_number,
+            subject=asked.nhs_number,
             detail=_decision_detail(asked, verdict, versions, self.backdated_after),
+            unless_changed_since=unless_changed_since,
         )
-        return verdict
 
     def summary(self, nhs_number: str, *, at: datetime | None, known_at: datetime | None = None, actor: str) -> Summary:
         """Who may receive what under the version in force, and the pending proposals with what each would change."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pytest
 
 from fhir_adapter.consent_service import ConsentService
-from fhir_adapter.facade.pipeline import SECURITY_HEADERS
+from fhir_adapter.facade.pipeline import SECURITY_HEADERS, RequestIds
 from fhir_adapter.store import Store
 from fhir_adapter.store.audit import AuditWriteFailed
 from tests.support.facade import TOKENS, bearer, example_form
@@ -180,3 +181,30 @@ def test_a_change_made_by_another_store_on_the_same_file_changes_the_next_answer
         other.store.close()
     answer = loaded.get("/api/decision", query_string=GOOD, headers=bearer("ehr")).json
     assert answer["decision"] == "deny" and "withdrawn" in answer["reason"]
+
+
+def test_an_answer_decided_again_after_another_stores_change_has_exactly_one_audit_record(app, loaded, tmp_path) -> None:
+    store = app.extensions["casus"].store
+    assert loaded.get("/api/decision", query_string=GOOD, headers=bearer("ehr")).json["decision"] == "permit"  # now cached
+    other = ConsentService(Store.open(f"sqlite:///{tmp_path}/casus.db"))
+    try:
+        other.withdraw(example_form()["formId"], expected_version=1, actor="other-process")
+    finally:
+        other.store.close()
+    assert loaded.get("/api/decision", query_string=GOOD, headers=bearer("ehr")).json["decision"] == "deny"
+    assert [r.outcome for r in store.audit_log(action="decision")] == ["deny", "permit"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_worker_process_makes_request_ids_of_its_own() -> None:
+    ids = RequestIds()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker process: report its first id and leave at once
+        os.write(write, ids.next().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    in_child = os.read(read, 64).decode()
+    os.close(read)
+    assert ids.next()[:16] != in_child[:16]

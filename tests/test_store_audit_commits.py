@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
+from fhir_adapter.form import ConsentForm, parse_form
 from fhir_adapter.store import Store, schema
+from fhir_adapter.store.audit import _Row, audit_row
+from tests.support.facade import example_form
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -43,3 +46,41 @@ def test_a_failed_write_transaction_still_rolls_back_after_audit_writes(store: S
         conn.execute(insert(schema.sync_cursors).values(server=SERVER, name="x", value="1", updated_at=store.db.now()))
         raise RuntimeError("fails after its insert")
     assert store.get_cursor(SERVER, "x") is None
+
+
+def example_form_version() -> ConsentForm:
+    return parse_form(example_form())
+
+
+def decision_records(store: Store) -> list[str]:
+    return [r.outcome for r in store.audit_log(action="decision")]
+
+
+def current_marker(store: Store) -> int:
+    return store.db.change_marker()
+
+
+def test_a_record_on_condition_is_written_while_no_form_version_has_been_stored_since(store: Store) -> None:
+    marker = current_marker(store)
+    assert store.audit(actor="ehr", action="decision", resource=None, outcome="permit", unless_changed_since=marker) is True
+    assert decision_records(store) == ["permit"]
+
+
+def test_a_record_on_condition_is_not_written_once_a_form_version_has_been_stored_since(store: Store) -> None:
+    marker = current_marker(store)
+    store.create_form(example_form_version(), actor="clinician")
+    assert store.audit(actor="ehr", action="decision", resource=None, outcome="permit", unless_changed_since=marker) is False
+    assert decision_records(store) == []
+
+
+def test_a_batch_writes_the_rows_whose_condition_holds_and_declines_the_others(store: Store) -> None:
+    stale = current_marker(store)
+    store.create_form(example_form_version(), actor="clinician")
+    fresh = current_marker(store)
+    trail = store.audit_trail
+    rows = [
+        _Row(audit_row(store.db.now(), actor="ehr", action="decision", resource=None, outcome=outcome, detail=None, subject=None), marker)
+        for outcome, marker in (("stale", stale), ("fresh", fresh), ("always", None))
+    ]
+    assert trail._write_batch(rows) == [False, True, True]
+    assert sorted(decision_records(store)) == ["always", "fresh"]

@@ -110,6 +110,9 @@ class Store:
     def versions_for_patient(self, nhs_number: str) -> tuple[FormVersion, ...]:
         return self.forms.versions_for_patient(nhs_number)
 
+    def cached_versions_for_patient(self, nhs_number: str) -> tuple[tuple[FormVersion, ...], int] | None:
+        return self.forms.cached_versions_for_patient(nhs_number)
+
     def form_ids_changed_since(self, cursor: int, limit: int) -> list[tuple[int, str]]:
         return self.forms.form_ids_changed_since(cursor, limit)
 
@@ -119,10 +122,24 @@ class Store:
     # ----------------------------------------------------------------------- audit (see audit.py)
 
     def audit(
-        self, *, actor: str, action: str, resource: str | None, outcome: str, detail: Mapping[str, Any] | None = None, subject: str | None = None
-    ) -> None:
-        """Append an audit record; returns once it is committed, or raises AuditWriteFailed."""
-        self.audit_trail.write(actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject)
+        self,
+        *,
+        actor: str,
+        action: str,
+        resource: str | None,
+        outcome: str,
+        detail: Mapping[str, Any] | None = None,
+        subject: str | None = None,
+        unless_changed_since: int | None = None,
+    ) -> bool:
+        """Append an audit record; True once it is committed, or raises AuditWriteFailed.
+
+        With ``unless_changed_since`` (a change marker): written only if no form version has been stored since
+        that marker, False otherwise (see ``AuditTrail.write``).
+        """
+        return self.audit_trail.write(
+            actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject, unless_changed_since=unless_changed_since
+        )
 
     def audit_log(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None, limit: int = 100) -> list[AuditRecord]:
         return self.audit_trail.records(actor=actor, subject=subject, action=action, limit=limit)

@@ -13,6 +13,13 @@ included, while the others wait for the lock and usually find their row already
 durable.  No extra thread, no files beside the database, nothing platform-specific.
 If the commit fails, every request in that batch fails (fail closed).
 
+A decision made from cached versions is audited *on condition* (``unless_changed_since``):
+the row goes in only if the store's change marker (the form-version counter) is still
+the one the cache was read under, checked by the INSERT itself.  So the audit commit
+proves that nothing was stored between reading the versions and answering, without a
+separate read of the marker on every decision; when something was, no row is written
+and the caller decides again from fresh versions (``ConsentService.decide``).
+
 Privacy: the trail keeps ids, actions, codes and outcomes only; ``redact``
 replaces anything that looks like an identifying field or an NHS number.  The
 ``subject`` column alone holds the NHS number concerned, so "who looked at this
@@ -31,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Row, insert, select
+from sqlalchemy import BindParameter, Connection, Dialect, Insert, Row, bindparam, insert, literal_column, select
 
 from .. import nhs_number
 from . import schema
@@ -119,12 +126,22 @@ def mask_nhs_numbers(value: str) -> str:
     return _NHS_NUMBER_LIKE.sub(lambda m: NHS_NUMBER_MASK if nhs_number.is_valid("".join(m.groups())) else m.group(0), value)
 
 
+#: Keys already judged: callers' detail keys are a small fixed set of names in the code, and every decision
+#: redacts the same ten of them.  Bounded, in case a caller ever uses keys taken from input.
+_KEY_VERDICTS: dict[str, bool] = {}
+_KEY_VERDICTS_MAX = 4096
+
+
 def _is_sensitive_key(key: str) -> bool:
     """Compared with punctuation, digits and case removed, so "Nhs_Number" and "nhs-number" are both caught."""
+    known = _KEY_VERDICTS.get(key)
+    if known is not None:
+        return known
     lowered = key.lower()
-    if lowered.isalpha():  # most keys callers use ("purpose", "informationTypes"): nothing more to normalise
-        return lowered in _SENSITIVE_KEYS
-    return _NOT_A_LETTER.sub("", lowered) in _SENSITIVE_KEYS
+    sensitive = (lowered if lowered.isalpha() else _NOT_A_LETTER.sub("", lowered)) in _SENSITIVE_KEYS
+    if len(_KEY_VERDICTS) < _KEY_VERDICTS_MAX:
+        _KEY_VERDICTS[key] = sensitive
+    return sensitive
 
 
 def redact(value: Any) -> Any:
@@ -137,6 +154,13 @@ def redact(value: Any) -> Any:
     >>> redact({"verdict": "permit", "name": "Alex", "nhs_number": "9434765919", "purposes": ["THREAT"], "ids": ["x 9434765919"]})
     {'verdict': 'permit', 'name': '[redacted]', 'nhs_number': '[redacted]', 'purposes': ['THREAT'], 'ids': ['x [nhs-number]']}
     """
+    kind = type(value)  # the exact JSON types first: a decision's detail is nothing else
+    if kind is str:
+        return mask_nhs_numbers(value)
+    if kind is dict:
+        return {str(k): REDACTED if _is_sensitive_key(str(k)) else redact(v) for k, v in value.items()}
+    if kind is list:
+        return [redact(v) for v in value]
     if isinstance(value, str):
         return mask_nhs_numbers(value)
     if value is None or isinstance(value, bool | int | float):
@@ -172,34 +196,41 @@ def _record_from_row(row: Row[Any]) -> AuditRecord:
 
 @dataclass
 class _Pending:
-    row: dict[str, Any]
+    row: Any
     committed: bool = False
+    declined: bool = False
     error: BaseException | None = None
+
+
+#: A batch writer: commits the rows it accepts in one transaction and says, per row, whether it was written
+#: (``None``: every row was).  A row it declines (a condition that no longer holds) is not an error.
+BatchWriter = Callable[[Sequence[Any]], "Sequence[bool] | None"]
 
 
 class GroupCommit:
     """Leader/follower group commit of rows from many threads: a row is committed before ``write`` returns."""
 
-    def __init__(self, write_batch: Callable[[Sequence[dict[str, Any]]], None], *, max_batch: int = 500) -> None:
+    def __init__(self, write_batch: BatchWriter, *, max_batch: int = 500) -> None:
         self._write_batch = write_batch
         self._max_batch = max_batch
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._queued: list[_Pending] = []
 
-    def write(self, row: dict[str, Any]) -> None:
-        """Commit a row (possibly together with other threads' rows); raise AuditWriteFailed if it was not."""
+    def write(self, row: Any) -> bool:
+        """Commit a row (possibly with other threads' rows): True once committed, False if the writer declined it;
+        raise AuditWriteFailed if the commit failed."""
         mine = _Pending(row)
         with self._queue_lock:
             self._queued.append(mine)
         while True:
             with self._commit_lock:
-                if not (mine.committed or mine.error):
+                if not (mine.committed or mine.declined or mine.error):
                     self._commit_queued()
             if mine.error is not None:
                 raise AuditWriteFailed("the audit trail could not be written") from mine.error
-            if mine.committed:
-                return
+            if mine.committed or mine.declined:
+                return mine.committed
 
     def _commit_queued(self) -> None:
         with self._queue_lock:
@@ -207,40 +238,61 @@ class GroupCommit:
         if not batch:
             return
         try:
-            self._write_batch([p.row for p in batch])
+            written = self._write_batch([p.row for p in batch])
         except Exception as exc:
             log.error("audit batch of %d rows failed: %s", len(batch), type(exc).__name__)
             for p in batch:
                 p.error = exc
             return
-        for p in batch:
-            p.committed = True
+        for i, p in enumerate(batch):
+            if written is None or written[i]:
+                p.committed = True
+            else:
+                p.declined = True
+
+
+@dataclass(frozen=True)
+class _Row:
+    """An audit_log row, and the change marker the store must still be at for it to be written (None: always)."""
+
+    values: dict[str, Any]
+    unless_changed_since: int | None = None
 
 
 _INSERT_AUDIT = insert(schema.audit_log)
+#: The same row, inserted only while the form-version counter still holds the expected value: one statement, so
+#: checking the marker costs no extra round trip (SQLite: the counter is read in the INSERT's own transaction).
+_AUDIT_COLUMNS = [c for c in schema.audit_log.columns if not c.primary_key]
+_MARKER_ROW = schema.counters.c.name == literal_column(f"'{schema.FORM_VERSION_COUNTER}'")  # a constant of ours, not input
+_INSERT_AUDIT_UNLESS_CHANGED = insert(schema.audit_log).from_select(
+    [c.name for c in _AUDIT_COLUMNS],
+    select(*[bindparam(c.name, type_=c.type) for c in _AUDIT_COLUMNS]).where(
+        select(schema.counters.c.value).where(_MARKER_ROW).scalar_subquery() == bindparam("unless_changed_since", type_=schema.counters.c.value.type)
+    ),
+)
+_CURRENT_MARKER = select(schema.counters.c.value).where(_MARKER_ROW)
 
 
 class _DriverInsert:
-    """The audit INSERT as the database driver takes it, each value converted by its column type as SQLAlchemy would.
+    """An audit INSERT as the database driver takes it, each value converted by its bind's type as SQLAlchemy would.
 
     Request-level records are written once per decision, and SQLAlchemy's per-statement machinery (events,
     compiled-cache lookup, result set-up) cost more than the insert and the commit together; the statement
     is compiled once here instead, and runs on a plain driver connection.
     """
 
-    def __init__(self, dialect: Dialect) -> None:
-        names = [c.name for c in schema.audit_log.columns if not c.primary_key]
-        compiled = _INSERT_AUDIT.compile(dialect=dialect, column_keys=names)
+    def __init__(self, statement: Insert, dialect: Dialect) -> None:
+        names = [c.name for c in _AUDIT_COLUMNS]
+        compiled = statement.compile(dialect=dialect, column_keys=names)
         self.sql = compiled.string
         self._positional = compiled.positional
-        # (bind parameter name, column name, the column type's conversion for this dialect), in the statement's order
+        # (bind parameter name, value key, the bind type's conversion for this dialect), in the statement's order
         order = compiled.positiontup if compiled.positional else list(compiled.binds)
-        self._binds = [
-            (key, compiled.binds[key].key, schema.audit_log.c[compiled.binds[key].key].type.bind_processor(dialect)) for key in order or ()
-        ]
+        binds: dict[str, BindParameter[Any]] = compiled.binds
+        self._binds = [(key, binds[key].key, binds[key].type.bind_processor(dialect)) for key in order or ()]
 
     def params(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        values = [(bind, row[column] if convert is None else convert(row[column])) for bind, column, convert in self._binds]
+        values = [(bind, row[key] if convert is None else convert(row[key])) for bind, key, convert in self._binds]
         return tuple(v for _, v in values) if self._positional else dict(values)
 
 
@@ -250,19 +302,32 @@ class AuditTrail:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._commits = GroupCommit(self._write_batch)
-        self._insert = _DriverInsert(db.engine.dialect)
+        self._insert = _DriverInsert(_INSERT_AUDIT, db.engine.dialect)
+        self._insert_unless_changed = _DriverInsert(_INSERT_AUDIT_UNLESS_CHANGED, db.engine.dialect)
+        self._current_marker = str(_CURRENT_MARKER.compile(dialect=db.engine.dialect))
         self._sqlite = db.backend == "sqlite"
         self._conn: Any = None  # a driver connection, used only under the group commit's lock
 
     def write(
-        self, *, actor: str, action: str, resource: str | None, outcome: str, detail: Mapping[str, Any] | None = None, subject: str | None = None
-    ) -> None:
-        """Append a record; returns once it is committed, or raises AuditWriteFailed.
+        self,
+        *,
+        actor: str,
+        action: str,
+        resource: str | None,
+        outcome: str,
+        detail: Mapping[str, Any] | None = None,
+        subject: str | None = None,
+        unless_changed_since: int | None = None,
+    ) -> bool:
+        """Append a record; True once it is committed, or raises AuditWriteFailed.
 
-        ``detail`` is for codes and ids; identifying fields are redacted on the way in.
+        ``detail`` is for codes and ids; identifying fields are redacted on the way in.  With
+        ``unless_changed_since`` the record is written only if the store's change marker still holds that value
+        when it is committed; False, with nothing written, if a form version has been stored since.
         """
         require_actor(actor)
-        self._commits.write(audit_row(self._db.now(), actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject))
+        values = audit_row(self._db.now(), actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject)
+        return self._commits.write(_Row(values, unless_changed_since))
 
     def insert(
         self,
@@ -281,13 +346,14 @@ class AuditTrail:
             _INSERT_AUDIT.values(**audit_row(at, actor=actor, action=action, resource=resource, outcome=outcome, detail=detail, subject=subject))
         )
 
-    def _write_batch(self, rows: Sequence[dict[str, Any]]) -> None:
+    def _write_batch(self, rows: Sequence[_Row]) -> list[bool] | None:
         """One transaction for the batch, on one connection kept for the purpose (the commit lock serialises its use).
 
         The connection is in autocommit mode (SQLite: see engine.py; PostgreSQL: set here, on a connection
         taken out of the pool for good so no other user inherits the mode): a lone row's INSERT is its own
         transaction, committed when the statement completes (on PostgreSQL one round trip, not BEGIN, INSERT
-        and COMMIT); a batch is wrapped in BEGIN (IMMEDIATE on SQLite) ... COMMIT.
+        and COMMIT); a batch is wrapped in BEGIN (IMMEDIATE on SQLite) ... COMMIT, and reads the change marker
+        once for the rows written on condition.  Returns, per row, whether it was written (None: all were).
         A failure closes the connection: the next batch starts on a fresh one.
         """
         if self._conn is None:
@@ -296,20 +362,38 @@ class AuditTrail:
             cursor = self._conn.cursor()
             try:
                 if len(rows) == 1:
-                    cursor.execute(self._insert.sql, self._insert.params(rows[0]))
-                    return
+                    return self._write_one(cursor, rows[0])
                 cursor.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
                 try:
-                    cursor.executemany(self._insert.sql, [self._insert.params(row) for row in rows])
+                    written = self._accepted(cursor, rows)
+                    cursor.executemany(self._insert.sql, [self._insert.params(row.values) for row, ok in zip(rows, written, strict=True) if ok])
                 except Exception:
                     cursor.execute("ROLLBACK")
                     raise
                 cursor.execute("COMMIT")
+                return written
             finally:
                 cursor.close()
         except Exception:
             self.close()
             raise
+
+    def _write_one(self, cursor: Any, row: _Row) -> list[bool] | None:
+        if row.unless_changed_since is None:
+            cursor.execute(self._insert.sql, self._insert.params(row.values))
+            return None
+        cursor.execute(
+            self._insert_unless_changed.sql, self._insert_unless_changed.params({**row.values, "unless_changed_since": row.unless_changed_since})
+        )
+        return [cursor.rowcount == 1]
+
+    def _accepted(self, cursor: Any, rows: Sequence[_Row]) -> list[bool]:
+        """Which rows of a batch to write: all but those whose change marker has moved (read once, in the batch's transaction)."""
+        if all(row.unless_changed_since is None for row in rows):
+            return [True] * len(rows)
+        cursor.execute(self._current_marker)
+        current = int(cursor.fetchone()[0])
+        return [row.unless_changed_since in (None, current) for row in rows]
 
     def records(self, *, actor: str | None = None, subject: str | None = None, action: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The most recent records, newest first, optionally for one actor, one subject and/or one action."""

@@ -148,7 +148,9 @@ class _PatientCache:
     """Patients' versions as read under one change marker; a different marker empties it.
 
     The only cache on the decision path.  Its invalidation is the marker: every stored version, by any
-    process, increments it, so an entry is served only while nothing at all has been stored since it was read.
+    process, increments it, so an entry holds only while nothing at all has been stored since it was read.
+    An entry is served either after reading the marker (``get``), or with the marker it was read under
+    (``peek``) for a caller that checks the marker itself when it commits (a decision's conditional audit row).
     """
 
     def __init__(self, size: int) -> None:
@@ -167,6 +169,15 @@ class _PatientCache:
             if found is not None:
                 self._entries.move_to_end(nhs_number)
             return found
+
+    def peek(self, nhs_number: str) -> tuple[tuple[FormVersion, ...], int] | None:
+        """The entry and the marker it was read under, without reading the marker: it may be stale."""
+        with self._lock:
+            found = self._entries.get(nhs_number)
+            if found is None or self._marker is None:
+                return None
+            self._entries.move_to_end(nhs_number)
+            return found, self._marker
 
     def put(self, marker: int, nhs_number: str, versions: tuple[FormVersion, ...]) -> None:
         with self._lock:
@@ -436,6 +447,14 @@ class Forms:
             found = tuple(_version_from_row(r) for r in rows)
             self._patients.put(marker, nhs_number, found)
         return found
+
+    def cached_versions_for_patient(self, nhs_number: str) -> tuple[tuple[FormVersion, ...], int] | None:
+        """The patient's versions as last read, and the change marker they were read under; None if not cached.
+
+        No database read at all: the versions are current only if the marker still holds that value, which the
+        caller must check when it commits (``AuditTrail.write(unless_changed_since=...)``).
+        """
+        return self._patients.peek(nhs_number)
 
     def form_ids_changed_since(self, cursor: int, limit: int) -> list[tuple[int, str]]:
         """Like versions_changed_since, but only (sequence number, form id): the sync job's push walks these
