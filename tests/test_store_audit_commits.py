@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +12,8 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from fhir_adapter.form import ConsentForm, parse_form
-from fhir_adapter.store import Store, schema
-from fhir_adapter.store.audit import _Row, audit_row
+from fhir_adapter.store import Store, audit, schema
+from fhir_adapter.store.audit import AuditWriteFailed, _Row, audit_row
 from tests.support.facade import example_form
 
 
@@ -84,3 +86,44 @@ def test_a_batch_writes_the_rows_whose_condition_holds_and_declines_the_others(s
     ]
     assert trail._write_batch(rows) == [False, True, True]
     assert sorted(decision_records(store)) == ["always", "fresh"]
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    path = tmp_path / "shared.db"
+    Store.open(f"sqlite:///{path}").close()
+    return path
+
+
+def holding_the_write_lock(path: Path) -> sqlite3.Connection:
+    """Another process's write transaction on the same file."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_an_audit_row_waits_for_another_writer_to_release_the_sqlite_write_lock(sqlite_path: Path) -> None:
+    with Store.open(f"sqlite:///{sqlite_path}") as store:
+        other = holding_the_write_lock(sqlite_path)
+        release = threading.Timer(0.3, other.execute, args=("COMMIT",))
+        release.start()
+        started = time.monotonic()
+        assert store.audit(actor="ehr", action="decision", resource=None, outcome="permit") is True
+        assert time.monotonic() - started >= 0.25
+        release.join()
+        other.close()
+        assert decision_records(store) == ["permit"]
+
+
+def test_an_audit_row_that_never_gets_the_sqlite_write_lock_fails_after_the_busy_timeout(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit, "SQLITE_BUSY_TIMEOUT_SECONDS", 0.2)
+    with Store.open(f"sqlite:///{sqlite_path}") as store:
+        other = holding_the_write_lock(sqlite_path)
+        try:
+            with pytest.raises(AuditWriteFailed):
+                store.audit(actor="ehr", action="decision", resource=None, outcome="permit")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert store.audit(actor="ehr", action="decision", resource=None, outcome="deny") is True  # and works again once free
+        assert decision_records(store) == ["deny"]
