@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -219,10 +220,6 @@ def start(script: str, args: list[str], port: int, log_dir: str) -> subprocess.P
     raise SystemExit("server did not start")
 
 
-def one_request(conn: http.client.HTTPConnection, path: str) -> bytes:
-    return one_response(conn, path)[0]
-
-
 def one_response(conn: http.client.HTTPConnection, path: str) -> tuple[bytes, list[tuple[str, str]]]:
     conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
     response = conn.getresponse()
@@ -232,11 +229,85 @@ def one_response(conn: http.client.HTTPConnection, path: str) -> tuple[bytes, li
     return body, response.getheaders()
 
 
-def client_worker(port: int, paths: list[str], offset: int, seconds: float, queue: multiprocessing.Queue) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+class LeanClient:
+    """One persistent HTTP/1.1 connection, as lean as a client can be in Python: prebuilt request bytes out, the
+    status line checked and the body read by its Content-Length.
+
+    The load generator shares the machine's cores with the servers it measures, so every microsecond it
+    spends parsing is taken from them; http.client (headers parsed into a message object) costs several
+    times what this does, and caps what a second worker process can show (bench_workers.py).  Responses
+    here are never chunked: every route answers with a Content-Length.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._sock = self._connect()
+        self._buffer = b""
+        self._requests: dict[str, bytes] = {}
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self._port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def get(self, path: str) -> None:
+        """Raises RuntimeError for any status but 200, OSError for a dropped connection."""
+        self._sock.sendall(self._request(path))
+        buffer = self._buffer
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            buffer += self._receive()
+        length = _CONTENT_LENGTH.search(buffer, 0, end + 2)
+        if length is None:
+            raise RuntimeError("a response without Content-Length")
+        stop = end + 4 + int(length.group(1))
+        while len(buffer) < stop:
+            buffer += self._receive()
+        self._buffer = buffer[stop:]
+        if buffer[9:12] != b"200":
+            raise RuntimeError(f"HTTP {buffer[9:12].decode(errors='replace')}")
+
+    def _request(self, path: str) -> bytes:
+        found = self._requests.get(path)
+        if found is None:
+            found = self._requests[path] = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self._port}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        return found
+
+    def _receive(self) -> bytes:
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+
+
+class StdlibClient:
+    """The same over http.client: every response's headers parsed into a message object, as most clients do."""
+
+    def __init__(self, port: int) -> None:
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def get(self, path: str) -> None:
+        one_response(self._conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+#: The load generators: ``http.client`` as an EHR's client library would be, or the lean one (less of the
+#: machine's CPU per request, left to the servers).
+CLIENTS: dict[str, type[LeanClient] | type[StdlibClient]] = {"http.client": StdlibClient, "lean": LeanClient}
+
+
+def client_worker(port: int, paths: list[str], offset: int, seconds: float, queue: multiprocessing.Queue, kind: str = "http.client") -> None:
+    client = CLIENTS[kind](port)
     latencies, errors, i = [], 0, offset
     for _ in range(20):  # warm-up
-        one_request(conn, paths[i % len(paths)])
+        client.get(paths[i % len(paths)])
         i += 1
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -244,18 +315,20 @@ def client_worker(port: int, paths: list[str], offset: int, seconds: float, queu
         i += 1
         started = time.perf_counter()
         try:
-            one_request(conn, path)
+            client.get(path)
             latencies.append(time.perf_counter() - started)
         except (RuntimeError, OSError, http.client.HTTPException):
             errors += 1
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            client.close()
+            client = CLIENTS[kind](port)
     queue.put((latencies, errors))
 
 
-def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, Any]:
+def load(port: int, paths: list[str], clients: int, seconds: float, kind: str = "http.client") -> dict[str, Any]:
     queue: multiprocessing.Queue = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=client_worker, args=(port, paths, c * len(paths) // clients, seconds, queue)) for c in range(clients)]
+    workers = [
+        multiprocessing.Process(target=client_worker, args=(port, paths, c * len(paths) // clients, seconds, queue, kind)) for c in range(clients)
+    ]
     for w in workers:
         w.start()
     results = [queue.get(timeout=seconds + 60) for _ in workers]
@@ -348,6 +421,7 @@ def main() -> None:
         help="store sizes in young people (0: the examples only, one question repeated); the first is the baseline",
     )
     parser.add_argument("--postgres", action="store_true", help="every size on PostgreSQL too, beside SQLite")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="http.client", help="the load generator's HTTP client (see CLIENTS)")
     args = parser.parse_args()
     sizes = sorted(set(args.patients))
     working_set = min(WORKING_SET, min(sizes)) if min(sizes) else WORKING_SET
@@ -385,10 +459,10 @@ def main() -> None:
             floor = start(FLOOR, [str(args.threads), str(answers_file)], floor_port, tmp)
             floor_rounds: list[dict[str, Any]] = []
             for _ in range(args.rounds):
-                floor_rounds.append(load(floor_port, floor_paths, args.clients, args.seconds))
+                floor_rounds.append(load(floor_port, floor_paths, args.clients, args.seconds, args.client))
                 for facade in facades:
                     for name, paths in facade.asked.items():
-                        facade.rounds.setdefault(name, []).append(load(facade.ports[name], paths, args.clients, args.seconds))
+                        facade.rounds.setdefault(name, []).append(load(facade.ports[name], paths, args.clients, args.seconds, args.client))
         finally:
             for facade in facades:
                 for process in facade.processes:
@@ -403,7 +477,7 @@ def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[d
     bare = median_round(floor_rounds)
     asked = f"working set: {working_set} young people per size" if facades[0].size else "the examples only, one question repeated"
     print(
-        f"{args.clients} client processes, waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s per "
+        f"{args.clients} client processes ({args.client}), waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s per "
         f"workload in turns (median round shown; p99 over every request of every round), cpu count {os.cpu_count()}, {asked}"
     )
     print(

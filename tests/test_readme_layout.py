@@ -55,3 +55,13 @@ def test_everything_the_layout_tables_name_exists():
     missing = [name for name in _named(_top_level_rows()) if not (REPO / name).exists()]
     missing += [name for name in _named(_package_rows()) if not (PACKAGE / name).exists()]
     assert missing == []
+
+
+def test_every_repository_path_the_docs_name_exists():
+    """A path to a file of the project in the README or docs/ that no longer exists sends a newcomer nowhere."""
+    named = {
+        (doc.name, path.rstrip("/"))
+        for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+        for path in re.findall(r"`((?:fhir_adapter|tests|benchmarks|scripts|profiles|deploy|docs)/[\w./-]*)`", doc.read_text(encoding="utf-8"))
+    }
+    assert sorted((doc, path) for doc, path in named if "*" not in path and not (REPO / path).exists()) == []
