@@ -258,7 +258,8 @@ class ConsentService:
         audit record.
         """
         now = self.clock()
-        asked = replace(request, at=request.at or now, known_at=request.known_at or now)
+        # What dataclasses.replace does, without inspecting the fields on every call: every decision passes here.
+        asked = decision.DecisionRequest(**{**vars(request), "at": request.at or now, "known_at": request.known_at or now})
         cached = self.store.cached_versions_for_patient(request.nhs_number)
         if cached is not None:
             versions, marker = cached

@@ -59,9 +59,12 @@ MAX_INFORMATION_TYPES = 64
 
 
 def decision_request(args: Any) -> decision.DecisionRequest:
-    for name in CAPPED_PARAMETERS:
-        if any(len(value) > MAX_PARAMETER_CHARS for value in args.getlist(name)):
-            raise problem(400, "too-long", name, f"{name} is longer than {MAX_PARAMETER_CHARS} characters")
+    """The question from query-like ``args`` (``QueryArgs``, or the CDS Hooks context as the same parameters)."""
+    # A whole query string no longer than the cap cannot hold a value over it (QueryArgs.longest).
+    if getattr(args, "longest", MAX_PARAMETER_CHARS + 1) > MAX_PARAMETER_CHARS:
+        for name in CAPPED_PARAMETERS:
+            if any(len(value) > MAX_PARAMETER_CHARS for value in args.getlist(name)):
+                raise problem(400, "too-long", name, f"{name} is longer than {MAX_PARAMETER_CHARS} characters")
     patient = args.get("patient")
     if not patient:
         raise problem(400, "required", "patient", "the patient's NHS number is required")
@@ -141,7 +144,7 @@ def lean_decision(app: Flask) -> LeanHandler:
 @require("decision.read")
 def decide() -> Any:
     """Reached through Flask only for HEAD: the request pipeline answers GET with ``lean_decision``."""
-    return flask_response(decision_answer(request.args, request.headers.get("Accept"), principal(), service()))
+    return flask_response(decision_answer(QueryArgs(request.environ), request.headers.get("Accept"), principal(), service()))
 
 
 @bp.get("/patients/<nhs_number>/summary")

@@ -69,7 +69,7 @@ class QueryArgs:
     for every absent key, and most optional parameters are absent; a dict of lists does not.)
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "longest")
 
     def __init__(self, environ: Mapping[str, Any]) -> None:
         values: dict[str, list[str]] = {}
@@ -80,6 +80,8 @@ class QueryArgs:
                 key, _, value = pair.partition("=")
                 values.setdefault(_unquote(key), []).append(_unquote(value))
         self._values = values
+        #: No value is longer than this (unquoting only shortens): a parser that caps values can skip the check.
+        self.longest = len(query)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         found = self._values.get(key)
