@@ -5,7 +5,10 @@ each, see bench_decision.py); ``fhir-adapter serve`` is started on it once per w
 would run it, and all servers take turns, round by round, under the same load: ``--clients`` load-generator
 processes with persistent connections asking the working-set questions of bench_decision.py.  The
 load generator shares the machine's cores with the servers, so on a 2-core machine two workers and the
-clients compete for the same two cores; the table says how much of the second core the second worker gets.
+clients compete for the same two cores (and, on PostgreSQL, so does the database server).  On Linux each row
+also gives the CPU used per request by the serve processes, the database server's processes and the clients
+(from /proc and the reaped clients' rusage), and the rate those costs allow: all cores' worth of CPU, and at
+most one core per worker process for the server's part.
 Target: two workers >= 1.7x one worker's req/s at the same p99 budget: the decision endpoint's, p99 under
 10 ms (bench_decision.py), for every worker count.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -45,6 +49,54 @@ from tests.support.processes import stop_process
 
 #: The decision endpoint's p99 budget, which every worker count must keep.
 P99_BUDGET_MS = 10.0
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_table() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, CPU seconds used so far), from /proc (Linux); empty elsewhere."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat") if Path("/proc/self/stat").exists() else ():
+        try:
+            fields = entry.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        table[int(entry.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+    return table
+
+
+def tree_cpu(root: int, table: dict[int, tuple[int, float]]) -> float:
+    """CPU seconds of ``root`` and every process under it (the serve parent and its workers; the postmaster and its backends)."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += table.get(pid, (0, 0.0))[1]
+        todo += children.get(pid, [])
+    return total
+
+
+def measured_round(port: int, paths: list[str], args: argparse.Namespace, server: int, database: int | None) -> dict[str, Any]:
+    """One round of load, with the CPU the servers, the database server and the clients used per request (Linux)."""
+    before, clients_before = _process_table(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = load(port, paths, args.clients, args.seconds, args.client)
+    after, clients_after = _process_table(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests = max(result["requests"], 1)
+    used = {
+        "server": tree_cpu(server, after) - tree_cpu(server, before),
+        "database": tree_cpu(database, after) - tree_cpu(database, before) if database else 0.0,
+        # the load generator's processes, reaped by load(): their CPU has just been added to this process's children
+        "clients": (clients_after.ru_utime + clients_after.ru_stime) - (clients_before.ru_utime + clients_before.ru_stime),
+    }
+    return {**result, "cpu_us": {part: seconds / requests * 1e6 for part, seconds in used.items()} if before else None}
+
+
+def postmaster_pid(cluster: Any) -> int | None:
+    try:
+        return int((cluster.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def serve(url: str, workers: int, threads: int, log_dir: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -97,9 +149,11 @@ def main() -> None:
                 build_store(url, args.patients)
                 for workers in args.workers:
                     servers[(backend, workers)] = serve(url, workers, args.threads, tmp)
+            database = postmaster_pid(cluster)
             for _ in range(args.rounds):
-                for key, (_, port) in servers.items():
-                    rounds.setdefault(key, []).append(load(port, paths, args.clients, args.seconds, args.client))
+                for key, (process, port) in servers.items():
+                    measured = measured_round(port, paths, args, process.pid, database if key[0] == "postgresql" else None)
+                    rounds.setdefault(key, []).append(measured)
         finally:
             for process, _ in servers.values():
                 stop_process(process)
@@ -110,13 +164,16 @@ def main() -> None:
         f"per server in turns (median round shown; p99 over every request of every round), {len(paths)} questions about "
         f"{args.patients} young people, cpu count {os.cpu_count()}"
     )
-    print(f"| {'database':<10} | {'workers':>7} | {'req/s':>6} | {'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} |")
-    print(f"|{'-' * 12}|{'-' * 9}|{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|")
+    print(
+        f"| {'database':<10} | {'workers':>7} | {'req/s':>6} | {'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} "
+        f"| {'CPU µs/request: server':>22} | {'database':>8} | {'clients':>7} | {'all':>5} | {'CPU-bound req/s':>15} |"
+    )
+    print(f"|{'-' * 12}|{'-' * 9}|{'-' * 8}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|{'-' * 24}|{'-' * 10}|{'-' * 9}|{'-' * 7}|{'-' * 17}|")
     for (backend, workers), runs in rounds.items():
         r, base = median_round(runs), median_round(rounds[(backend, args.workers[0])])
         print(
             f"| {backend:<10} | {workers:>7} | {r['rps']:>6.0f} | {r['rps'] / base['rps']:>7.2f}x | {r['p50']:>6.2f} | "
-            f"{pooled_p99(runs):>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |"
+            f"{pooled_p99(runs):>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} | {_cpu_columns(r, workers)} |"
         )
     for backend in backends:
         base, best = rounds[(backend, args.workers[0])], rounds[(backend, args.workers[-1])]
@@ -126,6 +183,17 @@ def main() -> None:
             f"{backend}: {args.workers[-1]} workers = {gain:.2f}x {args.workers[0]} (target >= 1.7x), p99 {pooled_p99(best):.2f} ms "
             f"vs {pooled_p99(base):.2f} ms (budget < {P99_BUDGET_MS:g} ms): {'MET' if gain >= 1.7 and within else 'NOT MET'}"
         )
+
+
+def _cpu_columns(r: dict[str, Any], workers: int) -> str:
+    """CPU per request by part, and the rate the machine's cores could give at that cost: all cores, and no more
+    than one core per worker process for the server's part (a process runs one request's Python at a time)."""
+    cpu = r.get("cpu_us")
+    if not cpu:
+        return f"{'-':>22} | {'-':>8} | {'-':>7} | {'-':>5} | {'-':>15}"
+    total = sum(cpu.values())
+    bound = min((os.cpu_count() or 1) / total, workers / cpu["server"]) * 1e6
+    return f"{cpu['server']:>22.0f} | {cpu['database']:>8.0f} | {cpu['clients']:>7.0f} | {total:>5.0f} | {bound:>15.0f}"
 
 
 if __name__ == "__main__":
