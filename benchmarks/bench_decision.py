@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import http.client
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -306,21 +307,23 @@ CLIENTS: dict[str, type[LeanClient] | type[StdlibClient]] = {"http.client": Stdl
 def client_worker(port: int, paths: list[str], offset: int, seconds: float, queue: multiprocessing.Queue, kind: str = "http.client") -> None:
     client = CLIENTS[kind](port)
     latencies, errors, i = [], 0, offset
-    for _ in range(20):  # warm-up
-        client.get(paths[i % len(paths)])
-        i += 1
+    warm_up = 20
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    while warm_up or time.perf_counter() < deadline:
         path = paths[i % len(paths)]
         i += 1
         started = time.perf_counter()
         try:
             client.get(path)
-            latencies.append(time.perf_counter() - started)
+            if not warm_up:
+                latencies.append(time.perf_counter() - started)
         except (RuntimeError, OSError, http.client.HTTPException):
             errors += 1
             client.close()
             client = CLIENTS[kind](port)
+        if warm_up:
+            warm_up -= 1
+            deadline = time.perf_counter() + seconds  # the round starts when the warm-up ends
     queue.put((latencies, errors))
 
 
@@ -336,12 +339,12 @@ def load(port: int, paths: list[str], clients: int, seconds: float, kind: str = 
         w.join(timeout=10)
     latencies = sorted(x for lat, _ in results for x in lat)
     errors = sum(e for _, e in results)
-    q = statistics.quantiles(latencies, n=100)
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [math.nan] * 99  # a round of errors only
     return {
         "rps": len(latencies) / seconds,
         "p50": q[49] * 1000,
         "p99": q[98] * 1000,
-        "max": latencies[-1] * 1000,
+        "max": latencies[-1] * 1000 if latencies else math.nan,
         "requests": len(latencies),
         "errors": errors,
         "latencies": latencies,

@@ -34,3 +34,19 @@ def test_every_workload_question_is_answered(tmp_path: Path) -> None:
         for path in paths:
             response = client.get(path, headers=bearer("ehr"))
             assert response.status_code == 200, (path, response.get_json())
+
+
+def test_both_load_generators_count_answers_and_refusals_alike(tmp_path: Path) -> None:
+    """The lean client reads the same responses http.client does: 200s are answers, anything else an error."""
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    bench_decision.build_store(url, 0)
+    port = bench_decision.free_port()
+    server = bench_decision.start(bench_decision.FACADE, ["2", url, bench_decision.TOKEN], port, str(tmp_path))
+    try:
+        refused = bench_decision.QUERY.replace("purpose=TREAT", "purpose=")  # 400: the purpose is required
+        for kind in bench_decision.CLIENTS:
+            answered = bench_decision.load(port, [bench_decision.QUERY], 1, 0.3, kind)
+            assert answered["requests"] > 0 and answered["errors"] == 0
+            assert bench_decision.load(port, [refused], 1, 0.3, kind)["errors"] > 0
+    finally:
+        bench_decision.stop_process(server)
