@@ -145,8 +145,9 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         # cache_size and mmap_size stay at SQLite's defaults (2 MB of cache, no memory map).  Every request commits
         # an audit row on the audit trail's own connection, and in WAL mode a connection that finds another's commit
         # empties its page cache (and with a memory map, unmaps it) before its next read: a larger cache holds no
-        # more from one request to the next, and remapping a large file made a form's history read about twice as
-        # slow.  Reads are index searches of a few pages, which the operating system's cache serves.
+        # more from one request to the next, and mapping the file again made a form's history read two to three
+        # times slower (benchmarks/bench_per_patient.py).  Reads are index searches of a few pages, which the
+        # operating system's cache serves.
     finally:
         cursor.close()
 
