@@ -142,6 +142,12 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        # cache_size and mmap_size stay at SQLite's defaults (2 MB of cache, no memory map).  Every request commits
+        # an audit row on the audit trail's own connection, and in WAL mode a connection that finds another's commit
+        # empties its page cache (and with a memory map, unmaps it) before its next read: a larger cache holds no
+        # more from one request to the next, and mapping the file again made a form's history read two to three
+        # times slower (benchmarks/bench_per_patient.py).  Reads are index searches of a few pages, which the
+        # operating system's cache serves.
     finally:
         cursor.close()
 
