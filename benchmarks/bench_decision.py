@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import random
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -351,6 +352,59 @@ def load(port: int, paths: list[str], clients: int, seconds: float, kind: str = 
     }
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_table() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, CPU seconds used so far), from /proc (Linux); empty elsewhere."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat") if Path("/proc/self/stat").exists() else ():
+        try:
+            fields = entry.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        table[int(entry.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+    return table
+
+
+def tree_cpu(root: int, table: dict[int, tuple[int, float]]) -> float:
+    """CPU seconds of ``root`` and every process under it (the serve parent and its workers; the postmaster and its backends)."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += table.get(pid, (0, 0.0))[1]
+        todo += children.get(pid, [])
+    return total
+
+
+def measured_round(port: int, paths: list[str], args: argparse.Namespace, server: int, database: int | None = None) -> dict[str, Any]:
+    """One round of load, with the CPU the server, the database server and the clients used per request (Linux).
+
+    ``server`` and ``database`` are process ids; each counts with every process under it.
+    """
+    before, clients_before = _process_table(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = load(port, paths, args.clients, args.seconds, args.client)
+    after, clients_after = _process_table(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests = max(result["requests"], 1)
+    used = {
+        "server": tree_cpu(server, after) - tree_cpu(server, before),
+        "database": tree_cpu(database, after) - tree_cpu(database, before) if database else 0.0,
+        # the load generator's processes, reaped by load(): their CPU has just been added to this process's children
+        "clients": (clients_after.ru_utime + clients_after.ru_stime) - (clients_before.ru_utime + clients_before.ru_stime),
+    }
+    return {**result, "cpu_us": {part: seconds / requests * 1e6 for part, seconds in used.items()} if before else None}
+
+
+def postmaster_pid(cluster: Any) -> int | None:
+    try:
+        return int((cluster.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def pooled_p99(rounds: list[dict[str, Any]]) -> float:
     """The 99th percentile of every request of every round, in ms: the run's p99."""
     return statistics.quantiles([x for r in rounds for x in r["latencies"]], n=100)[98] * 1000
@@ -371,6 +425,7 @@ class Facade:
     asked: dict[str, list[str]]
     processes: list[subprocess.Popen] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)  # workload -> the server asked
+    server_for: dict[str, subprocess.Popen] = field(default_factory=dict)  # workload -> that server's process
     rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -447,8 +502,10 @@ def main() -> None:
                             port = free_port()
                             facade.processes.append(start(FACADE, [str(args.threads), url, TOKEN], port, tmp))
                             facade.ports[name] = port
+                            facade.server_for[name] = facade.processes[-1]
                         else:
                             facade.ports[name] = facade.ports["decisions, working set"]
+                            facade.server_for[name] = facade.server_for["decisions, working set"]
                     facades.append(facade)
             answers: dict[str, tuple[str, list[tuple[str, str]]]] = {}
             for facade in facades:
@@ -462,10 +519,11 @@ def main() -> None:
             floor = start(FLOOR, [str(args.threads), str(answers_file)], floor_port, tmp)
             floor_rounds: list[dict[str, Any]] = []
             for _ in range(args.rounds):
-                floor_rounds.append(load(floor_port, floor_paths, args.clients, args.seconds, args.client))
+                floor_rounds.append(measured_round(floor_port, floor_paths, args, floor.pid))
                 for facade in facades:
                     for name, paths in facade.asked.items():
-                        facade.rounds.setdefault(name, []).append(load(facade.ports[name], paths, args.clients, args.seconds, args.client))
+                        server, database = facade.server_for[name].pid, postmaster_pid(cluster) if facade.backend == "postgresql" else None
+                        facade.rounds.setdefault(name, []).append(measured_round(facade.ports[name], paths, args, server, database))
         finally:
             for facade in facades:
                 for process in facade.processes:
@@ -485,12 +543,14 @@ def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[d
     )
     print(
         f"| {'database':<10} | {'young people':>12} | {'load s':>6} | {'workload':<44} | {'req/s':>6} | {'vs floor':>8} | "
-        f"{'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} |"
+        f"{'vs first':>8} | {'p50 ms':>6} | {'p99 ms':>6} | {'max ms':>7} | {'errors':>6} | {'server CPU µs/req':>17} | {'database':>8} |"
     )
-    print(f"|{'-' * 12}|{'-' * 14}|{'-' * 8}|{'-' * 46}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|")
+    print(
+        f"|{'-' * 12}|{'-' * 14}|{'-' * 8}|{'-' * 46}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 8}|{'-' * 19}|{'-' * 10}|"
+    )
     print(
         f"| {'-':<10} | {'-':>12} | {'-':>6} | {'floor: bare WSGI, same response from a dict':<44} | {bare['rps']:>6.0f} | {'100%':>8} | "
-        f"{'-':>8} | {bare['p50']:>6.2f} | {pooled_p99(floor_rounds):>6.2f} | {bare['max']:>7.1f} | {bare['errors']:>6.0f} |"
+        f"{'-':>8} | {bare['p50']:>6.2f} | {pooled_p99(floor_rounds):>6.2f} | {bare['max']:>7.1f} | {bare['errors']:>6.0f} | {_cpu(floor_rounds)} |"
     )
     baselines: dict[tuple[str, str], tuple[float, float]] = {}
     for facade in facades:
@@ -502,9 +562,24 @@ def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[d
             label = "GET /api/decision" if name == "decisions" else name
             print(
                 f"| {facade.backend:<10} | {facade.size:>12,} | {facade.load_seconds:>6.1f} | {label:<44} | {r['rps']:>6.0f} | {share:>8} | "
-                f"{r['rps'] / base_rps:>8.2f} | {r['p50']:>6.2f} | {p99:>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} |"
+                f"{r['rps'] / base_rps:>8.2f} | {r['p50']:>6.2f} | {p99:>6.2f} | {r['max']:>7.1f} | {r['errors']:>6.0f} | {_cpu(rounds)} |"
             )
+    first = facades[0].rounds[next(iter(facades[0].rounds))]
+    share, p99 = median_round(first)["rps"] / bare["rps"], pooled_p99(first)
+    print(
+        f"{facades[0].backend} decisions at {facades[0].size:,}: {share:.0%} of the floor's req/s (target >= 60%), p99 {p99:.2f} ms "
+        f"(target < 10 ms): {'MET' if share >= 0.6 and p99 < 10 else 'NOT MET'}"
+    )
     verdicts(facades, baselines)
+
+
+def _cpu(rounds: list[dict[str, Any]]) -> str:
+    """The server's and the database server's CPU per request, median over the rounds (Linux; "-" elsewhere)."""
+    measured = [r["cpu_us"] for r in rounds if r.get("cpu_us")]
+    if not measured:
+        return f"{'-':>17} | {'-':>8}"
+    server, database = statistics.median(m["server"] for m in measured), statistics.median(m["database"] for m in measured)
+    return f"{server:>17.0f} | {database:>8.0f}"
 
 
 def verdicts(facades: list[Facade], baselines: dict[tuple[str, str], tuple[float, float]]) -> None:

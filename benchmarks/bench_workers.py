@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -36,11 +35,12 @@ from bench_decision import (
     TOKEN,
     build_store,
     free_port,
-    load,
+    measured_round,
     median_round,
     new_database,
     pooled_p99,
     postgres_cluster,
+    postmaster_pid,
     questions_about,
     spread,
 )
@@ -49,54 +49,6 @@ from tests.support.processes import stop_process
 
 #: The decision endpoint's p99 budget, which every worker count must keep.
 P99_BUDGET_MS = 10.0
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _process_table() -> dict[int, tuple[int, float]]:
-    """Every process: pid -> (parent pid, CPU seconds used so far), from /proc (Linux); empty elsewhere."""
-    table: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat") if Path("/proc/self/stat").exists() else ():
-        try:
-            fields = entry.read_text().rpartition(")")[2].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        table[int(entry.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
-    return table
-
-
-def tree_cpu(root: int, table: dict[int, tuple[int, float]]) -> float:
-    """CPU seconds of ``root`` and every process under it (the serve parent and its workers; the postmaster and its backends)."""
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += table.get(pid, (0, 0.0))[1]
-        todo += children.get(pid, [])
-    return total
-
-
-def measured_round(port: int, paths: list[str], args: argparse.Namespace, server: int, database: int | None) -> dict[str, Any]:
-    """One round of load, with the CPU the servers, the database server and the clients used per request (Linux)."""
-    before, clients_before = _process_table(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = load(port, paths, args.clients, args.seconds, args.client)
-    after, clients_after = _process_table(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    requests = max(result["requests"], 1)
-    used = {
-        "server": tree_cpu(server, after) - tree_cpu(server, before),
-        "database": tree_cpu(database, after) - tree_cpu(database, before) if database else 0.0,
-        # the load generator's processes, reaped by load(): their CPU has just been added to this process's children
-        "clients": (clients_after.ru_utime + clients_after.ru_stime) - (clients_before.ru_utime + clients_before.ru_stime),
-    }
-    return {**result, "cpu_us": {part: seconds / requests * 1e6 for part, seconds in used.items()} if before else None}
-
-
-def postmaster_pid(cluster: Any) -> int | None:
-    try:
-        return int((cluster.data / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
 
 
 def serve(url: str, workers: int, threads: int, log_dir: str) -> tuple[subprocess.Popen[bytes], int]:
