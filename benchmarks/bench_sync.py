@@ -13,9 +13,10 @@ Measured in one run, each measurement on a fresh server and a fresh copy of the 
 * peak RSS of the sync process at each size (the sync runs in a child process per measurement, which reports its
   own ``VmHWM`` from /proc/self/status).  Target: peak at the largest size within 1.2x of the smallest;
 * resuming after SIGKILL: ``fhir-adapter sync`` started again and again on one store and server, each run killed
-  with SIGKILL after a random delay (so kills land in push, in pull, between batches or inside a request), then
-  one run left to finish and one more that must find nothing to do.  Checked on the server: every form's business
-  identifier is there exactly once, none is missing, and no Consent has more than one version.
+  with SIGKILL after a random delay (0.3 s up to 2.5 s per 1,000 consents, so kills land in push, in pull, between
+  batches or inside a request at any size), then one run left to finish and one more that must find nothing to
+  do.  Checked on the server: every form's business identifier is there exactly once, none is missing, and no
+  Consent has more than one version.
 
 Run:  python benchmarks/bench_sync.py [--sizes 1000,20000] [--per-resource-consents 1000] [--floor-consents 1000]
                                       [--kill-consents 1000] [--kills 12]
@@ -64,7 +65,7 @@ PER_RESOURCE = 1
 PAGE_SIZE = 100
 CHILD_TIMEOUT_S = 3600
 RUN_TIMEOUT_S = 1800
-MAX_KILL_DELAY_S = 2.5
+MAX_KILL_DELAY_S = 2.5  # at 1,000 consents or fewer; the range grows with the size (kill_delay_range)
 
 
 # --------------------------------------------------------------------------- synthetic forms (pure)
@@ -278,6 +279,7 @@ class KillResume:
     consents: int
     kills: int  # runs killed with SIGKILL
     finished_early: int  # runs that ended before their kill time came
+    delay_range: tuple[float, float]
     kill_delays: list[float]
     on_server_at_kill: list[int]  # CASUS Consents on the server when each kill landed (shows where in the work it was)
     final_exit: int
@@ -307,10 +309,24 @@ def sync_command(store: Path, base_url: str) -> tuple[list[str], dict[str, str]]
     return [sys.executable, "-m", "fhir_adapter", "sync", "--batch-size", str(BATCH)], env
 
 
+def kill_delay_range(consents: int) -> tuple[float, float]:
+    """Seconds after start between which each run is killed.
+
+    Start-up is about 1 s and a whole sync of 1,000 consents a few seconds, so 0.3-2.5 s puts kills in start-up, push
+    and pull.  The work grows with the number of consents, and with a fixed range a dozen kills at 20,000 would all
+    land in the first minute of the push; the upper end grows in proportion so they spread over push and pull.
+
+    >>> kill_delay_range(1000), kill_delay_range(20000)
+    ((0.3, 2.5), (0.3, 50.0))
+    """
+    return 0.3, MAX_KILL_DELAY_S * max(1.0, consents / 1000)
+
+
 def kill_resume(template: Path, workdir: Path, *, consents: int, kills: int, seed: int) -> KillResume:
     """Start ``fhir-adapter sync`` ``kills`` times, SIGKILL each after a random delay, then let one run finish and check
-    the server holds every form exactly once.  Short random delays, so each killed run gets a little further than the
-    last and the kills fall at different points: before the first request, mid-batch, between batches, in pull."""
+    the server holds every form exactly once.  Random delays short against the whole sync, so each killed run gets a
+    little further than the last and the kills fall at different points: before the first request, mid-batch, between
+    batches, in pull."""
     workdir.mkdir(parents=True, mode=0o700)
     store = workdir / "casus.sqlite3"
     shutil.copyfile(template, store)
@@ -319,11 +335,12 @@ def kill_resume(template: Path, workdir: Path, *, consents: int, kills: int, see
     delays: list[float] = []
     counts: list[int] = []
     early = 0
+    delay_range = kill_delay_range(consents)
     started = time.perf_counter()
     with running_sekmet(workdir / "sekmet") as server:
         command, env = sync_command(store, server.base_url)
         for _ in range(kills):
-            delay = rng.uniform(0.3, MAX_KILL_DELAY_S)  # start-up is about 1 s, so kills land in start-up, push and pull
+            delay = rng.uniform(*delay_range)
             process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 process.wait(timeout=delay)
@@ -348,6 +365,7 @@ def kill_resume(template: Path, workdir: Path, *, consents: int, kills: int, see
         consents=consents,
         kills=len(delays),
         finished_early=early,
+        delay_range=delay_range,
         kill_delays=delays,
         on_server_at_kill=counts,
         final_exit=final.returncode,
@@ -496,7 +514,8 @@ def report_kill_resume(result: KillResume) -> None:
     print()
     print(
         f"SIGKILL and resume: {result.consents:,} consents, {result.kills} runs killed at random points "
-        f"({result.finished_early} ended before their kill), then one run to the end and one more; {result.seconds:.0f}s"
+        f"after {result.delay_range[0]:.1f}-{result.delay_range[1]:.1f}s ({result.finished_early} ended before their kill), "
+        f"then one run to the end and one more; {result.seconds:.0f}s"
     )
     print(
         "kills at (s after start -> CASUS Consents on the server then): "

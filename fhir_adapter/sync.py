@@ -40,11 +40,16 @@ Why it is shaped this way:
   the cursor pass, every form whose server copy an older mapping wrote is pushed as a normal If-Match update if
   that copy still says what the form says, and its record then says current; a copy changed on the server is
   left to pull.
+* **Pull pages by keyset, not by offset.** Each page is asked afresh from the cursor
+  (``_lastUpdated=ge<cursor>&_sort=_lastUpdated``) instead of by following the server's ``Bundle.link[next]``.
+  Most servers page by offset: a Consent changed while a run walks the result set moves to its end and shifts
+  every later page by one, so one Consent would be missed, and reaching each offset costs the server a walk past
+  everything before the page.  Asked from the cursor, a changed Consent is simply met again at its new instant and nothing shifts.
 
-Known limit: paging follows the server's ``Bundle.link[next]``.  Most servers page by offset, so if a Consent
-earlier in the result set is changed *while* a run is walking it, the set shifts and one Consent can be missed
-by that run.  The moved Consent itself is seen (it now sorts last); the one missed is picked up the next time it
-changes.  Servers with snapshot paging (HAPI, Azure) are not affected.
+Known limit: when more Consents share one ``meta.lastUpdated`` than a page holds, asking again from that instant
+would return the same page, so pull follows the server's next link until a page moves past it.  Only in that
+stretch does offset paging apply: a Consent changed during it can shift the next page by one and one Consent can
+be missed by that run; it is pulled the next time it changes, or by a full sync.
 
 Privacy: logs and audit details carry form ids, server ids, versions and counts only.
 """
@@ -55,7 +60,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -73,6 +78,7 @@ from .fhir_client import (
     bundle_entries,
     identifier_query,
     matched_resources,
+    next_link,
     version_from_etag,
     weak_etag,
 )
@@ -976,22 +982,40 @@ class SyncJob:
     # ---------------------------------------------------------------- pull
 
     def _pull(self, summary: SyncSummary, dry_run: bool, *, from_start: bool) -> None:
+        """Walk the server's Consents in ``_lastUpdated`` order, asking each page afresh from the cursor (keyset paging).
+
+        Offset paging (the server's next links) shifts when a Consent earlier in the result changes mid-walk, and
+        costs offset servers a scan of everything before the page; a query from the cursor does neither.  Its first
+        page repeats the versions already handled at the cursor's instant, so when those fill a whole page (more
+        Consents share one instant than a page holds) asking again would return the same page: the walk then takes
+        the server's next link instead, until a page moves past that instant.
+        """
         cursor = PullCursor() if from_start else PullCursor.parse(self.store.get_cursor(self.server, PULL_CURSOR))
+        pages = self._pull_pages(cursor)
+        while (bundle := next(pages, None)) is not None:
+            page = [remote_state(r) for r in matched_resources(bundle)]
+            check_sorted(page, cursor)
+            self._renew_lease(dry_run, summary)
+            fresh = [remote for remote in page if not cursor.already_seen(remote)]
+            for remote in fresh:
+                self._pull_one(remote, summary, dry_run)
+            reached = cursor.advanced(page)
+            if not dry_run and reached != cursor:
+                self.store.set_cursor(self.server, PULL_CURSOR, reached.dump())
+            self._report("pull", len(fresh))
+            if next_link(bundle) is None:
+                return
+            if fresh and len(reached.seen) < len(page):  # asking from the new cursor brings at least one unseen entry
+                pages = self._pull_pages(reached)
+            cursor = reached
+
+    def _pull_pages(self, cursor: PullCursor) -> Iterator[dict[str, Any]]:
+        """The search pages from ``cursor`` on (the caller reads the first and follows next links only at one instant)."""
         params: list[tuple[str, str]] = [("identifier", f"{codes.ID_CONSENT_FORM}|")]
         if cursor.last_updated:
             params.append(("_lastUpdated", f"ge{cursor.last_updated}"))
         params += [("_sort", "_lastUpdated"), ("_count", str(self.page_size))]
-        for bundle in self.client.search_pages("Consent", params):
-            page = [remote_state(r) for r in matched_resources(bundle)]
-            check_sorted(page, cursor)
-            self._renew_lease(dry_run, summary)
-            for remote in page:
-                if not cursor.already_seen(remote):
-                    self._pull_one(remote, summary, dry_run)
-            cursor = cursor.advanced(page)
-            if not dry_run and page:
-                self.store.set_cursor(self.server, PULL_CURSOR, cursor.dump())
-            self._report("pull", len(page))
+        return self.client.search_pages("Consent", params)
 
     def _pull_one(self, remote: RemoteState, summary: SyncSummary, dry_run: bool) -> None:
         form_id = casus_form_id(remote.resource)

@@ -290,19 +290,6 @@ def test_a_rejection_ends_once_the_server_copy_is_corrected(store: Store, client
 # --------------------------------------------------------------------------- paging, idempotence, races
 
 
-def test_pull_follows_next_links_over_more_than_one_page(store: Store, client: FhirClient) -> None:
-    forms = [new_form() for _ in range(12)]
-    for form in forms:
-        client.conditional_update(form_to_r4(form), f"identifier={codes.ID_CONSENT_FORM}|{form.form_id}")
-    pages: list[int] = []
-
-    summary = job(store, client, page_size=5, progress=lambda stage, n: pages.append(n) if stage == "pull" else None).run()
-
-    assert summary.pulled == 12
-    assert pages == [5, 5, 2]
-    assert all(store.get(f.form_id).form == f for f in forms)
-
-
 def test_push_sends_transactions_of_the_configured_batch_size(store: Store, client: FhirClient) -> None:
     for _ in range(7):
         store.create_form(new_form(), actor="clinician")
