@@ -2,8 +2,11 @@
 
 Each backend gets one store filled by the store's bulk load (``--patients`` young people, three versions
 each, see bench_decision.py); ``fhir-adapter serve`` is started on it once per worker count, as an operator
-would run it, and all servers take turns, round by round, under the same load: ``--clients`` load-generator
-processes with persistent connections asking the working-set questions of bench_decision.py.  The
+would run it, and all servers take turns, round by round, each under the same load per worker process:
+``--clients-per-worker`` load-generator processes for each worker (2: the load at which the decision endpoint's
+targets are set, bench_decision.py), with persistent connections asking the working-set questions of
+bench_decision.py.  (With a fixed number of clients, one worker would be measured with requests queueing
+behind one another and its p99 would be the queue's, not the endpoint's.)  The
 load generator shares the machine's cores with the servers, so on a 2-core machine two workers and the
 clients compete for the same two cores (and, on PostgreSQL, so does the database server).  On Linux each row
 also gives the CPU used per request by the serve processes, the database server's processes and the clients
@@ -12,7 +15,7 @@ most one core per worker process for the server's part.
 Target: two workers >= 1.7x one worker's req/s at the same p99 budget: the decision endpoint's, p99 under
 10 ms (bench_decision.py), for every worker count.
 
-Run:  python benchmarks/bench_workers.py [--workers 1 2] [--patients 500] [--postgres] [--seconds 5] [--rounds 3] [--clients 4]
+Run:  python benchmarks/bench_workers.py [--workers 1 2] [--patients 500] [--postgres] [--seconds 5] [--rounds 3] [--clients-per-worker 2]
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=500, help="young people in the store (all asked about)")
     parser.add_argument("--seconds", type=float, default=5, help="length of one round of load")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server, taken in turns")
-    parser.add_argument("--clients", type=int, default=4, help="load-generator processes (one connection each)")
+    parser.add_argument("--clients-per-worker", type=int, default=2, help="load-generator processes (one connection each) per worker process")
     parser.add_argument("--threads", type=int, default=2, help="waitress threads in each worker process")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL too, beside SQLite")
     # lean by default: the clients share the two cores with the workers, and every microsecond they spend
@@ -104,7 +107,8 @@ def main() -> None:
             database = postmaster_pid(cluster)
             for _ in range(args.rounds):
                 for key, (process, port) in servers.items():
-                    measured = measured_round(port, paths, args, process.pid, database if key[0] == "postgresql" else None)
+                    load_for = argparse.Namespace(**vars(args), clients=args.clients_per_worker * key[1])
+                    measured = measured_round(port, paths, load_for, process.pid, database if key[0] == "postgresql" else None)
                     rounds.setdefault(key, []).append(measured)
         finally:
             for process, _ in servers.values():
@@ -112,8 +116,9 @@ def main() -> None:
             if cluster is not None:
                 cluster.stop()
     print(
-        f"{args.clients} client processes ({args.client}), waitress {args.threads} threads per worker, {args.rounds} rounds of {args.seconds:g} s "
-        f"per server in turns (median round shown; p99 over every request of every round), {len(paths)} questions about "
+        f"{args.clients_per_worker} client processes per worker ({args.client}), waitress {args.threads} threads per worker, "
+        f"{args.rounds} rounds of {args.seconds:g} s per server in turns (median round shown; p99 over every request of every round), "
+        f"{len(paths)} questions about "
         f"{args.patients} young people, cpu count {os.cpu_count()}"
     )
     print(
