@@ -1,6 +1,7 @@
 """Decision endpoint under load on 127.0.0.1, beside a bare WSGI floor under the same server.
 
-Two servers, both waitress with the same thread count, started as subprocesses:
+Two servers, started as subprocesses and both served as ``fhir-adapter serve`` serves the facade (waitress
+through ``serving.create_server``: the same thread count, limits and thread switch interval):
   * the facade (create_app on a SQLite store holding the example forms), asked GET /api/decision
     through its request pipeline (request id, bearer token, parameters checked, patient's versions
     revalidated against the change marker, verdict, audit row committed, answer rendered, access log);
@@ -27,7 +28,7 @@ mapping benchmark's six-person form.  Each size is then asked, round by round wi
 Target: decisions on the working set at the largest size within 1.2x of the smallest in req/s and p99.
 ``--postgres`` adds every size on a real PostgreSQL server (tests/support/postgres.py's throw-away cluster).
 
-Run:  python benchmarks/bench_decision.py [--seconds 10] [--rounds 3] [--clients 2] [--threads 2] [--patients 0]
+Run:  python benchmarks/bench_decision.py [--seconds 10] [--rounds 3] [--clients 2] [--threads 2] [--patients 0] [--switch-interval 200]
       python benchmarks/bench_decision.py --patients 500 10000 100000 [--postgres] [--seconds 5]
 """
 
@@ -60,24 +61,32 @@ from urllib.parse import urlencode
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the process helpers live in the test support package
 
+from fhir_adapter.serving import ServingLimits  # noqa: E402
 from tests.support.processes import stop_process  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 QUERY = "/api/decision?" + urlencode({"patient": "9434765919", "recipient-role": "mother", "information-type": "attendance", "purpose": "TREAT"})
 
+#: Both servers are served as ``fhir-adapter serve`` serves the facade: waitress through ``serving.create_server``,
+#: with the same limits and the same thread switch interval (the last argument, in microseconds).
+SERVE = """
+    from fhir_adapter.serving import ServingLimits, create_server
+    limits = ServingLimits(threads=threads, switch_interval_microseconds=int(sys.argv[-1]))
+    create_server(app, "127.0.0.1", port, limits, ident="bench").run()
+"""
+
 FACADE = textwrap.dedent("""
-    import sys, waitress
+    import sys
     from fhir_adapter.access import TokenGrant
     from fhir_adapter.config import Settings, hash_token
     from fhir_adapter.server import create_app
     port, threads, url, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     grant = TokenGrant("bench", hash_token(token), frozenset({"decision.read", "consent.read"}))
     app = create_app(Settings(database_url=url, grants=(grant,)))
-    waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
-""")
+""") + textwrap.dedent(SERVE)
 
 FLOOR = textwrap.dedent("""
-    import json, sys, waitress
+    import json, sys
     port, threads, answers_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     ANSWERS = {path: (body.encode(), [tuple(h) for h in headers])
                for path, (body, headers) in json.loads(open(answers_file).read()).items()}
@@ -85,8 +94,7 @@ FLOOR = textwrap.dedent("""
         payload, fixed = ANSWERS[environ["PATH_INFO"] + "?" + environ["QUERY_STRING"]]
         start_response("200 OK", [*fixed, ("Content-Length", str(len(payload)))])
         return [payload]
-    waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
-""")
+""") + textwrap.dedent(SERVE)
 #: Young people asked about in the cold workload: more than the patient cache holds (2,000), so none is cached.
 COLD_PATIENTS = 3000
 #: Young people in the working set at most (the smallest size's count, if smaller).
@@ -479,6 +487,12 @@ def main() -> None:
         help="store sizes in young people (0: the examples only, one question repeated); the first is the baseline",
     )
     parser.add_argument("--postgres", action="store_true", help="every size on PostgreSQL too, beside SQLite")
+    parser.add_argument(
+        "--switch-interval",
+        type=int,
+        default=ServingLimits.switch_interval_microseconds,
+        help="every server's thread switch interval in µs (CASUS_SWITCH_INTERVAL_MICROSECONDS; 5000 is CPython's default)",
+    )
     parser.add_argument("--client", choices=sorted(CLIENTS), default="http.client", help="the load generator's HTTP client (see CLIENTS)")
     args = parser.parse_args()
     sizes = sorted(set(args.patients))
@@ -500,7 +514,7 @@ def main() -> None:
                     for name in facade.asked:
                         if name == "decisions, cold" or not facade.processes:
                             port = free_port()
-                            facade.processes.append(start(FACADE, [str(args.threads), url, TOKEN], port, tmp))
+                            facade.processes.append(start(FACADE, [str(args.threads), url, TOKEN, str(args.switch_interval)], port, tmp))
                             facade.ports[name] = port
                             facade.server_for[name] = facade.processes[-1]
                         else:
@@ -516,7 +530,7 @@ def main() -> None:
             answers_file = Path(tmp) / "floor.json"
             answers_file.write_text(json.dumps(answers))
             floor_port = free_port()
-            floor = start(FLOOR, [str(args.threads), str(answers_file)], floor_port, tmp)
+            floor = start(FLOOR, [str(args.threads), str(answers_file), str(args.switch_interval)], floor_port, tmp)
             floor_rounds: list[dict[str, Any]] = []
             for _ in range(args.rounds):
                 floor_rounds.append(measured_round(floor_port, floor_paths, args, floor.pid))
@@ -538,7 +552,8 @@ def report(args: argparse.Namespace, facades: list[Facade], floor_rounds: list[d
     bare = median_round(floor_rounds)
     asked = f"working set: {working_set} young people per size" if facades[0].size else "the examples only, one question repeated"
     print(
-        f"{args.clients} client processes ({args.client}), waitress {args.threads} threads, {args.rounds} rounds of {args.seconds:g} s per "
+        f"{args.clients} client processes ({args.client}), waitress {args.threads} threads, switch interval {args.switch_interval} µs, "
+        f"{args.rounds} rounds of {args.seconds:g} s per "
         f"workload in turns (median round shown; p99 over every request of every round), cpu count {os.cpu_count()}, {asked}"
     )
     print(

@@ -229,6 +229,7 @@ def _serve_workers(app: Any, settings: Any, host: str, port: int, limits: Any, w
     """``serve --workers N``: the socket bound here, N forked waitress processes on it (see worker_processes)."""
     from .facade.protocol import service
     from .server import create_app
+    from .serving import use_switch_interval
     from .worker_processes import listening_socket, run_workers
 
     service(app).store.close()  # each worker opens its own: connections must not cross a fork
@@ -239,6 +240,7 @@ def _serve_workers(app: Any, settings: Any, host: str, port: int, limits: Any, w
     click.echo(
         f"serving the CASUS facade on http://{host}:{sock.getsockname()[1]} ({workers} worker processes, {limits.threads} threads each)", err=True
     )
+    use_switch_interval(limits)  # set before the fork: every worker inherits it
     try:
         status = run_workers(lambda: create_app(settings), sock, workers, ident="casus", **limits.waitress_options())
     except OSError as exc:
@@ -285,6 +287,7 @@ def _serving_limits(settings: Any, threads: int) -> Any:
         channel_timeout_seconds=settings.channel_timeout_seconds,
         trusted_proxy=settings.trusted_proxy,
         max_body_bytes=settings.max_body_bytes,
+        switch_interval_microseconds=settings.switch_interval_microseconds,
     )
 
 

@@ -7,12 +7,18 @@ behind idle sockets, and ``select()`` cannot watch more than 1,024 descriptors. 
 the process's open-file limit raised to fit it), ``poll()`` is used, a silent connection is closed after
 ``channel_timeout`` seconds, and request headers and bodies are capped.  What is left — many clients from
 many addresses, or a client that trickles bytes forever — is the reverse proxy's job (docs/operators.md).
+
+The process's thread switch interval is shortened too (``use_switch_interval``): waitress's I/O thread and its
+workers share one GIL, and at CPython's default (5 ms) a worker that has finished its I/O can wait that long
+for the GIL while the I/O thread keeps it; under load from a few keep-alive clients on a small machine that
+wait compounds into tens of milliseconds per request and collapses throughput (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
 import select
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +44,7 @@ class ServingLimits:
     channel_timeout_seconds: int = 30
     max_body_bytes: int = 1_000_000
     trusted_proxy: str | None = None  # only this address's X-Forwarded-For is believed (its last hop: the client)
+    switch_interval_microseconds: int = 200  # the longest a thread holds the GIL while another waits for it
 
     def waitress_options(self) -> dict[str, Any]:
         """Keyword arguments for ``waitress.create_server``.
@@ -90,8 +97,19 @@ def fitted_connection_limit(wanted: int) -> int:
     return wanted
 
 
+def use_switch_interval(limits: ServingLimits) -> None:
+    """Set the interpreter's thread switch interval for serving (process-wide; a forked worker inherits it).
+
+    A short interval bounds how long a thread that is ready to run waits for the GIL.  The price is more
+    switches between threads that are all computing, a few microseconds each: small beside requests that
+    mostly wait on sockets and the database.
+    """
+    sys.setswitchinterval(limits.switch_interval_microseconds / 1_000_000)
+
+
 def create_server(app: Any, host: str, port: int, limits: ServingLimits, *, ident: str = "casus") -> Any:
-    """A waitress server for ``app`` on host:port with ``limits``; raises OSError when it cannot listen."""
+    """A waitress server for ``app`` on host:port with ``limits`` (the switch interval set too); raises OSError when it cannot listen."""
     from waitress.server import create_server as waitress_server
 
+    use_switch_interval(limits)
     return waitress_server(app, host=host, port=port, ident=ident, **limits.waitress_options())

@@ -41,7 +41,7 @@ def test_both_load_generators_count_answers_and_refusals_alike(tmp_path: Path) -
     url = f"sqlite:///{tmp_path / 'bench.db'}"
     bench_decision.build_store(url, 0)
     port = bench_decision.free_port()
-    server = bench_decision.start(bench_decision.FACADE, ["2", url, bench_decision.TOKEN], port, str(tmp_path))
+    server = bench_decision.start(bench_decision.FACADE, ["2", url, bench_decision.TOKEN, "200"], port, str(tmp_path))
     try:
         refused = bench_decision.QUERY.replace("purpose=TREAT", "purpose=")  # 400: the purpose is required
         for kind in bench_decision.CLIENTS:

@@ -40,6 +40,53 @@ def test_the_limits_are_settings() -> None:
     assert (settings.connection_limit, settings.channel_timeout_seconds, settings.validate_concurrency) == (300, 5, 1)
 
 
+def test_the_switch_interval_is_a_setting_of_200_microseconds_by_default() -> None:
+    assert Settings.from_env({}).switch_interval_microseconds == 200
+    assert Settings.from_env({"CASUS_SWITCH_INTERVAL_MICROSECONDS": "1000"}).switch_interval_microseconds == 1000
+
+
+def test_a_switch_interval_that_is_no_positive_whole_number_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="CASUS_SWITCH_INTERVAL_MICROSECONDS"):
+        Settings.from_env({"CASUS_SWITCH_INTERVAL_MICROSECONDS": "0"})
+
+
+def test_creating_the_server_sets_the_processes_switch_interval() -> None:
+    before = sys.getswitchinterval()
+    try:
+        create_server(_address_echo, "127.0.0.1", 0, ServingLimits(switch_interval_microseconds=300)).close()
+        assert sys.getswitchinterval() == pytest.approx(0.0003)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_worker_processes_are_forked_with_the_switch_interval_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Set in the parent before the fork, so every worker inherits it (``serve --workers``)."""
+    from click.testing import CliRunner
+
+    import fhir_adapter.worker_processes as worker_processes
+    from fhir_adapter.cli import main
+
+    seen: list[float] = []
+
+    def record(*_args: Any, **_kwargs: Any) -> int:
+        seen.append(sys.getswitchinterval())
+        return 0
+
+    monkeypatch.setattr(worker_processes, "run_workers", record)
+    environment = {
+        "CASUS_DATABASE_URL": f"sqlite:///{tmp_path / 'casus.db'}",
+        "CASUS_TOKENS": json.dumps([{"name": "t", "token": "a-token-long-enough-0123", "scopes": ["decision.read"]}]),
+        "CASUS_SWITCH_INTERVAL_MICROSECONDS": "700",
+    }
+    before = sys.getswitchinterval()
+    try:
+        done = CliRunner().invoke(main, ["serve", "--port", "0", "--workers", "2"], env=environment)
+    finally:
+        sys.setswitchinterval(before)
+    assert done.exit_code == 0, done.output
+    assert seen == [pytest.approx(0.0007)]
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "many", "\u00b2", "9" * 40])
 def test_a_limit_that_is_no_positive_whole_number_is_a_configuration_error(value: str) -> None:
     with pytest.raises(ConfigurationError, match="CASUS_CONNECTION_LIMIT"):
