@@ -86,9 +86,13 @@ def checked_nhs_number(value: str, where: str) -> str:
     return value
 
 
+#: Built once (json.dumps with options builds an encoder per call, and every response is serialised here).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def serialise(document: Any) -> str:
     """Compact JSON, non-ASCII kept as is: the one serialisation every response body uses."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT.encode(document)
 
 
 def json_response(document: Any, status: int = 200, *, fhir: bool = False, headers: dict[str, str] | None = None) -> Response:

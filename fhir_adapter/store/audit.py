@@ -160,7 +160,7 @@ def redact(value: Any) -> Any:
     if kind is str:
         return mask_nhs_numbers(value)
     if kind is dict:
-        return {str(k): REDACTED if _is_sensitive_key(str(k)) else redact(v) for k, v in value.items()}
+        return _redacted_dict(value)
     if kind is list:
         return [redact(v) for v in value]
     if isinstance(value, str):
@@ -172,6 +172,20 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [redact(v) for v in value]
     return mask_nhs_numbers(str(value))
+
+
+def _redacted_dict(value: dict[Any, Any]) -> dict[str, Any]:
+    """``redact`` of a dict, with a short string value (a code: too short to hold an NHS number) kept without a call."""
+    redacted: dict[str, Any] = {}
+    for k, v in value.items():
+        key = k if type(k) is str else str(k)
+        if _is_sensitive_key(key):
+            redacted[key] = REDACTED
+        elif type(v) is str and len(v) < 10:
+            redacted[key] = v
+        else:
+            redacted[key] = redact(v)
+    return redacted
 
 
 def audit_row(

@@ -80,9 +80,14 @@ def page_bounds(limit: int, offset: int) -> None:
         raise ValueError("offset must not be negative")
 
 
+#: One encoder for every call: json.dumps with options builds a new encoder each time, and an audit row is
+#: serialised on every decision.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(document: Any) -> str:
     """Canonical JSON text: the same content always serialises to the same string."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(document)
 
 
 def upsert(conn: Connection, table: Table, values: dict[str, Any], *, key: str | tuple[str, ...], only_if: ColumnElement[bool] | None = None) -> None:
