@@ -28,7 +28,7 @@ mapping benchmark's six-person form.  Each size is then asked, round by round wi
 Target: decisions on the working set at the largest size within 1.2x of the smallest in req/s and p99.
 ``--postgres`` adds every size on a real PostgreSQL server (tests/support/postgres.py's throw-away cluster).
 
-Run:  python benchmarks/bench_decision.py [--seconds 10] [--rounds 3] [--clients 2] [--threads 2] [--patients 0] [--switch-interval 200]
+Run:  python benchmarks/bench_decision.py [--seconds 10] [--rounds 3] [--clients 2] [--threads 2] [--patients 0] [--switch-interval 100]
       python benchmarks/bench_decision.py --patients 500 10000 100000 [--postgres] [--seconds 5]
 """
 

@@ -44,7 +44,7 @@ class ServingLimits:
     channel_timeout_seconds: int = 30
     max_body_bytes: int = 1_000_000
     trusted_proxy: str | None = None  # only this address's X-Forwarded-For is believed (its last hop: the client)
-    switch_interval_microseconds: int = 200  # the longest a thread holds the GIL while another waits for it
+    switch_interval_microseconds: int = 100  # the longest a thread holds the GIL while another waits for it
 
     def waitress_options(self) -> dict[str, Any]:
         """Keyword arguments for ``waitress.create_server``.

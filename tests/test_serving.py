@@ -40,8 +40,8 @@ def test_the_limits_are_settings() -> None:
     assert (settings.connection_limit, settings.channel_timeout_seconds, settings.validate_concurrency) == (300, 5, 1)
 
 
-def test_the_switch_interval_is_a_setting_of_200_microseconds_by_default() -> None:
-    assert Settings.from_env({}).switch_interval_microseconds == 200
+def test_the_switch_interval_is_a_setting_of_100_microseconds_by_default() -> None:
+    assert Settings.from_env({}).switch_interval_microseconds == 100
     assert Settings.from_env({"CASUS_SWITCH_INTERVAL_MICROSECONDS": "1000"}).switch_interval_microseconds == 1000
 
 
