@@ -6,7 +6,11 @@ would run it, and all servers take turns, round by round, each under the same lo
 ``--clients-per-worker`` load-generator processes for each worker (2: the load at which the decision endpoint's
 targets are set, bench_decision.py), with persistent connections asking the working-set questions of
 bench_decision.py.  (With a fixed number of clients, one worker would be measured with requests queueing
-behind one another and its p99 would be the queue's, not the endpoint's.)  The
+behind one another and its p99 would be the queue's, not the endpoint's.)  Before the first round each server
+gets ``--warm-up`` seconds of the same load, not measured, so that every worker process has read the working
+set's versions into its patient cache (each process has its own): the rounds measure decisions in a
+steady state, as bench_decision.py's do (it asks every question once before its rounds); what a question
+whose patient is not cached costs is bench_decision.py's "decisions, cold" workload.  The
 load generator shares the machine's cores with the servers, so on a 2-core machine two workers and the
 clients compete for the same two cores (and, on PostgreSQL, so does the database server).  On Linux each row
 also gives the CPU used per request by the serve processes, the database server's processes and the clients
@@ -16,6 +20,7 @@ Target: two workers >= 1.7x one worker's req/s at the same p99 budget: the decis
 10 ms (bench_decision.py), for every worker count.
 
 Run:  python benchmarks/bench_workers.py [--workers 1 2] [--patients 500] [--postgres] [--seconds 5] [--rounds 3] [--clients-per-worker 2]
+      [--warm-up 3]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from bench_decision import (
     TOKEN,
     build_store,
     free_port,
+    load,
     measured_round,
     median_round,
     new_database,
@@ -87,6 +93,9 @@ def main() -> None:
     parser.add_argument("--clients-per-worker", type=int, default=2, help="load-generator processes (one connection each) per worker process")
     parser.add_argument("--threads", type=int, default=2, help="waitress threads in each worker process")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL too, beside SQLite")
+    parser.add_argument(
+        "--warm-up", type=float, default=3, help="seconds of the same load per server, not measured, before the first round (0: none)"
+    )
     # lean by default: the clients share the two cores with the workers, and every microsecond they spend
     # parsing responses is one the second worker cannot have.
     parser.add_argument("--client", choices=sorted(CLIENTS), default="lean", help="the load generator's HTTP client (bench_decision.CLIENTS)")
@@ -105,6 +114,9 @@ def main() -> None:
                 for workers in args.workers:
                     servers[(backend, workers)] = serve(url, workers, args.threads, tmp)
             database = postmaster_pid(cluster)
+            for key, (_, port) in servers.items():
+                if args.warm_up > 0:
+                    load(port, paths, args.clients_per_worker * key[1], args.warm_up, args.client)
             for _ in range(args.rounds):
                 for key, (process, port) in servers.items():
                     load_for = argparse.Namespace(**vars(args), clients=args.clients_per_worker * key[1])
@@ -117,7 +129,8 @@ def main() -> None:
                 cluster.stop()
     print(
         f"{args.clients_per_worker} client processes per worker ({args.client}), waitress {args.threads} threads per worker, "
-        f"{args.rounds} rounds of {args.seconds:g} s per server in turns (median round shown; p99 over every request of every round), "
+        f"{args.warm_up:g} s of warm-up then {args.rounds} rounds of {args.seconds:g} s per server in turns "
+        "(median round shown; p99 over every request of every round), "
         f"{len(paths)} questions about "
         f"{args.patients} young people, cpu count {os.cpu_count()}"
     )
