@@ -114,9 +114,8 @@ def main() -> None:
                 for workers in args.workers:
                     servers[(backend, workers)] = serve(url, workers, args.threads, tmp)
             database = postmaster_pid(cluster)
-            for key, (_, port) in servers.items():
-                if args.warm_up > 0:
-                    load(port, paths, args.clients_per_worker * key[1], args.warm_up, args.client)
+            for (_, workers), (_, port) in servers.items() if args.warm_up > 0 else ():
+                load(port, paths, args.clients_per_worker * workers, args.warm_up, args.client)
             for _ in range(args.rounds):
                 for key, (process, port) in servers.items():
                     load_for = argparse.Namespace(**vars(args), clients=args.clients_per_worker * key[1])

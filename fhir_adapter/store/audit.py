@@ -114,6 +114,8 @@ _SENSITIVE_KEYS = frozenset(
 _NHS_NUMBER_LIKE = re.compile(r"(?<!\d)(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?!\d)")
 _NOT_A_LETTER = re.compile(r"[^a-z]")
 REDACTED = "[redacted]"
+#: No shorter string can hold an NHS number.
+NHS_NUMBER_DIGITS = 10
 NHS_NUMBER_MASK = "[nhs-number]"
 
 
@@ -123,7 +125,7 @@ def mask_nhs_numbers(value: str) -> str:
     >>> mask_nhs_numbers("Patient/9434765919 and 943 476 5919, not 1234567890")
     'Patient/[nhs-number] and [nhs-number], not 1234567890'
     """
-    if len(value) < 10:
+    if len(value) < NHS_NUMBER_DIGITS:
         return value  # too short to hold ten digits (most audit values: codes)
     return _NHS_NUMBER_LIKE.sub(lambda m: NHS_NUMBER_MASK if nhs_number.is_valid("".join(m.groups())) else m.group(0), value)
 
@@ -181,7 +183,7 @@ def _redacted_dict(value: dict[Any, Any]) -> dict[str, Any]:
         key = k if type(k) is str else str(k)
         if _is_sensitive_key(key):
             redacted[key] = REDACTED
-        elif type(v) is str and len(v) < 10:
+        elif type(v) is str and len(v) < NHS_NUMBER_DIGITS:
             redacted[key] = v
         else:
             redacted[key] = redact(v)
