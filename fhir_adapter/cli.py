@@ -229,7 +229,7 @@ def _serve_workers(app: Any, settings: Any, host: str, port: int, limits: Any, w
     """``serve --workers N``: the socket bound here, N forked waitress processes on it (see worker_processes)."""
     from .facade.protocol import service
     from .server import create_app
-    from .serving import use_switch_interval
+    from .serving import taking_turns, use_switch_interval
     from .worker_processes import listening_socket, run_workers
 
     service(app).store.close()  # each worker opens its own: connections must not cross a fork
@@ -242,7 +242,7 @@ def _serve_workers(app: Any, settings: Any, host: str, port: int, limits: Any, w
     )
     use_switch_interval(limits)  # set before the fork: every worker inherits it
     try:
-        status = run_workers(lambda: create_app(settings), sock, workers, ident="casus", **limits.waitress_options())
+        status = run_workers(lambda: taking_turns(create_app(settings), limits), sock, workers, ident="casus", **limits.waitress_options())
     except OSError as exc:
         _fail(f"cannot start worker processes: {exc}")
     sys.exit(status)
@@ -288,6 +288,7 @@ def _serving_limits(settings: Any, threads: int) -> Any:
         trusted_proxy=settings.trusted_proxy,
         max_body_bytes=settings.max_body_bytes,
         switch_interval_microseconds=settings.switch_interval_microseconds,
+        running_requests=settings.running_requests,
     )
 
 

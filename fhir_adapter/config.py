@@ -46,6 +46,7 @@ class Settings:
     connection_limit: int = 1_000  # open connections waitress keeps before it stops accepting
     channel_timeout_seconds: int = 30  # a connection silent this long is closed
     switch_interval_microseconds: int = 100  # how long a thread may hold the GIL while another waits (serving.py)
+    running_requests: int = 1  # requests running Python at once in each serving process (request_turns.py)
     trusted_proxy: str | None = None  # the reverse proxy's address, whose X-Forwarded-For names the client
     validate_concurrency: int = 2  # $validate requests run at once; more get 503 with Retry-After
     oauth: OAuthSettings | None = None  # access tokens from the trust's authorisation server, beside the static tokens
@@ -69,6 +70,7 @@ class Settings:
             connection_limit=_positive_int(env.get("CASUS_CONNECTION_LIMIT", "1000"), "CASUS_CONNECTION_LIMIT"),
             channel_timeout_seconds=_positive_int(env.get("CASUS_CHANNEL_TIMEOUT_SECONDS", "30"), "CASUS_CHANNEL_TIMEOUT_SECONDS"),
             switch_interval_microseconds=_positive_int(env.get("CASUS_SWITCH_INTERVAL_MICROSECONDS", "100"), "CASUS_SWITCH_INTERVAL_MICROSECONDS"),
+            running_requests=_positive_int(env.get("CASUS_RUNNING_REQUESTS", "1"), "CASUS_RUNNING_REQUESTS"),
             validate_concurrency=_positive_int(env.get("CASUS_VALIDATE_CONCURRENCY", "2"), "CASUS_VALIDATE_CONCURRENCY"),
             trusted_proxy=_ip_address(env.get("CASUS_TRUSTED_PROXY"), "CASUS_TRUSTED_PROXY"),
             oauth=oauth_from_env(env),

@@ -11,7 +11,9 @@ many addresses, or a client that trickles bytes forever — is the reverse proxy
 The process's thread switch interval is shortened too (``use_switch_interval``): waitress's I/O thread and its
 workers share one GIL, and at CPython's default (5 ms) a worker that has finished its I/O can wait that long
 for the GIL while the I/O thread keeps it; under load from a few keep-alive clients on a small machine that
-wait compounds into tens of milliseconds per request and collapses throughput (docs/benchmarks.md).
+wait compounds into tens of milliseconds per request and collapses throughput (docs/benchmarks.md).  Even at a
+short interval, worker threads that compute at the same time keep the I/O thread waiting, so requests take
+turns at running (``taking_turns``, see request_turns.py): one at a time in each process by default.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import select
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from .request_turns import Turns
 
 try:
     import resource
@@ -45,6 +49,7 @@ class ServingLimits:
     max_body_bytes: int = 1_000_000
     trusted_proxy: str | None = None  # only this address's X-Forwarded-For is believed (its last hop: the client)
     switch_interval_microseconds: int = 100  # the longest a thread holds the GIL while another waits for it
+    running_requests: int = 1  # requests running Python at once; the other threads wait their turn (request_turns.py)
 
     def waitress_options(self) -> dict[str, Any]:
         """Keyword arguments for ``waitress.create_server``.
@@ -107,9 +112,52 @@ def use_switch_interval(limits: ServingLimits) -> None:
     sys.setswitchinterval(limits.switch_interval_microseconds / 1_000_000)
 
 
+def taking_turns(app: Any, limits: ServingLimits) -> Any:
+    """``app`` as a WSGI app whose requests run ``limits.running_requests`` at a time, in the order they came.
+
+    A turn lasts until the server closes the response (PEP 3333: it must, once it has written the body or
+    given up): writing the response hands the GIL over at every send, and a next request computing
+    meanwhile would keep this one waiting there, as in the convoy the turns are for.
+    """
+    turns = Turns(limits.running_requests)
+
+    def in_turn(environ: dict[str, Any], start_response: Any) -> Any:
+        turns.take()
+        try:
+            with turns.holding():
+                body = app(environ, start_response)
+        except BaseException:
+            turns.give()
+            raise
+        return _TurnEndsOnClose(body, turns)
+
+    return in_turn
+
+
+class _TurnEndsOnClose:
+    """A response body that gives its request's turn back when the server closes it (once, whatever happens)."""
+
+    def __init__(self, body: Any, turns: Turns) -> None:
+        self._body = body
+        self._turns: Turns | None = turns
+
+    def __iter__(self) -> Any:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            if hasattr(self._body, "close"):
+                self._body.close()
+        finally:
+            turns, self._turns = self._turns, None
+            if turns is not None:
+                turns.give()
+
+
 def create_server(app: Any, host: str, port: int, limits: ServingLimits, *, ident: str = "casus") -> Any:
-    """A waitress server for ``app`` on host:port with ``limits`` (the switch interval set too); raises OSError when it cannot listen."""
+    """A waitress server for ``app`` on host:port with ``limits`` (the switch interval set, requests taking turns);
+    raises OSError when it cannot listen."""
     from waitress.server import create_server as waitress_server
 
     use_switch_interval(limits)
-    return waitress_server(app, host=host, port=port, ident=ident, **limits.waitress_options())
+    return waitress_server(taking_turns(app, limits), host=host, port=port, ident=ident, **limits.waitress_options())

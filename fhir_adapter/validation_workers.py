@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .outcome import Issue
+from .request_turns import stepped_aside
 from .validation import Version, validate_consent
 
 _POOL_LOCK = threading.Lock()
@@ -68,10 +69,11 @@ class ValidationWorkers:
         if not self._slots.acquire(blocking=False):
             return None
         try:
-            try:
-                return _pool(self.size).submit(validate_consent, document, version, profile).result()
-            except BrokenProcessPool:  # a worker died (out of memory, killed): start a fresh pool and try once more
-                _discard_pool(self.size)
-                return _pool(self.size).submit(validate_consent, document, version, profile).result()
+            with stepped_aside():  # seconds of waiting: the serving process's other requests run meanwhile
+                try:
+                    return _pool(self.size).submit(validate_consent, document, version, profile).result()
+                except BrokenProcessPool:  # a worker died (out of memory, killed): start a fresh pool and try once more
+                    _discard_pool(self.size)
+                    return _pool(self.size).submit(validate_consent, document, version, profile).result()
         finally:
             self._slots.release()
