@@ -60,9 +60,15 @@ from tests.support.processes import stop_process
 P99_BUDGET_MS = 10.0
 
 
-def serve(url: str, workers: int, threads: int, log_dir: str) -> tuple[subprocess.Popen[bytes], int]:
+def serve(url: str, workers: int, threads: int, log_dir: str, settings: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """``fhir-adapter serve`` on ``url``, with ``settings`` (environment variables) beside the database and token."""
     port = free_port()
-    env = {**os.environ, "CASUS_DATABASE_URL": url, "CASUS_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["decision.read"]}])}
+    env = {
+        **os.environ,
+        "CASUS_DATABASE_URL": url,
+        "CASUS_TOKENS": json.dumps([{"name": "bench", "token": TOKEN, "scopes": ["decision.read"]}]),
+        **(settings or {}),
+    }
     with open(os.path.join(log_dir, f"serve-{port}.log"), "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "fhir_adapter", "serve", "--port", str(port), "--threads", str(threads), "--workers", str(workers)],
@@ -82,6 +88,14 @@ def serve(url: str, workers: int, threads: int, log_dir: str) -> tuple[subproces
             time.sleep(0.1)
     stop_process(process)
     raise SystemExit("serve did not start")
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]], cluster: Any) -> None:
+    """Stop the servers, then the PostgreSQL cluster they used (None: SQLite only)."""
+    for process in processes:
+        stop_process(process)
+    if cluster is not None:
+        cluster.stop()
 
 
 def main() -> None:
@@ -122,10 +136,7 @@ def main() -> None:
                     measured = measured_round(port, paths, load_for, process.pid, database if key[0] == "postgresql" else None)
                     rounds.setdefault(key, []).append(measured)
         finally:
-            for process, _ in servers.values():
-                stop_process(process)
-            if cluster is not None:
-                cluster.stop()
+            stop_all([process for process, _ in servers.values()], cluster)
     print(
         f"{args.clients_per_worker} client processes per worker ({args.client}), waitress {args.threads} threads per worker, "
         f"{args.warm_up:g} s of warm-up then {args.rounds} rounds of {args.seconds:g} s per server in turns "
