@@ -41,7 +41,6 @@ class Turns:
     def __init__(self, at_once: int = 1) -> None:
         if at_once < 1:
             raise ValueError("at least one request must be able to run")
-        self.at_once = at_once
         self._lock = threading.Lock()
         self._free = at_once
         self._waiting: deque[threading.Lock] = deque()
