@@ -3,7 +3,8 @@
 One Python process runs one request's Python at a time (the GIL), so one process keeps one core busy
 however many threads it has.  ``serve --workers N`` binds the socket once, then forks N processes that each
 build their own app and store (engines and connection pools are never shared across a fork) and run waitress
-on the inherited socket; the kernel hands each new connection to one of the processes waiting in accept().
+on the inherited socket.  Each new connection goes to the process holding the fewest open connections
+(least connections, see ``connection_balance``): a persistent connection stays with the process that accepted it.
 
 Why waitress processes rather than gunicorn: the same server, options and proxy-header handling as the
 single-process mode, and no further dependency; gunicorn's extra features (graceful reloads, worker
@@ -30,6 +31,8 @@ import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+from .connection_balance import BalancedServer, ConnectionTable
 
 log = logging.getLogger("fhir_adapter.workers")
 
@@ -61,6 +64,7 @@ def run_workers(make_app: Callable[[], Any], sock: socket.socket, workers: int, 
         raise OSError("several worker processes need fork (Linux or another POSIX system)")
     children: set[int] = set()
     stopping = False
+    table = ConnectionTable(workers)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -69,10 +73,10 @@ def run_workers(make_app: Callable[[], Any], sock: socket.socket, workers: int, 
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for _ in range(workers):
+        for index in range(workers):
             pid = os.fork()
             if pid == 0:
-                _worker(make_app, sock, waitress_options)  # never returns
+                _worker(lambda: BalancedServer(make_app(), sock, table, index, **waitress_options))  # noqa: B023 (called here, never returns)
             children.add(pid)
         status = 0
         while children:
@@ -94,18 +98,16 @@ def run_workers(make_app: Callable[[], Any], sock: socket.socket, workers: int, 
         _reap(children)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        table.close()
 
 
-def _worker(make_app: Callable[[], Any], sock: socket.socket, options: dict[str, Any]) -> None:
+def _worker(make_server: Callable[[], Any]) -> None:
     """A worker's whole life: its own app (and store), waitress on the shared socket, exit without returning."""
-    from waitress.server import create_server
-
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_DFL)
     code = 0
     try:
-        server = create_server(make_app(), sockets=[sock], **options)
-        server.run()
+        make_server().run()
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # a worker must never return into the parent's code after a fork
