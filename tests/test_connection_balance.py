@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -14,8 +15,12 @@ from contextlib import contextmanager
 
 import pytest
 
-from fhir_adapter.connection_balance import NOT_SERVING, ConnectionTable
+from fhir_adapter.connection_balance import NOT_SERVING, STALE_AFTER_SECONDS, ConnectionTable
 from tests.support.processes import stop_process
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork")
+#: Time for a closed connection to reach its worker's count.
+SETTLE_SECONDS = 0.5
 
 # Worker processes answering every request with their process id, under the real supervisor and waitress.
 _WORKERS_SCRIPT = """
@@ -57,7 +62,7 @@ def wait_for_every_worker(port: int, workers: int) -> None:
         for conn, _ in opened:
             conn.close()
         if len(answered) == workers:
-            time.sleep(0.2)  # the closes reach the workers' counts
+            time.sleep(SETTLE_SECONDS)  # the closes reach the workers' counts
             return
         time.sleep(0.1)
     raise AssertionError("the workers did not all start")
@@ -74,21 +79,18 @@ def open_one_after_another(port: int, count: int) -> list[tuple[http.client.HTTP
     return [connect(port) for _ in range(count)]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork")
 def test_connections_opened_one_after_another_are_shared_evenly_by_two_workers() -> None:
     with workers_answering_with_their_pid(2) as port:
         opened = open_one_after_another(port, 8)
         assert sorted(Counter(pid for _, pid in opened).values()) == [4, 4]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork")
 def test_connections_are_shared_evenly_by_three_workers() -> None:
     with workers_answering_with_their_pid(3) as port:
         opened = open_one_after_another(port, 9)
         assert sorted(Counter(pid for _, pid in opened).values()) == [3, 3, 3]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork")
 def test_a_worker_whose_connections_closed_gets_the_next_ones() -> None:
     with workers_answering_with_their_pid(2) as port:
         opened = open_one_after_another(port, 4)
@@ -96,26 +98,27 @@ def test_a_worker_whose_connections_closed_gets_the_next_ones() -> None:
         for conn, pid in opened:
             if pid == emptied:
                 conn.close()
-        time.sleep(0.2)  # the closes reach that worker's event loop
+        time.sleep(SETTLE_SECONDS)  # the closes reach that worker's event loop
         assert {pid for _, pid in open_one_after_another(port, 2)} == {emptied}
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork")
-def test_a_connection_keeps_its_worker_for_every_request() -> None:
+def test_a_stopped_worker_does_not_keep_the_others_from_accepting() -> None:
     with workers_answering_with_their_pid(2) as port:
-        conn, first = connect(port)
-        answers = set()
-        for _ in range(5):
-            conn.request("GET", "/")
-            answers.add(conn.getresponse().read().decode())
-        assert answers == {first}
+        opened = open_one_after_another(port, 2)  # one each: both are the least loaded
+        stopped = opened[0][1]
+        os.kill(int(stopped), signal.SIGSTOP)
+        try:
+            later = open_one_after_another(port, 3)  # the first makes the other worker the busier one
+        finally:
+            os.kill(int(stopped), signal.SIGCONT)
+        assert stopped not in {pid for _, pid in later}
 
 
 def test_a_worker_not_yet_serving_is_never_the_least_loaded() -> None:
     table = ConnectionTable(2)
     try:
         assert table.counts() == [NOT_SERVING, NOT_SERVING]
-        assert table.publish(0, 5)
+        assert table.publish(0, 5, now=100.0)
     finally:
         table.close()
 
@@ -123,8 +126,8 @@ def test_a_worker_not_yet_serving_is_never_the_least_loaded() -> None:
 def test_a_worker_holding_more_connections_than_another_does_not_accept() -> None:
     table = ConnectionTable(2)
     try:
-        table.publish(1, 1)
-        assert not table.publish(0, 2)
+        table.publish(1, 1, now=100.0)
+        assert not table.publish(0, 2, now=100.0)
     finally:
         table.close()
 
@@ -132,10 +135,20 @@ def test_a_worker_holding_more_connections_than_another_does_not_accept() -> Non
 def test_workers_holding_as_many_connections_all_accept() -> None:
     table = ConnectionTable(3)
     try:
-        table.publish(0, 2)
-        table.publish(1, 2)
-        assert table.publish(2, 2)
-        assert table.publish(0, 2)
+        table.publish(0, 2, now=100.0)
+        table.publish(1, 2, now=100.0)
+        assert table.publish(2, 2, now=100.0)
+        assert table.publish(0, 2, now=100.0)
+    finally:
+        table.close()
+
+
+def test_a_worker_whose_loop_stopped_turning_does_not_hold_the_others_back() -> None:
+    table = ConnectionTable(2)
+    try:
+        table.publish(1, 0, now=100.0)
+        assert not table.publish(0, 3, now=100.0 + STALE_AFTER_SECONDS / 2)
+        assert table.publish(0, 3, now=100.0 + STALE_AFTER_SECONDS * 2)
     finally:
         table.close()
 
@@ -146,5 +159,15 @@ def test_waking_the_others_rings_every_bell_but_the_wakers() -> None:
         table.wake_others(1)
         readable, _, _ = select.select([table.bell(i) for i in range(3)], [], [], 0)
         assert readable == [table.bell(0), table.bell(2)]
+    finally:
+        table.close()
+
+
+def test_a_worker_keeps_only_its_own_bell_and_the_others_ringers() -> None:
+    table = ConnectionTable(2)
+    try:
+        table.keep_for(0)
+        assert table.bell(0).fileno() != -1
+        assert table.bell(1).fileno() == -1
     finally:
         table.close()
