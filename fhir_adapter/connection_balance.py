@@ -106,6 +106,10 @@ class _WakeUp(dispatcher):
             while self.recv(512):
                 pass
 
+    def handle_close(self) -> None:
+        """Every ringer closed: the service is stopping.  Leave the loop quietly (waitress's default logs a warning)."""
+        self.close()
+
     def handle_error(self) -> None:
         """Keep the bell in the loop: without it the worker would hear of others' changes only at each loop turn."""
         log.warning("a worker's wake-up socket failed; the worker looks again at each loop turn meanwhile")
