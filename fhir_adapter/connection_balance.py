@@ -36,6 +36,8 @@ from waitress.adjustments import Adjustments
 from waitress.server import TcpWSGIServer
 from waitress.wasyncore import dispatcher
 
+from .serving import TaskAwareChannel
+
 log = logging.getLogger("fhir_adapter.workers")
 
 #: Longest wait of a worker's event loop for an event: how often an idle worker stamps its entry.
@@ -117,6 +119,8 @@ class _WakeUp(dispatcher):
 
 class BalancedServer(TcpWSGIServer):
     """waitress on a shared socket, listening only while its worker holds the fewest connections."""
+
+    channel_class = TaskAwareChannel
 
     def __init__(self, application: Any, sock: socket.socket, table: ConnectionTable, index: int, **options: Any) -> None:
         self._table, self._index = table, index
