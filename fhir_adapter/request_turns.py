@@ -4,10 +4,11 @@ CPython's GIL favours a thread that computes over one coming back from a system 
 effect"): a thread that gave the GIL up to read a socket may wait a whole switch interval for it, or several,
 while other threads compute.  waitress reads and writes every connection on one I/O thread, which gives the GIL
 up at every event; with two or more worker threads computing at once it waits behind them each time, and
-the process slows down as clients are added instead of holding its rate: on a 2-core machine one process
-with 8 threads all running fell to a quarter of its one-client rate at four clients, with a p99 over 50 ms,
-and made two to three times that rate taking turns (docs/benchmarks.md).  So a request runs only in its turn,
-and more cores are used by more processes (``serve --workers``), not by more threads.
+the process slows down as clients are added instead of holding its rate.  Most of the collapse once measured
+(a quarter of the one-client rate at four clients) was waitress's loop spinning while a task wrote, which
+``serving.TaskAwareChannel`` stops; what remains is smaller: at four and eight clients the p99 is a fifth to a
+quarter lower taking turns (docs/benchmarks.md).  So a request runs only in its turn, and more cores are used
+by more processes (``serve --workers``), not by more threads.
 
 The other worker threads still earn their keep: a request waiting for something slow outside this process
 (a validation in a worker process) steps aside for the wait (``stepped_aside``), and the next request runs
