@@ -164,8 +164,8 @@ class TaskAwareChannel(HTTPChannel):
     itself.  waitress's own channel still asks the event loop to poll for writing whenever bytes are buffered,
     and the socket is writable at once, so the I/O thread goes round its loop, finds the lock taken and tries
     again, holding the GIL that the writing thread needs back after its send: measured under load, about 40
-    turns of the loop per request where 2 sufficed, and two worker processes on two cores gave 1.3-1.4 times
-    one process's decisions per second where they gave 1.95-1.96 times with this channel (docs/benchmarks.md).
+    turns of the loop per request where 2 sufficed, and two worker processes on two cores gave 1.2-1.5 times
+    one process's decisions per second where they give 1.8-2.2 times with this channel (docs/benchmarks.md).
     Nothing is left unsent: a task whose send could not take everything wakes the loop itself (the trigger),
     so does every task's end, and above waitress's high-water mark, where the task waits for the loop to
     drain the buffer, the channel asks to be polled as before.

@@ -76,7 +76,7 @@ def run_workers(make_app: Callable[[], Any], sock: socket.socket, workers: int, 
         for index in range(workers):
             pid = os.fork()
             if pid == 0:
-                _worker(lambda: BalancedServer(make_app(), sock, table, index, **waitress_options))  # noqa: B023 (called here, never returns)
+                _worker(make_app, sock, table, index, waitress_options)  # never returns
             children.add(pid)
         status = 0
         while children:
@@ -101,13 +101,13 @@ def run_workers(make_app: Callable[[], Any], sock: socket.socket, workers: int, 
         table.close()
 
 
-def _worker(make_server: Callable[[], Any]) -> None:
+def _worker(make_app: Callable[[], Any], sock: socket.socket, table: ConnectionTable, index: int, options: dict[str, Any]) -> None:
     """A worker's whole life: its own app (and store), waitress on the shared socket, exit without returning."""
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_DFL)
     code = 0
     try:
-        make_server().run()
+        BalancedServer(make_app(), sock, table, index, **options).run()
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # a worker must never return into the parent's code after a fork

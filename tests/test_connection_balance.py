@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -114,60 +114,56 @@ def test_a_stopped_worker_does_not_keep_the_others_from_accepting() -> None:
         assert stopped not in {pid for _, pid in later}
 
 
-def test_a_worker_not_yet_serving_is_never_the_least_loaded() -> None:
-    table = ConnectionTable(2)
-    try:
-        assert table.counts() == [NOT_SERVING, NOT_SERVING]
-        assert table.publish(0, 5, now=100.0)
-    finally:
+@pytest.fixture
+def tables() -> Iterator[Callable[[int], ConnectionTable]]:
+    """Make connection tables (for that many workers), closed after the test."""
+    made: list[ConnectionTable] = []
+
+    def make(workers: int) -> ConnectionTable:
+        made.append(ConnectionTable(workers))
+        return made[-1]
+
+    yield make
+    for table in made:
         table.close()
 
 
-def test_a_worker_holding_more_connections_than_another_does_not_accept() -> None:
-    table = ConnectionTable(2)
-    try:
-        table.publish(1, 1, now=100.0)
-        assert not table.publish(0, 2, now=100.0)
-    finally:
-        table.close()
+def test_a_worker_not_yet_serving_is_never_the_least_loaded(tables: Callable[[int], ConnectionTable]) -> None:
+    table = tables(2)
+    assert table.counts() == [NOT_SERVING, NOT_SERVING]
+    assert table.publish(0, 5, now=100.0)
 
 
-def test_workers_holding_as_many_connections_all_accept() -> None:
-    table = ConnectionTable(3)
-    try:
-        table.publish(0, 2, now=100.0)
-        table.publish(1, 2, now=100.0)
-        assert table.publish(2, 2, now=100.0)
-        assert table.publish(0, 2, now=100.0)
-    finally:
-        table.close()
+def test_a_worker_holding_more_connections_than_another_does_not_accept(tables: Callable[[int], ConnectionTable]) -> None:
+    table = tables(2)
+    table.publish(1, 1, now=100.0)
+    assert not table.publish(0, 2, now=100.0)
 
 
-def test_a_worker_whose_loop_stopped_turning_does_not_hold_the_others_back() -> None:
-    table = ConnectionTable(2)
-    try:
-        table.publish(1, 0, now=100.0)
-        assert not table.publish(0, 3, now=100.0 + STALE_AFTER_SECONDS / 2)
-        assert table.publish(0, 3, now=100.0 + STALE_AFTER_SECONDS * 2)
-    finally:
-        table.close()
+def test_workers_holding_as_many_connections_all_accept(tables: Callable[[int], ConnectionTable]) -> None:
+    table = tables(3)
+    table.publish(0, 2, now=100.0)
+    table.publish(1, 2, now=100.0)
+    assert table.publish(2, 2, now=100.0)
+    assert table.publish(0, 2, now=100.0)
 
 
-def test_waking_the_others_rings_every_bell_but_the_wakers() -> None:
-    table = ConnectionTable(3)
-    try:
-        table.wake_others(1)
-        readable, _, _ = select.select([table.bell(i) for i in range(3)], [], [], 0)
-        assert readable == [table.bell(0), table.bell(2)]
-    finally:
-        table.close()
+def test_a_worker_whose_loop_stopped_turning_does_not_hold_the_others_back(tables: Callable[[int], ConnectionTable]) -> None:
+    table = tables(2)
+    table.publish(1, 0, now=100.0)
+    assert not table.publish(0, 3, now=100.0 + STALE_AFTER_SECONDS / 2)
+    assert table.publish(0, 3, now=100.0 + STALE_AFTER_SECONDS * 2)
 
 
-def test_a_worker_keeps_only_its_own_bell_and_the_others_ringers() -> None:
-    table = ConnectionTable(2)
-    try:
-        table.keep_for(0)
-        assert table.bell(0).fileno() != -1
-        assert table.bell(1).fileno() == -1
-    finally:
-        table.close()
+def test_waking_the_others_rings_every_bell_but_the_wakers(tables: Callable[[int], ConnectionTable]) -> None:
+    table = tables(3)
+    table.wake_others(1)
+    readable, _, _ = select.select([table.bell(i) for i in range(3)], [], [], 0)
+    assert readable == [table.bell(0), table.bell(2)]
+
+
+def test_a_worker_keeps_only_its_own_bell_and_the_others_ringers(tables: Callable[[int], ConnectionTable]) -> None:
+    table = tables(2)
+    table.keep_for(0)
+    assert table.bell(0).fileno() != -1
+    assert table.bell(1).fileno() == -1
